@@ -1,0 +1,31 @@
+"""Exceptions raised for bad input. Each names the file, line or ids at fault."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class InatlocError(Exception):
+    """Base class: an error the user can act on (bad input, missing file, bad parameter)."""
+
+
+class MetadataError(InatlocError):
+    """Malformed or inconsistent dataset metadata.
+
+    ``path`` and ``line`` (1-based) locate the problem when it sits in one row of one file.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None, line: int | None = None):
+        self.path = None if path is None else Path(path)
+        self.line = line
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+
+
+class HierarchyError(InatlocError):
+    """An inconsistent label hierarchy (a node under two parents, a cycle, an invalid k vector...)."""
+
+
+class ScoreMapError(InatlocError):
+    """Score maps that cannot be evaluated (non-finite, wrong shape, out of range, missing)."""
