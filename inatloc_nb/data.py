@@ -1,0 +1,350 @@
+"""WSOL datasets: the splits' metadata, the label hierarchy and where the images are.
+
+A :class:`WSOLDataset` comes from a Choe-format folder (:meth:`WSOLDataset.from_folder`) or
+from the real metadata shipped in the project's ``data/`` folder (:func:`load_shipped`:
+``"cub"``, ``"ilsvrc"``, ``"inatloc500"``; the folder can be moved with the environment
+variable ``INATLOC_NB_DATA``).
+
+Finest-level labels are leaf indices of ``hierarchy`` (``hierarchy.leaves`` order); every
+coarser label is derived from the hierarchy, so all levels stay consistent.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from inatloc_nb.errors import InatlocError, MetadataError
+from inatloc_nb.metadata import SplitMetadata, class_names_file, read_class_names, read_split
+from inatloc_nb.taxonomy import Hierarchy
+
+SPLITS = ("train", "val", "test")
+#: Taxonomic ranks finest first; extra label files with these names are ordered by them.
+RANKS = ("species", "genus", "family", "order", "class", "phylum", "kingdom")
+SHIPPED = ("cub", "ilsvrc", "inatloc500")
+_MAX_LISTED = 20
+
+
+def data_dir() -> Path:
+    """The folder of shipped metadata: ``$INATLOC_NB_DATA`` or the repository's ``data/``."""
+    return Path(os.environ.get("INATLOC_NB_DATA") or Path(__file__).resolve().parents[1] / "data")
+
+
+class WSOLDataset:
+    """Splits (``train`` = D_w, ``val`` = D_f, ``test`` = D_test), hierarchy and image root.
+
+    ``splits`` hold finest labels as indices into ``class_names``; classes the hierarchy does
+    not contain are excluded with a warning, and their images are listed in ``excluded``
+    (columns ``split, image_id, class_name``).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        splits: Mapping[str, SplitMetadata],
+        class_names: Sequence[str],
+        hierarchy: Hierarchy,
+        image_root: str | Path | None = None,
+    ):
+        self.name = name
+        self.hierarchy = hierarchy
+        self.image_root = None if image_root is None else Path(image_root)
+        leaf_index = {leaf: i for i, leaf in enumerate(hierarchy.leaves)}
+        to_leaf = np.array([leaf_index.get(n, -1) for n in class_names], dtype=np.int64)
+        self.splits: dict[str, SplitMetadata] = {}
+        excluded = []
+        for split_name, split in splits.items():
+            labels = split.images["label"].to_numpy()
+            bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+            if bad.size:
+                raise MetadataError(
+                    f"split {split_name!r}: label {labels[bad[0]]} of image "
+                    f"{split.images['image_id'][int(bad[0])]!r} is outside the {len(class_names)} class names"
+                )
+            leaf = to_leaf[labels]
+            keep = leaf >= 0
+            if not keep.all():
+                dropped = split.images.filter(pl.Series(~keep)).select(
+                    pl.lit(split_name).alias("split"), "image_id",
+                    pl.Series("class_name", [class_names[i] for i in labels[~keep]]),
+                )
+                excluded.append(dropped)
+            images = split.images.filter(pl.Series(keep)).with_columns(pl.Series("label", leaf[keep]))
+            images = images.select("image_id", "width", "height", "label")
+            boxes = split.boxes.filter(pl.col("image_id").is_in(images["image_id"].implode()))
+            self.splits[split_name] = SplitMetadata(split_name, images, boxes, split.size_order)
+        self.excluded = pl.concat(excluded) if excluded else pl.DataFrame(
+            schema={"split": pl.String, "image_id": pl.String, "class_name": pl.String})
+        if self.excluded.height:
+            classes = self.excluded["class_name"].unique(maintain_order=True).to_list()
+            warnings.warn(
+                f"{name}: {self.excluded.height} images of {len(classes)} classes not in the hierarchy "
+                f"are excluded (see .excluded): {classes[:_MAX_LISTED]}", stacklevel=2)
+
+    # ------------------------------------------------------------------------- builders
+
+    @classmethod
+    def from_folder(
+        cls, metadata_root: str | Path, image_root: str | Path | None = None, size_order: str = "auto"
+    ) -> WSOLDataset:
+        """Read a Choe-format folder: ``train/ val/ test/`` (those present) and
+        ``class_names*.txt`` at the root.
+
+        Extra levels come from ``class_labels_<level>.txt`` (the same set in every split),
+        ordered finest first by taxonomic rank, or by decreasing class count for other
+        names. The finest level is called ``species`` when the extra levels are ranks, and
+        ``leaf`` otherwise. A coarsest level with a single class becomes the root (e.g.
+        ``kingdom`` ``Animalia``), as does the single name in the first ``class_names_<rank>.txt``
+        present for a rank above the coarsest level; otherwise the root is ``root``. With no extra
+        levels the hierarchy is flat with deepest-only levels ``c0``. Missing class
+        names files give the names ``"0", "1", ...`` (``"<level> <i>"`` for coarser levels).
+        The image-size order detected on splits with boxes is used for splits without them.
+        """
+        root = Path(metadata_root)
+        present = [s for s in SPLITS if (root / s).is_dir()]
+        if not present:
+            raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
+        with_boxes = [s for s in present if (root / s / "localization.txt").exists()]
+        splits = {s: read_split(root / s, size_order=size_order) for s in with_boxes}  # type: ignore[arg-type]
+        orders = {sp.size_order for sp in splits.values()}
+        rest_order = orders.pop() if len(orders) == 1 else size_order
+        for s in present:
+            if s not in splits:
+                splits[s] = read_split(root / s, size_order=rest_order)  # type: ignore[arg-type]
+        splits = {s: splits[s] for s in present}
+        level_sets = {s: set(sp.levels) for s, sp in splits.items()}
+        if len({frozenset(v) for v in level_sets.values()}) > 1:
+            raise MetadataError(f"splits have different class_labels_<level>.txt files: "
+                                f"{ {s: sorted(v) for s, v in level_sets.items()} }", root)
+        images = pl.concat([sp.images for sp in splits.values()], how="vertical_relaxed")
+        extra = _order_levels(images, next(iter(level_sets.values())))
+        class_names = _class_names(root / class_names_file(), images["label"].to_numpy(), "")
+        if not extra:
+            return cls(root.name, splits, class_names, flat_hierarchy(class_names), image_root)
+        finest = "species" if all(lv in RANKS for lv in extra) else "leaf"
+        labels = {finest: images["label"].to_numpy()}
+        names = {finest: class_names}
+        for level in extra:
+            labels[level] = images[f"label_{level}"].to_numpy()
+            names[level] = _class_names(root / class_names_file(level), labels[level], level)
+        root_name, root_level = "root", None
+        above = [r for r in RANKS[RANKS.index(extra[-1]) + 1:] if (root / class_names_file(r)).exists()]
+        if len(names[extra[-1]]) == 1:
+            root_name = names[extra[-1]][0]
+        elif finest == "species" and above:
+            top = read_class_names(root / class_names_file(above[0]))
+            if len(top) == 1:
+                root_name, root_level = top[0], above[0]
+        hierarchy = Hierarchy.from_level_labels(labels, names, root_name, root_level)
+        return cls(root.name, splits, class_names, hierarchy, image_root)
+
+    # -------------------------------------------------------------------------- access
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The hierarchy's levels, finest first."""
+        return self.hierarchy.levels
+
+    def _split(self, split: str) -> SplitMetadata:
+        if split not in self.splits:
+            raise InatlocError(f"{self.name} has no split {split!r}; splits are {list(self.splits)}")
+        return self.splits[split]
+
+    def images(self, split: str) -> pl.DataFrame:
+        """``image_id, width, height, label`` and ``label_<level>`` for every coarser level."""
+        images = self._split(split).images
+        leaf = images["label"].to_numpy()
+        return images.with_columns(
+            pl.Series(f"label_{lv}", self.hierarchy.level_index(lv)[leaf]) for lv in self.levels[1:]
+        )
+
+    def labels(self, split: str, level: str | int = 0) -> np.ndarray:
+        """Class indices at ``level`` (a level name, ``cK``, or an index into ``levels``)."""
+        leaf = self._split(split).images["label"].to_numpy()
+        return self.hierarchy.level_index(self.levels[level] if isinstance(level, int) else level)[leaf]
+
+    def class_names(self, level: str | int = 0) -> tuple[str, ...]:
+        """Names of the classes at ``level`` in class-index order."""
+        return self.hierarchy.level_names(self.levels[level] if isinstance(level, int) else level)
+
+    def boxes(self, split: str) -> pl.DataFrame:
+        """``image_id, x0, y0, x1, y1`` in original-image pixels (several rows per image)."""
+        return self._split(split).boxes
+
+    def gt_boxes(self, split: str, size: int = 224) -> list[np.ndarray]:
+        """Boxes per image (``images(split)`` order) rescaled to a ``size`` x ``size`` grid.
+
+        Each coordinate becomes ``int(x * size / width)`` (``y`` with ``height``), truncated
+        as in the reference wsolevaluation code. Returns int64 arrays of shape ``(n_i, 4)``.
+        """
+        meta = self._split(split)
+        if meta.boxes.height == 0:
+            raise MetadataError(f"{self.name} split {split!r} has no boxes")
+        row = pl.DataFrame({"image_id": meta.images["image_id"]}).with_row_index("row")
+        joined = (meta.boxes.with_row_index("order")
+                  .join(row, on="image_id").join(meta.images.select("image_id", "width", "height"), on="image_id")
+                  .sort("row", "order"))
+        xy = joined.select("x0", "y0", "x1", "y1").to_numpy().astype(np.float64)
+        scale = joined.select("width", "height").to_numpy().astype(np.float64)[:, [0, 1, 0, 1]]
+        scaled = (xy * float(size) / scale).astype(np.int64)
+        counts = np.bincount(joined["row"].to_numpy(), minlength=meta.images.height)
+        return np.split(scaled, np.cumsum(counts)[:-1])
+
+    def image_path(self, image_id: str) -> Path:
+        """Path of an image under ``image_root``."""
+        if self.image_root is None:
+            raise InatlocError(f"{self.name} has no image root: give image_root to locate images")
+        return self.image_root / image_id
+
+    def items(self, split: str, level: str | int = 0, image_ids: Sequence[str] | None = None) -> list[tuple[Path, int]]:
+        """``(image path, class index at level)`` pairs for training, optionally restricted to
+        ``image_ids`` (e.g. from :meth:`subsample`), in that order."""
+        ids = self._split(split).images["image_id"].to_list()
+        labels = self.labels(split, level)
+        if image_ids is None:
+            return [(self.image_path(i), int(y)) for i, y in zip(ids, labels)]
+        position = {i: k for k, i in enumerate(ids)}
+        unknown = [i for i in image_ids if i not in position]
+        if unknown:
+            raise MetadataError(f"{len(unknown)} image ids not in {self.name} {split}: {unknown[:_MAX_LISTED]}")
+        return [(self.image_path(i), int(labels[position[i]])) for i in image_ids]
+
+    def check_images(self, split: str, progress: bool = True) -> int:
+        """Open every image header of ``split``; returns the number checked.
+
+        Raises :class:`MetadataError` listing every missing or unreadable file (the full list
+        is in the exception's ``problems`` attribute).
+        """
+        from PIL import Image, UnidentifiedImageError
+        from tqdm.auto import tqdm
+
+        ids = self._split(split).images["image_id"].to_list()
+        problems: list[str] = []
+        for image_id in tqdm(ids, desc=f"checking {self.name} {split} images", disable=not progress):
+            path = self.image_path(image_id)
+            if not path.is_file():
+                problems.append(f"{path} (missing)")
+                continue
+            try:
+                with Image.open(path) as im:
+                    im.size  # noqa: B018 - reading the header is the check
+            except (OSError, UnidentifiedImageError) as exc:
+                problems.append(f"{path} (unreadable: {exc.__class__.__name__})")
+        if problems:
+            shown = "; ".join(problems[:_MAX_LISTED])
+            more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+            err = MetadataError(f"{len(problems)} of {len(ids)} images of split {split!r} missing or "
+                                f"unreadable: {shown}{more}", self.image_root)
+            err.problems = problems  # type: ignore[attr-defined]
+            raise err
+        return len(ids)
+
+    def subsample(self, split: str, level: str | int, per_class: int, seed: int) -> list[str]:
+        """``per_class`` images drawn uniformly without replacement from every category at
+        ``level``, seeded; categories with fewer images keep all of them (reported by a
+        warning). Returns the chosen image ids in ``images(split)`` order."""
+        if per_class <= 0:
+            raise InatlocError(f"per_class must be positive, got {per_class}")
+        labels = self.labels(split, level)
+        rng = np.random.default_rng(seed)
+        chosen = np.zeros(len(labels), dtype=bool)
+        short: list[str] = []
+        names = self.class_names(level)
+        for cls_idx in np.unique(labels):
+            members = np.flatnonzero(labels == cls_idx)
+            if len(members) <= per_class:
+                chosen[members] = True
+                if len(members) < per_class:
+                    short.append(f"{names[cls_idx]} ({len(members)})")
+            else:
+                chosen[rng.choice(members, size=per_class, replace=False)] = True
+        if short:
+            warnings.warn(f"{self.name} {split} at {level}: {len(short)} categories have fewer than "
+                          f"{per_class} images and keep all: {short[:_MAX_LISTED]}", stacklevel=2)
+        ids = self._split(split).images["image_id"]
+        return ids.filter(pl.Series(chosen)).to_list()
+
+    # ----------------------------------------------------------------------- reporting
+
+    def describe(self) -> pl.DataFrame:
+        """One row per split: images, boxes and the number of categories at each level."""
+        rows = []
+        for split, meta in self.splits.items():
+            row: dict[str, object] = {"split": split, "images": meta.images.height, "boxes": meta.boxes.height}
+            for level in self.levels:
+                row[f"n_{level}"] = len(np.unique(self.labels(split, level)))
+            rows.append(row)
+        return pl.DataFrame(rows)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(
+            f"{s}={m.images.height}" + (f" ({m.boxes.height} boxes)" if m.boxes.height else "")
+            for s, m in self.splits.items()
+        )
+        return f"WSOLDataset({self.name!r}, {sizes}, {self.hierarchy!r}, image_root={self.image_root})"
+
+
+def flat_hierarchy(class_names: Sequence[str], level: str | None = None, root: str = "root") -> Hierarchy:
+    """Every class directly under ``root``, in the given class-index order; the one level is
+    called ``level`` (``None``: deepest-only ``c0``)."""
+    return Hierarchy.from_parent_map({n: root for n in class_names}, root,
+                                     levels=None if level is None else [level], leaves=list(class_names))
+
+
+def _order_levels(images: pl.DataFrame, levels: set[str]) -> list[str]:
+    """Extra levels finest first: by rank when all are ranks, else by decreasing class count."""
+    if all(lv in RANKS for lv in levels):
+        return sorted(levels, key=RANKS.index)
+    return sorted(levels, key=lambda lv: (-images[f"label_{lv}"].n_unique(), lv))
+
+
+def _class_names(path: Path, labels: np.ndarray, level: str) -> list[str]:
+    """Names from ``path`` if present, else generated from the label range."""
+    if path.exists():
+        names = read_class_names(path)
+        if labels.size and labels.max() >= len(names):
+            raise MetadataError(f"label {labels.max()} has no name among the {len(names)} classes", path)
+        return names
+    n = int(labels.max()) + 1 if labels.size else 0
+    return [f"{level} {i}" if level else str(i) for i in range(n)]
+
+
+def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path | None = None) -> WSOLDataset:
+    """Load the real metadata shipped in ``data/``: ``"cub"``, ``"ilsvrc"`` or ``"inatloc500"``.
+
+    With ``with_hierarchy`` CUB and iNatLoc500 get their iNaturalist taxonomy
+    (:mod:`inatloc_nb.inaturalist`; CUB classes without an unambiguous species are excluded);
+    otherwise, and always for ILSVRC, the hierarchy is flat.
+    """
+    if name not in SHIPPED:
+        raise InatlocError(f"unknown shipped dataset {name!r}; choose from {list(SHIPPED)}")
+    folder = data_dir()
+    paths = {part: folder / f"{name}_{part}.parquet" for part in ("images", "boxes", "classes")}
+    for path in paths.values():
+        if not path.is_file():
+            raise MetadataError("shipped metadata file not found (set INATLOC_NB_DATA to the data folder)", path)
+    images = pl.read_parquet(paths["images"])
+    boxes = pl.read_parquet(paths["boxes"])
+    class_names = pl.read_parquet(paths["classes"]).sort("label")["name"].to_list()
+    splits = {}
+    for split in SPLITS:
+        part = images.filter(pl.col("split") == split)
+        if part.height:
+            splits[split] = SplitMetadata(
+                split, part.select("image_id", "width", "height", "label"),
+                boxes.filter(pl.col("split") == split).drop("split"),
+                "wh" if part["width"].null_count() == 0 else None)
+    if with_hierarchy and name != "ilsvrc":
+        from inatloc_nb import inaturalist
+
+        hierarchy = inaturalist.cub_hierarchy() if name == "cub" else inaturalist.inatloc500_hierarchy()
+        if name == "cub":  # CUB classes are named by their leaf (species); unmapped ones stay excluded
+            class_names = [hierarchy.leaves[k] if k >= 0 else c
+                           for c, k in zip(class_names, inaturalist.cub_label_to_leaf())]
+    else:
+        hierarchy = flat_hierarchy(class_names, None if name == "ilsvrc" else "species")
+    return WSOLDataset(name, splits, class_names, hierarchy, image_root)
