@@ -1,0 +1,273 @@
+"""The fastai ``Learner`` of one WSOL training run (SPEC section 5).
+
+``build_learner`` assembles data, model, optimiser and schedule the same way for synthetic
+and real datasets; ``train`` runs the schedule. The protocol:
+
+- train: squish-resize to ``256 / 224 * image_size``, random crop ``image_size``, horizontal
+  flip p = 0.5; evaluation: squish-resize to ``image_size``; ImageNet mean/std;
+- SGD, Nesterov momentum 0.9, weight decay 1e-5 on every parameter, batch 32;
+- two parameter groups: the backbone (and anything else) at ``lr``, and the classifier at
+  ``10 * lr``. The classifier group is every parameter with a module-path component whose
+  name starts with ``classifier`` (so methods name their extra heads ``classifier_*``);
+- step schedules: ``"2epoch"`` or ``"paper"`` (LR / 10 after epoch 1), ``"10epoch"``
+  (LR / 10 every 3 epochs), or an int N (N epochs, LR / 10 every 3);
+- ``seed`` seeds python, numpy and torch when the learner is built and again when training
+  starts, so a CPU run is repeatable (for a given ``num_workers``);
+- on CUDA: mixed precision and channels-last.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+import fastai.callback.progress  # noqa: F401  (registers fastai's progress bars as a default callback)
+import torch
+from fastai.callback.core import Callback
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.core import DataLoaders
+from fastai.data.transforms import IndexSplitter, Normalize
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import OptimWrapper
+from fastai.torch_core import set_seed
+from fastai.vision.augment import FlipItem, RandomCrop, Resize, ResizeMethod
+from fastai.vision.core import imagenet_stats
+from fastai.vision.data import ImageBlock
+
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.models import build_backbone, default_device, prepare_for_device
+
+if TYPE_CHECKING:
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.methods import WSOLMethod
+
+#: Ratio of the training resize to the crop size (256 / 224 at the paper's resolution).
+TRAIN_RESIZE_RATIO = 256 / 224
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A step learning-rate schedule: ``epochs`` epochs, LR x ``gamma`` at each milestone epoch."""
+
+    epochs: int
+    milestones: tuple[int, ...]
+    gamma: float = 0.1
+
+    @classmethod
+    def parse(cls, spec: str | int) -> Schedule:
+        """``"2epoch"`` (alias ``"paper"``), ``"10epoch"`` or an int number of epochs (LR / 10
+        every 3 epochs)."""
+        if spec in ("2epoch", "paper"):
+            return cls(2, (1,))
+        if spec == "10epoch":
+            return cls(10, (3, 6, 9))
+        try:
+            epochs = int(spec)
+        except (TypeError, ValueError):
+            raise InatlocError(
+                f"unknown schedule {spec!r}; use '2epoch', '10epoch' or a number of epochs"
+            ) from None
+        if epochs < 1:
+            raise InatlocError(f"the number of epochs must be at least 1, got {epochs}")
+        return cls(epochs, tuple(range(3, epochs, 3)))
+
+    def factor(self, epoch: int) -> float:
+        """The LR multiplier during (0-based) ``epoch``."""
+        return self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+class StepLR(Callback):
+    """Sets each parameter group's LR to ``base_lrs[g] * schedule.factor(epoch)`` every epoch."""
+
+    order = 1  # before the Recorder logs the first batch's LR
+
+    def __init__(self, base_lrs: Sequence[float], schedule: Schedule):
+        self.base_lrs = list(base_lrs)
+        self.schedule = schedule
+
+    def before_epoch(self) -> None:
+        factor = self.schedule.factor(self.epoch)
+        self.opt.set_hyper("lr", [lr * factor for lr in self.base_lrs])
+
+
+class Reseed(Callback):
+    """Seeds python, numpy and torch when a fit starts (data order, augmentation, methods)."""
+
+    order = -10
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def before_fit(self) -> None:
+        set_seed(self.seed, reproducible=True)
+
+
+def is_classifier_param(name: str) -> bool:
+    """Whether parameter ``name`` belongs to the 10x-LR classifier group."""
+    return any(part.startswith("classifier") for part in name.split("."))
+
+
+def param_groups(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
+    """fastai splitter: ``[backbone and other parameters, classifier parameters]``."""
+    groups: list[list[torch.nn.Parameter]] = [[], []]
+    for name, param in model.named_parameters():
+        groups[is_classifier_param(name)].append(param)
+    if not groups[1]:
+        raise InatlocError(f"{type(model).__name__} has no parameter under a 'classifier*' module")
+    return groups
+
+
+def sgd_nesterov(params: Any, lr: float) -> OptimWrapper:
+    """SGD with Nesterov momentum 0.9 and weight decay 1e-5, wrapped for fastai."""
+    return OptimWrapper(
+        params, torch.optim.SGD, lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-5
+    )
+
+
+def default_num_workers() -> int:
+    """Data-loading worker processes: the CPU count, at most 8."""
+    return min(8, os.cpu_count() or 1)
+
+
+def labelled_items(
+    dataset: WSOLDataset, split: str, level: str, image_ids: Sequence[str] | None = None
+) -> list[list]:
+    """``dataset.items`` as ``[path, class name at level]`` lists (fastai maps transforms over
+    tuples element-wise, so items are lists)."""
+    names = dataset.hierarchy.level_names(level)
+    return [[path, names[y]] for path, y in dataset.items(split, level, image_ids)]
+
+
+def build_dataloaders(
+    dataset: WSOLDataset,
+    level: str,
+    image_size: int = 224,
+    batch_size: int = 32,
+    train_ids: Sequence[str] | None = None,
+    device: torch.device | str | None = None,
+    num_workers: int | None = None,
+) -> DataLoaders:
+    """Train (``train`` split, or ``train_ids`` of it) and valid (``val``) loaders at ``level``.
+
+    Labels are the class names of ``dataset.hierarchy.level_names(level)`` in class-index
+    order, so the loaders' vocab index equals the dataset's integer label.
+    """
+    missing = [s for s in ("train", "val") if s not in dataset.splits]
+    if missing:
+        raise InatlocError(f"dataset {dataset.name!r} has no {' or '.join(missing)} split")
+    train = labelled_items(dataset, "train", level, train_ids)
+    valid = labelled_items(dataset, "val", level)
+    train_resize = Resize(round(TRAIN_RESIZE_RATIO * image_size), method=ResizeMethod.Squish)
+    train_resize.split_idx = 0
+    eval_resize = Resize(image_size, method=ResizeMethod.Squish)
+    eval_resize.split_idx = 1
+    block = DataBlock(
+        blocks=(ImageBlock, CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
+        get_x=itemgetter(0),
+        get_y=itemgetter(1),
+        splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
+        # Resize and RandomCrop share order 1; the (stable) sort keeps resize first.
+        item_tfms=[train_resize, eval_resize, RandomCrop(image_size), FlipItem(0.5)],
+        batch_tfms=[Normalize.from_stats(*imagenet_stats)],
+    )
+    return block.dataloaders(
+        train + valid,
+        bs=batch_size,
+        num_workers=default_num_workers() if num_workers is None else num_workers,
+        device=default_device() if device is None else torch.device(device),
+    )
+
+
+def build_learner(
+    dataset: WSOLDataset,
+    level: str,
+    method: str | WSOLMethod = "cam",
+    lr: float = 1e-3,
+    seed: int = 0,
+    per_class: int | None = None,
+    schedule: str | int = "2epoch",
+    backbone: str = "resnet50",
+    pretrained: bool = True,
+    image_size: int = 224,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    num_workers: int | None = None,
+    method_params: dict[str, Any] | None = None,
+) -> Learner:
+    """A fastai Learner for ``method`` trained at ``level`` on ``dataset``'s train split.
+
+    ``per_class`` keeps that many training images per class at ``level``
+    (``dataset.subsample``, seeded by ``seed``); the ids used are in ``learn.train_ids``.
+    Extra attributes: ``learn.method``, ``learn.schedule``, ``learn.level``,
+    ``learn.base_lrs``. Train with ``train(learn)``.
+    """
+    from inatloc_nb.methods import get_method
+
+    if isinstance(method, str):
+        method = get_method(method, **(method_params or {}))
+    elif method_params:
+        raise InatlocError("method_params are only used with a method name")
+    sched = Schedule.parse(schedule)
+    device = default_device() if device is None else torch.device(device)
+    set_seed(seed, reproducible=True)
+    train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
+    dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers)
+    features, n_channels = build_backbone(backbone, pretrained)
+    n_classes = len(dataset.hierarchy.level_names(level))
+    model = prepare_for_device(method.build_model(features, n_channels, n_classes), device)
+    base_lrs = [lr, 10 * lr]
+    learn = Learner(
+        dls,
+        model,
+        loss_func=method.loss_func() or CrossEntropyLossFlat(),
+        opt_func=sgd_nesterov,
+        lr=lr,
+        splitter=param_groups,
+        metrics=accuracy,
+        wd_bn_bias=True,
+        cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],
+    )
+    learn.recorder.train_metrics = True
+    if device.type == "cuda":
+        learn.to_channelslast()
+    learn.method, learn.schedule, learn.level, learn.base_lrs = method, sched, level, base_lrs
+    learn.train_ids = train_ids
+    return learn
+
+
+def train(learn: Learner) -> Learner:
+    """Fit ``learn`` for its schedule's epochs (LRs set per epoch by ``StepLR``)."""
+    learn.fit(learn.schedule.epochs)
+    return learn
+
+
+def history_rows(learn: Learner) -> list[dict[str, float]]:
+    """The learning curve from the fastai Recorder: one dict per epoch with ``epoch``,
+    ``train_loss``, ``train_accuracy``, ``valid_loss`` and ``valid_accuracy``."""
+    names = list(learn.recorder.metric_names)
+    rows = []
+    for epoch, values in enumerate(learn.recorder.values):
+        row: dict[str, Any] = {"epoch": epoch}
+        row.update({n: float(v) for n, v in zip(names[1 : 1 + len(values)], values, strict=True)})
+        rows.append(row)
+    return rows
+
+
+__all__ = [
+    "Schedule",
+    "StepLR",
+    "Reseed",
+    "build_dataloaders",
+    "build_learner",
+    "default_num_workers",
+    "history_rows",
+    "is_classifier_param",
+    "param_groups",
+    "sgd_nesterov",
+    "labelled_items",
+    "train",
+]

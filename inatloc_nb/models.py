@@ -1,0 +1,147 @@
+"""CAM networks: a convolutional backbone, global average pooling and a linear classifier.
+
+Backbones (``build_backbone``):
+
+- ``resnet50`` / ``resnet18``: torchvision ResNets cut before their pooling layer, with the
+  strides of ``layer3`` and ``layer4`` (and of their downsample branches) set to 1, so a
+  224 x 224 input gives 28 x 28 feature maps (the "large feature map" ResNet of the WSOL
+  evaluation protocol). Stride changes do not change the weights, so ImageNet weights load
+  unchanged.
+- ``tinycnn``: three small conv blocks, final map = input / 4; fast on CPU at 32-64 px.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from inatloc_nb.errors import InatlocError
+
+#: Backbone names accepted by ``build_backbone``.
+BACKBONES = ("resnet50", "resnet18", "tinycnn")
+
+
+class CAMNet(nn.Module):
+    """``features`` -> global average pooling -> ``classifier`` (``nn.Linear(C, n_classes)``)."""
+
+    def __init__(self, features: nn.Module, n_channels: int, n_classes: int):
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(n_channels, n_classes)
+        self.n_channels = n_channels
+        self.n_classes = n_classes
+
+    def feature_maps(self, x: Tensor) -> Tensor:
+        """The last feature maps, (B, C, h, w)."""
+        return self.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits, (B, n_classes)."""
+        return self.classifier(torch.flatten(self.pool(self.feature_maps(x)), 1))
+
+    def class_activation_maps(self, feats: Tensor, class_idx: Tensor, bias: bool = False) -> Tensor:
+        """CAMs (B, h, w): the classifier weights of ``class_idx[b]`` dotted with ``feats[b]``.
+
+        ``bias=True`` adds the class bias, a per-image constant that min-max normalisation
+        removes; it is off by default.
+        """
+        weights = self.classifier.weight[class_idx]  # (B, C)
+        cams = torch.einsum("bc,bchw->bhw", weights.to(feats.dtype), feats)
+        if bias:
+            cams = cams + self.classifier.bias[class_idx].to(feats.dtype)[:, None, None]
+        return cams
+
+
+def _unit_stride(layer: nn.Module) -> None:
+    """Set every strided convolution of ``layer`` (main path and downsample) to stride 1."""
+    for module in layer.modules():
+        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
+            module.stride = (1, 1)
+
+
+def weights_path(weights) -> Path:
+    """Where torch looks for a torchvision weights file: ``$TORCH_HOME/hub/checkpoints/<file>``."""
+    from urllib.parse import urlparse
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+
+
+def load_pretrained(weights) -> dict[str, Tensor]:
+    """The state dict of torchvision ``weights``, from the torch cache or downloaded.
+
+    Raises ``InatlocError`` naming the expected file when it is neither cached nor downloadable.
+    """
+    path = weights_path(weights)
+    try:
+        return weights.get_state_dict(progress=True)
+    except OSError as exc:  # URLError, connection and DNS errors are OSErrors
+        raise InatlocError(
+            f"cannot load the ImageNet weights {weights}: {exc}. Download {weights.url} on a "
+            f"machine with network access and place it at {path} (or set TORCH_HOME), "
+            "or train with pretrained=False"
+        ) from exc
+
+
+def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+    from torchvision import models
+
+    ctor, weights = {
+        "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V1),
+        "resnet18": (models.resnet18, models.ResNet18_Weights.IMAGENET1K_V1),
+    }[name]
+    net = ctor(weights=None)
+    if pretrained:
+        net.load_state_dict(load_pretrained(weights))
+    _unit_stride(net.layer3)
+    _unit_stride(net.layer4)
+    features = nn.Sequential(
+        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+    )
+    return features, net.fc.in_features
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)
+    )
+
+
+def _tinycnn() -> tuple[nn.Module, int]:
+    features = nn.Sequential(
+        _conv_block(3, 16), nn.MaxPool2d(2),
+        _conv_block(16, 32), nn.MaxPool2d(2),
+        _conv_block(32, 64), _conv_block(64, 64),
+    )
+    return features, 64
+
+
+def build_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, int]:
+    """The feature extractor ``name`` (see ``BACKBONES``) and its number of output channels.
+
+    ``pretrained`` loads torchvision's ImageNet weights (ResNets only; ``tinycnn`` has none and
+    rejects ``pretrained=True``).
+    """
+    if name in ("resnet50", "resnet18"):
+        return _resnet(name, pretrained)
+    if name == "tinycnn":
+        if pretrained:
+            raise InatlocError("backbone 'tinycnn' has no pretrained weights; use pretrained=False")
+        return _tinycnn()
+    raise InatlocError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def prepare_for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
+    """Move ``model`` to ``device``; on CUDA also switch it to channels-last memory format."""
+    device = torch.device(device)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model

@@ -1,0 +1,231 @@
+"""The training core on the tiny synthetic world: learner, schedules, seeding, CAMs, runs, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from inatloc_nb.cam import CamSet, extract_cams, upsample_maps
+from inatloc_nb.metrics.scoremaps import normalize_scoremap
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.learner import (
+    Schedule, build_learner, history_rows, is_classifier_param, labelled_items, param_groups, train,
+)
+from inatloc_nb.run import RunConfig, load_run_model, run_experiment, synth_folder
+
+LEVEL = "genus"
+FAST = dict(backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models train faster on one thread (no OpenMP synchronisation on a shared CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class GroupLRs(Callback):
+    """Records every parameter group's LR at each training batch."""
+
+    def before_fit(self):
+        self.lrs = []
+
+    def before_batch(self):
+        if self.training:
+            self.lrs.append((self.epoch, [h["lr"] for h in self.opt.hypers]))
+
+
+def _fit(dataset, seed=0, lr=0.01):
+    learn = build_learner(dataset, LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST)
+    probe = GroupLRs()
+    with learn.no_bar():
+        train(learn.add_cb(probe))
+    return learn, probe
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny_dataset):
+    return _fit(tiny_dataset)
+
+
+def test_schedules_step_the_lr_by_epoch():
+    assert [Schedule.parse("2epoch").factor(e) for e in range(2)] == [1, 0.1]
+    ten = [Schedule.parse("10epoch").factor(e) for e in range(10)]
+    np.testing.assert_allclose(ten, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
+    assert Schedule.parse(4) == Schedule(4, (3,))
+    assert Schedule.parse("paper") == Schedule.parse("2epoch")
+    for bad in ("3epochs", 0):
+        with pytest.raises(InatlocError):
+            Schedule.parse(bad)
+
+
+def test_classifier_group_gets_ten_times_the_lr(fitted):
+    learn, probe = fitted
+    model = learn.model
+    backbone, head = param_groups(model)
+    assert {id(p) for p in head} == {id(p) for p in model.classifier.parameters()}
+    assert len(backbone) == len(list(model.features.parameters()))
+    assert is_classifier_param("classifier_b.0.weight") and not is_classifier_param("features.0.0.weight")
+    per_epoch = {epoch: lrs for epoch, lrs in probe.lrs}
+    np.testing.assert_allclose(per_epoch[0], [0.01, 0.1])
+    np.testing.assert_allclose(per_epoch[1], [0.001, 0.01])
+    assert len(probe.lrs) == 2 * len(learn.dls.train)
+    opt = learn.opt.opt  # the wrapped torch optimiser
+    assert isinstance(opt, torch.optim.SGD)
+    assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-5 for g in opt.param_groups)
+
+
+def test_history_has_one_row_per_epoch(fitted):
+    rows = history_rows(fitted[0])
+    assert [r["epoch"] for r in rows] == [0, 1]
+    assert set(rows[0]) == {"epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy"}
+    assert all(np.isfinite(v) for r in rows for v in r.values())
+
+
+def test_same_seed_gives_identical_weights(tiny_dataset, fitted):
+    again, _ = _fit(tiny_dataset, seed=0)
+    other, _ = _fit(tiny_dataset, seed=1)
+    reference = fitted[0].model.state_dict()
+    for name, value in again.model.state_dict().items():
+        assert torch.equal(value, reference[name]), name
+    assert not torch.equal(other.model.classifier.weight, fitted[0].model.classifier.weight)
+
+
+def test_per_class_subsample_is_recorded(tiny_dataset):
+    learn = build_learner(tiny_dataset, LEVEL, per_class=3, seed=2, **FAST)
+    n_genera = len(tiny_dataset.class_names(LEVEL))
+    assert len(learn.train_ids) == len(learn.dls.train_ds) == 3 * n_genera
+    assert learn.train_ids == tiny_dataset.subsample("train", LEVEL, 3, 2)
+
+
+def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
+    learn = fitted[0]
+    model = learn.model
+    model.zero_grad(set_to_none=True)
+    cams = extract_cams(learn, tiny_dataset, "test", LEVEL)
+    n = tiny_dataset.images("test").height
+    assert cams.maps.shape == (n, 224, 224) and cams.maps.dtype == np.float16
+    np.testing.assert_array_equal(cams.labels, tiny_dataset.labels("test", LEVEL))
+    np.testing.assert_array_equal(cams.cam_classes, cams.labels)
+    assert cams.image_ids == tiny_dataset.images("test")["image_id"].to_list()
+    assert np.all(cams.maps.min(axis=(1, 2)) == 0) and np.all(cams.maps.max(axis=(1, 2)) == 1)
+    assert all(p.grad is None for p in model.parameters()) and torch.is_grad_enabled()
+    assert cams.top1 == pytest.approx(100 * np.mean(cams.predictions == cams.labels))
+
+    # The same maps computed by hand from the evaluation batch.
+    xb, yb = learn.dls.test_dl(labelled_items(tiny_dataset, "test", LEVEL)[:4], with_labels=True).one_batch()
+    with torch.no_grad():
+        model.eval()
+        x = xb.as_subclass(torch.Tensor)
+        raw = model.class_activation_maps(model.feature_maps(x), yb.as_subclass(torch.Tensor))
+        logits = model(x)
+    manual = normalize_scoremap(upsample_maps(raw).numpy())
+    np.testing.assert_allclose(cams.maps[:4].astype(np.float32), manual, atol=1e-3)
+    np.testing.assert_array_equal(cams.predictions[:4], logits.argmax(1).numpy())
+
+    top1 = extract_cams(model, tiny_dataset, "test", LEVEL, target="top1", image_size=32, num_workers=0)
+    np.testing.assert_array_equal(top1.cam_classes, cams.predictions)
+    fixed = extract_cams(learn, tiny_dataset, "test", LEVEL, target=np.zeros(n, dtype=int))
+    assert np.all(fixed.cam_classes == 0)
+    with pytest.raises(InatlocError, match="shape"):
+        extract_cams(learn, tiny_dataset, "test", LEVEL, target=[0, 1])
+
+
+def test_camset_round_trip(tmp_path, tiny_dataset, fitted):
+    cams = extract_cams(fitted[0], tiny_dataset, "val", LEVEL)
+    path = cams.save(tmp_path / "cams" / "val.npz")
+    loaded = CamSet.load(path)
+    assert (loaded.split, loaded.level, loaded.image_ids) == ("val", LEVEL, cams.image_ids)
+    for name in ("maps", "labels", "cam_classes", "predictions", "top1_logits"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(cams, name))
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InatlocError, match="bad.npz"):
+        CamSet.load(tmp_path / "bad.npz")
+
+
+def _config(data, **kw):
+    return RunConfig(data=str(data), level=LEVEL, lr=0.01, schedule=1, **FAST, **kw)
+
+
+def test_run_experiment_writes_a_complete_run_folder(tmp_path, tiny_dataset_dir, tiny_dataset):
+    out = tmp_path / "run"
+    metrics = run_experiment(_config(tiny_dataset_dir), out, say=lambda _: None)
+    for name in ("params.json", "model.pth", "cams/val.npz", "cams/test.npz", "metrics.json",
+                 "analysis.parquet", "history.csv", "timings.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob(".*.tmp"))
+    on_disk = json.loads((out / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(metrics))
+    keys = {"maxboxacc_v2", "per_iou", "optimal_threshold", "top1", "n_images"}
+    assert keys <= set(on_disk) and keys <= set(on_disk["val"])
+    assert set(on_disk["per_iou"]) == {"30", "50", "70"}
+    assert on_disk["maxboxacc_v2"] == pytest.approx(np.mean(list(on_disk["per_iou"].values())))
+    assert (on_disk["level"], on_disk["method"], on_disk["lr"], on_disk["seed"]) == (LEVEL, "cam", 0.01, 0)
+    assert on_disk["per_class"] is None
+    assert on_disk["n_train_images"] == tiny_dataset.images("train").height
+    assert on_disk["n_images"] == tiny_dataset.images("test").height
+
+    analysis = pl.read_parquet(out / "analysis.parquet")
+    assert analysis.columns == ["image_id", "split", "box_area_ratio", "gt_activation_ratio", "n_components"]
+    assert analysis.height == tiny_dataset.images("val").height + tiny_dataset.images("test").height
+    history = pl.read_csv(out / "history.csv")
+    assert history.height == 1 and "valid_accuracy" in history.columns
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["train_images_per_s"] > 0 and timings["cam_test_images_per_s"] > 0
+    params = json.loads((out / "params.json").read_text())
+    assert RunConfig.from_dict(params["config"]) == _config(tiny_dataset_dir)
+
+    # model.pth rebuilds the trained model: it reproduces the stored test predictions.
+    model, config, _ = load_run_model(out, device="cpu")
+    assert config.level == LEVEL
+    again = extract_cams(model, tiny_dataset, "test", LEVEL, image_size=32, num_workers=0)
+    np.testing.assert_array_equal(again.predictions, CamSet.load(out / "cams" / "test.npz").predictions)
+
+
+def test_run_config_round_trip_and_errors(tmp_path):
+    config = RunConfig(data="synth:tiny", level="order", method="has", method_params={"drop_rate": 0.2}, seed=3)
+    assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(InatlocError, match="unknown run parameter.*epochz"):
+        RunConfig.from_dict({"data": "x", "epochz": 3})
+    with pytest.raises(InatlocError, match="needs a learning rate"):
+        RunConfig(data="x", lr=None)
+    assert RunConfig(data="x", method="center", lr=None).lr is None
+    with pytest.raises(InatlocError, match="neither a metadata folder"):
+        run_experiment(RunConfig(data=str(tmp_path / "nowhere")), tmp_path / "run")
+
+
+def test_synthetic_data_is_generated_once_into_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("INATLOC_NB_CACHE", str(tmp_path))
+    folder = synth_folder("synth:tiny:5")
+    assert folder == tmp_path / "synth" / "tiny-seed5"
+    stamp = (folder / "synth_config.json").stat().st_mtime_ns
+    assert synth_folder("synth:tiny:5") == folder
+    assert (folder / "synth_config.json").stat().st_mtime_ns == stamp
+    assert [p.name for p in (tmp_path / "synth").iterdir()] == ["tiny-seed5"]
+
+
+def test_cli_train_prints_metrics(tmp_path, tiny_dataset_dir, capsys):
+    from inatloc_nb.cli import main
+
+    out = tmp_path / "cli-run"
+    args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--lr", "0.01", "--epochs", "1",
+            "--backbone", "tinycnn", "--no-pretrained", "--image-size", "32", "--batch-size", "16",
+            "--num-workers", "0", "--per-class", "4", "--seed", "1", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "D_test: MaxBoxAccV2" in printed and "D_f: MaxBoxAccV2" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["per_class"], metrics["seed"]) == (4, 1)
+    params = json.loads((out / "params.json").read_text())
+    assert len(params["train_image_ids"]) == metrics["n_train_images"]
+
+    bad = ["train", "--data", str(tiny_dataset_dir), "--level", "tribe", "--lr", "0.1",
+           "--backbone", "tinycnn", "--no-pretrained", "--out", str(tmp_path / "bad")]
+    assert main(bad) == 2
+    assert "tribe" in capsys.readouterr().err
