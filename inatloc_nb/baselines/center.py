@@ -1,0 +1,50 @@
+"""The Center baseline (App. F.3): the same centred Gaussian score map for every image.
+
+``C_ij = exp(-((i - (M-1)/2)^2 + (j - (M-1)/2)^2) / (2 sigma^2))``, M = 224, sigma = M / 4,
+min-max normalised (``inatloc_nb.metrics.center_map``), scored with MaxBoxAccV2 against
+the metadata's boxes. It needs no images and no training.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from inatloc_nb.baselines.runfolder import (
+    analysis_frame, finish, score_maps, split_metrics, write_analysis, write_params,
+)
+
+if TYPE_CHECKING:
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.metrics.boxacc import BoxAccuracyResult
+    from inatloc_nb.run import RunConfig
+
+
+def center_maps(n_images: int) -> np.ndarray:
+    """The Center map for ``n_images`` images (a read-only broadcast view, no copies)."""
+    from inatloc_nb.metrics.scoremaps import center_map
+
+    return np.broadcast_to(center_map(), (n_images, 224, 224))
+
+
+def center_accuracy(dataset: WSOLDataset, split: str) -> BoxAccuracyResult:
+    """MaxBoxAccV2 result of the Center map on ``split``."""
+    boxes = dataset.gt_boxes(split)
+    return score_maps(center_maps(len(boxes)), boxes).compute()
+
+
+def run_center(config: RunConfig, dataset: WSOLDataset, out: Path,
+               say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Score the Center baseline on ``config.eval_splits`` and write the run folder."""
+    write_params(out, config, dataset)
+    per_split, frames = {}, []
+    for split in config.eval_splits:
+        say(f"scoring the Center map on {split}")
+        boxes, ids = dataset.gt_boxes(split), dataset.images(split)["image_id"].to_list()
+        result = score_maps(center_maps(len(ids)), boxes).compute()
+        per_split[split] = split_metrics(result)
+        frames.append(analysis_frame(center_maps(len(ids)), boxes, ids, result, split))
+    write_analysis(out, frames)
+    return finish(out, config, per_split, n_train=0, say=say)

@@ -1,0 +1,34 @@
+"""WSOL methods: CAM and the variants the paper compares (Table A4 defaults).
+
+``get_method("has", drop_rate=0.1)`` returns a configured :class:`WSOLMethod`;
+``METHODS`` maps each name to its class.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.methods.acol import ACoL
+from inatloc_nb.methods.adl import ADL
+from inatloc_nb.methods.base import WSOLMethod
+from inatloc_nb.methods.cam import CAM
+from inatloc_nb.methods.cutmix import CutMix
+from inatloc_nb.methods.has import HaS
+from inatloc_nb.methods.spg import SPG
+
+#: Every available method, by the name used in configs and on the command line.
+METHODS: dict[str, type[WSOLMethod]] = {cls.name: cls for cls in (CAM, HaS, ACoL, SPG, ADL, CutMix)}
+
+
+def get_method(name: str, **hparams: Any) -> WSOLMethod:
+    """The method called ``name`` configured with ``hparams`` over its defaults."""
+    try:
+        cls = METHODS[name]
+    except KeyError:
+        raise InatlocError(
+            f"unknown WSOL method {name!r}; valid: {', '.join(sorted(METHODS))}"
+        ) from None
+    return cls(**hparams)
+
+
+__all__ = ["METHODS", "WSOLMethod", "get_method"]

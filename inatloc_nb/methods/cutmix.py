@@ -1,0 +1,44 @@
+"""CutMix (Yun et al., ICCV 2019): paste a box of another training image, mix labels by area.
+
+With probability ``mix_rate`` a batch is mixed: lambda ~ Beta(size_prior, size_prior),
+a box covering about ``1 - lambda`` of the image (uniform centre, clipped at the border) is
+copied from a shuffled copy of the batch, lambda is recomputed as the exact unmixed area
+fraction, and the loss is ``lambda * loss(y) + (1 - lambda) * loss(y_shuffled)``.
+Unmixed batches train normally. Evaluation is unchanged.
+
+Builds on fastai's :class:`~fastai.callback.mixup.CutMix`, which implements the box and the
+loss mixing; this adds the per-batch mix probability of the original recipe.
+"""
+from __future__ import annotations
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.mixup import CutMix as FastaiCutMix
+
+from inatloc_nb.methods.base import WSOLMethod
+
+
+class CutMixCallback(FastaiCutMix):
+    """fastai's CutMix applied to a batch with probability ``mix_rate``."""
+
+    def __init__(self, size_prior: float, mix_rate: float) -> None:
+        super().__init__(alpha=size_prior)
+        self.mix_rate = mix_rate
+        self.mixed = False
+
+    def before_batch(self) -> None:
+        self.mixed = bool(torch.rand(()) < self.mix_rate)
+        if self.mixed:
+            super().before_batch()
+        else:  # lambda = 1: the mixed loss reduces to the plain loss
+            self.lam, self.yb1 = torch.ones((), device=self.x.device), self.yb
+
+
+class CutMix(WSOLMethod):
+    """CAM trained on CutMix-augmented batches."""
+
+    name = "cutmix"
+    defaults = {"size_prior": 0.10, "mix_rate": 0.93}
+
+    def callbacks(self) -> list[Callback]:
+        return [CutMixCallback(self.hparams["size_prior"], self.hparams["mix_rate"])]
