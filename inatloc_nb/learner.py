@@ -142,6 +142,18 @@ def labelled_items(
     return [[path, names[y]] for path, y in dataset.items(split, level, image_ids)]
 
 
+def protocol_item_tfms(image_size: int) -> list:
+    """The protocol's item transforms (SPEC §5): training resizes to 256/224 of
+    ``image_size`` then crops ``image_size`` at random and flips with p = 0.5; evaluation
+    resizes to ``image_size``."""
+    train_resize = Resize(round(TRAIN_RESIZE_RATIO * image_size), method=ResizeMethod.Squish)
+    train_resize.split_idx = 0
+    eval_resize = Resize(image_size, method=ResizeMethod.Squish)
+    eval_resize.split_idx = 1
+    # Resize and RandomCrop share order 1; the (stable) sort keeps resize first.
+    return [train_resize, eval_resize, RandomCrop(image_size), FlipItem(0.5)]
+
+
 def build_dataloaders(
     dataset: WSOLDataset,
     level: str,
@@ -161,17 +173,12 @@ def build_dataloaders(
         raise InatlocError(f"dataset {dataset.name!r} has no {' or '.join(missing)} split")
     train = labelled_items(dataset, "train", level, train_ids)
     valid = labelled_items(dataset, "val", level)
-    train_resize = Resize(round(TRAIN_RESIZE_RATIO * image_size), method=ResizeMethod.Squish)
-    train_resize.split_idx = 0
-    eval_resize = Resize(image_size, method=ResizeMethod.Squish)
-    eval_resize.split_idx = 1
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
         get_x=itemgetter(0),
         get_y=itemgetter(1),
         splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
-        # Resize and RandomCrop share order 1; the (stable) sort keeps resize first.
-        item_tfms=[train_resize, eval_resize, RandomCrop(image_size), FlipItem(0.5)],
+        item_tfms=protocol_item_tfms(image_size),
         batch_tfms=[Normalize.from_stats(*imagenet_stats)],
     )
     return block.dataloaders(

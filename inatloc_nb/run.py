@@ -182,7 +182,7 @@ def _split_metrics(result: BoxAccuracyResult, cams: CamSet) -> dict[str, Any]:
     }
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     import fastai
     import torch
     import torchvision
@@ -251,7 +251,7 @@ def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], 
         "config": config.to_dict(), "dataset": dataset.name, "n_classes": n_classes,
         "n_train_images": n_train, "train_image_ids": learn.train_ids,
         "method_hparams": learn.method.hparams, "device": str(learn.dls.device),
-        "versions": _versions(),
+        "versions": package_versions(),
     })
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "

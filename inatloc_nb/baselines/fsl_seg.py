@@ -75,11 +75,10 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
     """Loaders of (image, box mask) pairs: train and valid both on D_f (``val``)."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter, Normalize
-    from fastai.vision.augment import FlipItem, RandomCrop, Resize, ResizeMethod
     from fastai.vision.core import PILImage, PILMask, imagenet_stats
     from fastai.vision.data import ImageBlock, MaskBlock
 
-    from inatloc_nb.learner import TRAIN_RESIZE_RATIO
+    from inatloc_nb.learner import protocol_item_tfms
 
     rows = image_rows(dataset, "val")
     grouped = dataset.boxes("val").group_by("image_id", maintain_order=True).agg("x0", "y0", "x1", "y1")
@@ -89,16 +88,12 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
         image_id, width, height = row
         return PILMask.create(box_mask(boxes.get(image_id, np.zeros((0, 4))), width, height))
 
-    train_resize = Resize(round(TRAIN_RESIZE_RATIO * config.image_size), method=ResizeMethod.Squish)
-    train_resize.split_idx = 0
-    eval_resize = Resize(config.image_size, method=ResizeMethod.Squish)
-    eval_resize.split_idx = 1
     block = DataBlock(
         blocks=(ImageBlock(PILImage), MaskBlock(codes=["background", "object"])),
         get_x=lambda row: dataset.image_path(row[0]),
         get_y=get_y,
         splitter=IndexSplitter(range(len(rows), 2 * len(rows))),
-        item_tfms=[train_resize, eval_resize, RandomCrop(config.image_size), FlipItem(0.5)],
+        item_tfms=protocol_item_tfms(config.image_size),
         batch_tfms=[Normalize.from_stats(*imagenet_stats)],
     )
     return block.dataloaders(rows + rows, bs=config.batch_size, device=device,

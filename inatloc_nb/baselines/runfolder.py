@@ -28,10 +28,10 @@ CHUNK = 256
 
 def write_params(out: Path, config: RunConfig, dataset: WSOLDataset, **extra: Any) -> None:
     """``params.json``: the config, the dataset name, library versions and ``extra``."""
-    from inatloc_nb.run import _versions
+    from inatloc_nb.run import package_versions
 
     atomic_write_json(out / "params.json", {
-        "config": config.to_dict(), "dataset": dataset.name, "versions": _versions(), **extra,
+        "config": config.to_dict(), "dataset": dataset.name, "versions": package_versions(), **extra,
     })
 
 
