@@ -1,0 +1,43 @@
+"""``inatloc-nb sweep CONFIG.yaml``: run (or list, with ``--dry-run``) a granularity sweep."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``sweep`` subcommand."""
+    parser = subparsers.add_parser(
+        "sweep",
+        help="run a grid of training runs (02_train_wsol notebook) and collect the results store",
+        description="Expand a sweep YAML into runs and execute the ones not finished yet; "
+        "rerunning resumes (finished runs are skipped, failed ones retried).",
+    )
+    parser.add_argument("config", help="sweep YAML (see configs/ and docs/results_schema.md)")
+    parser.add_argument("--results", default="runs", help="results folder (default: ./runs)")
+    parser.add_argument("--executor", choices=("local", "dask"), default="local",
+                        help="local process pool (default) or Dask distributed")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of an existing Dask scheduler, e.g. tcp://host:8786 (implies --executor dask)")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="runs at once (default: one per GPU, or 1 on CPU)")
+    parser.add_argument("--notebook", default=None,
+                        help="training notebook (default: notebooks/02_train_wsol.ipynb of this repository)")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from inatloc_nb.sweep import SweepConfig, plan, run_sweep
+
+    config = SweepConfig.from_yaml(args.config)
+    if args.dry_run:
+        runs = plan(config, args.results)
+        for spec, finished in runs:
+            print(f"{'finished' if finished else 'to run  '}  {spec.run_id}")
+        n_done = sum(finished for _, finished in runs)
+        print(f"{len(runs)} runs: {n_done} finished, {len(runs) - n_done} to run (results in {args.results})")
+        return 0
+    executor = "dask" if args.scheduler else args.executor
+    summary = run_sweep(config, args.results, executor=executor, scheduler=args.scheduler,
+                        max_parallel=args.max_parallel, notebook=args.notebook)
+    return 1 if summary.failed else 0

@@ -1,0 +1,293 @@
+"""The results store: one parquet per run, consolidated into ``results.parquet``.
+
+A run folder (``runs/<id>/``) holds ``run.json`` (written by the sweep: run id, parameters,
+status, wall time), ``metrics.json`` when the run finished, ``error.json`` when it failed and
+optionally ``timings.json`` and ``analysis.parquet``. :func:`run_results` turns it into one
+row per evaluated split (and per level for CAM-Agg); the columns are :data:`SCHEMA`,
+documented in ``docs/results_schema.md``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.io import atomic_write_parquet
+
+#: The sweep's record of a run, inside the run folder.
+RUN_RECORD = "run.json"
+#: A run's own results table, inside the run folder.
+RUN_TABLE = "results.parquet"
+#: The consolidated store, at the top of the results folder.
+STORE_NAME = "results.parquet"
+#: Per-image analysis table written by a run.
+ANALYSIS = "analysis.parquet"
+#: IoU thresholds (percent) of the per-threshold columns.
+IOU_THRESHOLDS = (30, 50, 70)
+#: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level).
+RUN_PARAMS = ("dataset", "level", "method", "lr", "seed", "per_class", "schedule", "backbone",
+              "pretrained", "image_size", "batch_size")
+#: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them.
+GROUP_KEYS = ("dataset", "level", "train_level", "method", "seed", "per_class", "schedule",
+              "backbone", "pretrained", "image_size", "batch_size")
+
+#: Columns and types of a run table and of the store, in order.
+SCHEMA: dict[str, pl.DataType] = {
+    "run_id": pl.String(),
+    "dataset": pl.String(),
+    "data": pl.String(),
+    "level": pl.String(),
+    "train_level": pl.String(),
+    "method": pl.String(),
+    "lr": pl.Float64(),
+    "seed": pl.Int64(),
+    "per_class": pl.Int64(),
+    "schedule": pl.String(),
+    "backbone": pl.String(),
+    "pretrained": pl.Boolean(),
+    "image_size": pl.Int64(),
+    "batch_size": pl.Int64(),
+    "split": pl.String(),
+    "maxboxacc_v2": pl.Float64(),
+    **{f"maxboxacc_{d}": pl.Float64() for d in IOU_THRESHOLDS},
+    **{f"threshold_{d}": pl.Float64() for d in IOU_THRESHOLDS},
+    "top1": pl.Float64(),
+    "n_train_images": pl.Int64(),
+    "status": pl.String(),
+    "error": pl.String(),
+    "wall_seconds": pl.Float64(),
+    "timings": pl.String(),
+    "finished_at": pl.String(),
+}
+#: Keys of a metrics block (D_test at the top of ``metrics.json``, D_f under ``"val"``).
+METRIC_KEYS = ("maxboxacc_v2", "per_iou", "optimal_threshold", "top1")
+
+
+class ResultsError(InatlocError):
+    """A run folder or results table that does not follow the documented layout."""
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing") from None
+    except json.JSONDecodeError as exc:
+        raise ResultsError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+
+
+def _number(block: Mapping, key: str, path: Path, where: str, nullable: bool = False) -> float | None:
+    value = block.get(key)
+    if value is None and nullable:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ResultsError(f"{path}: {where}{key}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _per_iou(block: Mapping, key: str, path: Path, where: str) -> dict[int, float]:
+    value = block.get(key)
+    expected = {str(d) for d in IOU_THRESHOLDS}
+    if not isinstance(value, Mapping) or set(map(str, value)) != expected:
+        raise ResultsError(f"{path}: {where}{key}: expected a mapping with keys {sorted(expected)}, got {value!r}")
+    return {d: _number(value, str(d), path, f"{where}{key}.") for d in IOU_THRESHOLDS}
+
+
+def _metric_row(block: Any, path: Path, where: str) -> dict[str, Any]:
+    if not isinstance(block, Mapping):
+        raise ResultsError(f"{path}: {where or 'top level'}: expected a mapping of metrics")
+    missing = [k for k in METRIC_KEYS if k not in block]
+    if missing:
+        raise ResultsError(f"{path}: {where}missing key(s) {', '.join(missing)}")
+    per_iou = _per_iou(block, "per_iou", path, where)
+    thresholds = _per_iou(block, "optimal_threshold", path, where)
+    return {
+        "maxboxacc_v2": _number(block, "maxboxacc_v2", path, where),
+        **{f"maxboxacc_{d}": per_iou[d] for d in IOU_THRESHOLDS},
+        **{f"threshold_{d}": thresholds[d] for d in IOU_THRESHOLDS},
+        "top1": _number(block, "top1", path, where, nullable=True),
+    }
+
+
+def _metric_rows(metrics: Any, path: Path, train_level: str) -> list[dict[str, Any]]:
+    """(level, split, metrics) rows of a ``metrics.json``: D_test at the top level, D_f under
+    ``"val"`` (required) and any other split under its name; CAM-Agg's ``"per_level"`` holds
+    one such block per level, any other run has one block at its training level."""
+    if not isinstance(metrics, Mapping):
+        raise ResultsError(f"{path}: expected a JSON object")
+    if "per_level" in metrics:
+        if not isinstance(metrics["per_level"], Mapping) or not metrics["per_level"]:
+            raise ResultsError(f"{path}: per_level: expected a non-empty mapping level -> metrics")
+        blocks = {str(level): (block, f"per_level.{level}.") for level, block in metrics["per_level"].items()}
+    else:
+        blocks = {train_level: (metrics, "")}
+    rows = []
+    for level, (block, where) in blocks.items():
+        if not isinstance(block, Mapping) or "val" not in block:
+            raise ResultsError(f"{path}: {where}val: missing (D_f metrics)")
+        rows.append({"level": level, "split": "test", **_metric_row(block, path, where)})
+        for split, sub in block.items():  # "val" and any other evaluated split
+            if split == "val" or (isinstance(sub, Mapping) and "maxboxacc_v2" in sub):
+                rows.append({"level": level, "split": split, **_metric_row(sub, path, f"{where}{split}.")})
+    return rows
+
+
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``run.json``, checked: ``run_id``, ``status``, ``params`` (:data:`RUN_PARAMS`)."""
+    path = Path(run_dir) / RUN_RECORD
+    record = _read_json(path)
+    params = record.get("params") if isinstance(record, Mapping) else None
+    if not isinstance(params, Mapping) or "run_id" not in record or record.get("status") not in ("ok", "failed"):
+        raise ResultsError(f"{path}: expected run_id, params and status 'ok' or 'failed'")
+    missing = [k for k in RUN_PARAMS if k not in params]
+    if missing:
+        raise ResultsError(f"{path}: params: missing {', '.join(missing)}")
+    return record
+
+
+def _parameter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    params = record["params"]
+    return {"run_id": record["run_id"], "data": record.get("data"), **{k: params[k] for k in RUN_PARAMS},
+            "train_level": params["level"]}
+
+
+def run_results(run_dir: str | Path) -> pl.DataFrame:
+    """The results table of one run folder (see the module docstring), typed as :data:`SCHEMA`."""
+    run_dir = Path(run_dir)
+    record = read_record(run_dir)
+    params = record["params"]
+    base = {
+        **_parameter_columns(record), "status": record["status"],
+        "wall_seconds": record.get("wall_seconds"), "finished_at": record.get("finished_at"),
+    }
+    timings = run_dir / "timings.json"
+    base["timings"] = json.dumps(_read_json(timings), sort_keys=True) if timings.is_file() else None
+    if record["status"] == "ok":
+        metrics_path = run_dir / "metrics.json"
+        metrics = _read_json(metrics_path)
+        n_train = metrics.get("n_train_images") if isinstance(metrics, Mapping) else None
+        if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)):
+            raise ResultsError(f"{metrics_path}: n_train_images: expected an integer, got {n_train!r}")
+        rows = [{**base, "n_train_images": n_train, **row}
+                for row in _metric_rows(metrics, metrics_path, params["level"])]
+    else:
+        error = _read_json(run_dir / "error.json")
+        rows = [{**base, "error": error.get("message") if isinstance(error, Mapping) else None}]
+    return pl.DataFrame(rows, schema=SCHEMA, strict=False).select(list(SCHEMA))
+
+
+def write_run_results(run_dir: str | Path) -> pl.DataFrame:
+    """Build :func:`run_results` and write it to ``run_dir/results.parquet`` (atomically)."""
+    table = run_results(run_dir)
+    atomic_write_parquet(Path(run_dir) / RUN_TABLE, table)
+    return table
+
+
+def validate(table: pl.DataFrame, source: str | Path) -> pl.DataFrame:
+    """Check ``table`` has exactly the columns and types of :data:`SCHEMA`; return it."""
+    found = dict(table.schema)
+    if list(found) != list(SCHEMA):
+        missing = [c for c in SCHEMA if c not in found]
+        extra = [c for c in found if c not in SCHEMA]
+        raise ResultsError(f"{source}: columns differ from the results schema "
+                           f"(missing: {missing or 'none'}, unexpected: {extra or 'none'}, or out of order)")
+    wrong = [f"{c} is {found[c]}, expected {t}" for c, t in SCHEMA.items() if found[c] != t]
+    if wrong:
+        raise ResultsError(f"{source}: " + "; ".join(wrong))
+    bad_status = table.filter(~pl.col("status").is_in(["ok", "failed"]))
+    if bad_status.height:
+        raise ResultsError(f"{source}: status must be 'ok' or 'failed' (run {bad_status['run_id'][0]})")
+    incomplete = table.filter((pl.col("status") == "ok") & pl.any_horizontal(
+        pl.col("split", "maxboxacc_v2", *(f"maxboxacc_{d}" for d in IOU_THRESHOLDS)).is_null()))
+    if incomplete.height:
+        raise ResultsError(f"{source}: finished run {incomplete['run_id'][0]} has rows without split or metrics")
+    return table
+
+
+def _run_folders(results_dir: Path) -> list[Path]:
+    runs = results_dir / "runs"
+    if not runs.is_dir():
+        return []
+    return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def collect(results_dir: str | Path) -> pl.DataFrame:
+    """Consolidate every ``runs/<id>/results.parquet`` into ``results_dir/results.parquet``.
+
+    A run folder without its table (but with ``run.json``) has it rebuilt; one without
+    either is an error naming it. Rows are ordered by run id, level, split.
+    """
+    results_dir = Path(results_dir)
+    tables = []
+    for folder in _run_folders(results_dir):
+        path = folder / RUN_TABLE
+        if not path.is_file():
+            if not (folder / RUN_RECORD).is_file():
+                raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}")
+            write_run_results(folder)
+        table = validate(pl.read_parquet(path), path)
+        if set(table["run_id"]) != {folder.name}:
+            raise ResultsError(f"{path}: run_id {table['run_id'][0]!r} does not match its folder {folder.name!r}")
+        tables.append(table)
+    store = pl.concat(tables) if tables else pl.DataFrame(schema=SCHEMA)
+    store = store.sort("run_id", "level", "split", nulls_last=True)
+    atomic_write_parquet(results_dir / STORE_NAME, store)
+    return store
+
+
+def load(results_dir: str | Path) -> pl.DataFrame:
+    """The consolidated store ``results_dir/results.parquet``, validated."""
+    path = Path(results_dir) / STORE_NAME
+    if not path.is_file():
+        raise ResultsError(f"{path}: missing (run a sweep, or results.collect, first)")
+    return validate(pl.read_parquet(path), path)
+
+
+def select_learning_rate(table: pl.DataFrame) -> pl.DataFrame:
+    """The paper's model selection: per :data:`GROUP_KEYS` group, the lr with the best D_f
+    (``split == "val"``) MaxBoxAccV2, reported by its D_test row.
+
+    Failed runs are ignored. Ties go to the smaller learning rate. Adds
+    ``val_maxboxacc_v2`` (the selection score) and ``n_lrs`` (learning rates compared).
+    """
+    validate(table, "results table")
+    ok = table.filter(pl.col("status") == "ok")
+    best = (
+        ok.filter(pl.col("split") == "val")
+        .sort(["maxboxacc_v2", "lr"], descending=[True, False], nulls_last=True, maintain_order=True)
+        .group_by(list(GROUP_KEYS), maintain_order=True)
+        .agg(pl.col("run_id").first(), pl.col("maxboxacc_v2").first().alias("val_maxboxacc_v2"),
+             pl.len().alias("n_lrs"))
+        .select("run_id", "level", "val_maxboxacc_v2", "n_lrs")
+    )
+    chosen = ok.filter(pl.col("split") == "test").join(best, on=["run_id", "level"], how="inner")
+    return chosen.sort(list(GROUP_KEYS), nulls_last=True)
+
+
+def load_analysis(results_dir: str | Path) -> pl.DataFrame:
+    """Every finished run's ``analysis.parquet`` (one row per image), with the run's
+    parameters as extra columns (a column the analysis already has, such as CAM-Agg's
+    evaluation ``level``, is kept as the run wrote it). Runs without one add no rows."""
+    results_dir = Path(results_dir)
+    param_cols = ["run_id", "data", *RUN_PARAMS, "train_level"]
+    frames = []
+    for folder in _run_folders(results_dir):
+        path = folder / ANALYSIS
+        if not path.is_file():
+            continue
+        record = read_record(folder)
+        if record["status"] != "ok":
+            continue
+        frame = pl.read_parquet(path)
+        params = _parameter_columns(record)
+        frame = frame.with_columns(
+            pl.lit(params[c], dtype=SCHEMA[c]).alias(c) for c in param_cols if c not in frame.columns)
+        frames.append(frame.select(*(c for c in param_cols if c in frame.columns),
+                                   *(c for c in frame.columns if c not in param_cols)))
+    if not frames:
+        return pl.DataFrame(schema={c: SCHEMA[c] for c in param_cols})
+    return pl.concat(frames, how="diagonal_relaxed")
