@@ -129,8 +129,9 @@ def sgd_nesterov(params: Any, lr: float) -> OptimWrapper:
 
 
 def default_num_workers() -> int:
-    """Data-loading worker processes: the CPU count, at most 8."""
-    return min(8, os.cpu_count() or 1)
+    """Data-loading worker processes: with a GPU, the CPU count (at most 8); on CPU-only
+    machines none, since decoding in the main process leaves every core to the model."""
+    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
 
 
 def labelled_items(
@@ -173,6 +174,9 @@ def build_dataloaders(
         raise InatlocError(f"dataset {dataset.name!r} has no {' or '.join(missing)} split")
     train = labelled_items(dataset, "train", level, train_ids)
     valid = labelled_items(dataset, "val", level)
+    if len(train) < 2:
+        raise InatlocError(f"dataset {dataset.name!r}: {len(train)} training image(s) at level {level!r}; "
+                           "batch normalisation needs at least 2")
     block = DataBlock(
         blocks=(ImageBlock, CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
         get_x=itemgetter(0),
@@ -184,6 +188,8 @@ def build_dataloaders(
     return block.dataloaders(
         train + valid,
         bs=batch_size,
+        # An incomplete last batch is dropped (as fastai does), unless it is the only one.
+        drop_last=len(train) > batch_size,
         num_workers=default_num_workers() if num_workers is None else num_workers,
         device=default_device() if device is None else torch.device(device),
     )
