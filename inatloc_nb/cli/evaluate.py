@@ -1,0 +1,127 @@
+"""``inatloc-nb evaluate``: MaxBoxAcc(V2) or PxAP of saved score maps; ``inatloc-nb center``: the Center baseline."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+METRICS = ("maxboxacc-v2", "maxboxacc", "pxap")
+#: Missing score-map files named in an error before the rest are only counted.
+_MISSING_SHOWN = 20
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` and ``center`` commands."""
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score saved maps (<image_id without extension>.npy) with MaxBoxAccV2",
+        description="Evaluate score maps against the boxes of a Choe-format metadata folder.",
+    )
+    p.add_argument("--scoremaps", required=True, type=Path, help="folder of <image_id without extension>.npy maps")
+    p.add_argument("--metadata", required=True, type=Path, help="Choe-format metadata folder (train/ val/ test/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--metric", choices=METRICS, default="maxboxacc-v2")
+    p.add_argument("--iou", type=int, nargs="+", default=None, help="IoU thresholds in percent (default 30 50 70; V1: 50)")
+    p.add_argument("--normalize", action="store_true", help="min-max normalise each map first")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run_evaluate)
+
+    c = subparsers.add_parser("center", help="MaxBoxAccV2 of the Center baseline (a centred Gaussian)")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--metadata", type=Path, help="Choe-format metadata folder")
+    source.add_argument("--dataset", choices=("cub", "ilsvrc"), help="shipped metadata")
+    c.add_argument("--split", default="test")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c.set_defaults(func=run_center)
+
+
+def load_score_maps(folder: Path, image_ids: list[str], size: int) -> Any:
+    """(N, size, size) maps read from ``folder/<id without extension>.npy``, resized when needed.
+
+    Maps keep their float precision (float16 becomes float32; a folder mixing float32 and
+    float64 is read as float64), since quantisation depends on it.
+
+    Maps at another resolution (the original image size) are resized with ``cv2.resize``
+    (bilinear, as the reference). Every missing file is reported in one ScoreMapError.
+    """
+    import cv2
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from inatloc_nb.errors import ScoreMapError
+
+    paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:_MISSING_SHOWN])
+        more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
+        raise ScoreMapError(f"{len(missing)} score map files missing under {folder}: {shown}{more}")
+    maps = []
+    for path in tqdm(paths, desc="loading score maps", unit="map"):
+        try:
+            smap = np.load(path)
+        except (OSError, ValueError) as exc:
+            raise ScoreMapError(f"{path}: cannot read score map: {exc}") from exc
+        if smap.ndim != 2 or smap.dtype.kind != "f":
+            raise ScoreMapError(f"{path}: score map must be a 2-D float array, got {smap.dtype} {smap.shape}")
+        if smap.dtype == np.float16:
+            smap = smap.astype(np.float32)
+        if smap.shape != (size, size):
+            smap = cv2.resize(smap, (size, size))
+        maps.append(smap)
+    return np.stack(maps)
+
+
+def _report(result: Any, as_json: bool, key: str) -> None:
+    """Print a BoxAccuracyResult: per-delta lines, or one JSON object keyed by ``key``."""
+    if as_json:
+        print(json.dumps({
+            key: result.mean,
+            "per_iou": {str(d): v for d, v in result.per_iou.items()},
+            "optimal_threshold": {str(d): v for d, v in result.optimal_threshold.items()},
+            "n_images": result.n_images,
+        }))
+        return
+    for d, value in result.per_iou.items():
+        print(f"IoU {d}: MaxBoxAcc {value:.2f} at threshold {result.optimal_threshold[d]:.3f}")
+    print(f"{key}: {result.mean:.2f} over {result.n_images} images")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a folder of score maps."""
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.metrics import EVAL_SIZE, BoxAccuracy
+
+    if args.metric == "pxap":
+        raise InatlocError("PxAP needs foreground masks, which Choe-format box metadata does not hold; "
+                           "use inatloc_nb.metrics.PxAP with the masks")
+    dataset = WSOLDataset.from_folder(args.metadata)
+    if args.split not in dataset.splits:
+        raise InatlocError(f"{args.metadata}: no split {args.split!r} (found {sorted(dataset.splits)})")
+    image_ids = dataset.images(args.split)["image_id"].to_list()
+    largest_only = args.metric == "maxboxacc"
+    iou = args.iou or ((50,) if largest_only else (30, 50, 70))
+    acc = BoxAccuracy(iou_thresholds=iou, largest_only=largest_only, normalize=args.normalize)
+    acc.update(load_score_maps(args.scoremaps, image_ids, EVAL_SIZE), dataset.gt_boxes(args.split))
+    _report(acc.compute(), args.json, args.metric.replace("-", "_"))
+    return 0
+
+
+def run_center(args: argparse.Namespace) -> int:
+    """Score the Center baseline on a metadata folder or shipped dataset."""
+    from inatloc_nb.data import WSOLDataset, load_shipped
+    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.metrics import BoxAccuracy, center_map
+
+    if args.dataset:
+        dataset = load_shipped(args.dataset, with_hierarchy=False)
+    else:
+        dataset = WSOLDataset.from_folder(args.metadata)
+    if args.split not in dataset.splits:
+        raise InatlocError(f"{dataset.name}: no split {args.split!r} (found {sorted(dataset.splits)})")
+    acc = BoxAccuracy()
+    acc.update_shared(center_map(), dataset.gt_boxes(args.split))
+    _report(acc.compute(), args.json, "maxboxacc_v2")
+    return 0

@@ -1,0 +1,158 @@
+"""Score maps and boxes on the evaluation grid: validation, normalisation, quantisation.
+
+The rules follow the Choe et al. (CVPR 2020) protocol: maps are evaluated at 224 x 224,
+min-max normalised to [0, 1], quantised as ``uint8(map * 255)`` and binarised at
+``q > int(t * q.max())`` for ``t`` in ``np.arange(0, 1, 1 / n_thresholds)``.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from inatloc_nb.errors import ScoreMapError
+
+#: Side of the square evaluation grid.
+EVAL_SIZE = 224
+
+
+def as_numpy(array: Any) -> np.ndarray:
+    """A numpy view of a numpy array or a torch tensor (detached, on the CPU)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+def cam_thresholds(n_thresholds: int = 1000) -> np.ndarray:
+    """The score-map thresholds ``np.arange(0, 1, 1 / n)`` exactly as the protocol builds them."""
+    if n_thresholds < 1:
+        raise ValueError(f"n_thresholds must be positive, got {n_thresholds}")
+    thresholds = np.arange(0, 1, 1.0 / n_thresholds)
+    if len(thresholds) != n_thresholds:
+        raise ValueError(f"np.arange(0, 1, 1/{n_thresholds}) gives {len(thresholds)} thresholds")
+    return thresholds
+
+
+def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
+    """Min-max normalise a map (or each map of a (B, H, W) stack) to [0, 1].
+
+    Computed in the map's own float precision, as the reference does; a constant map
+    becomes all zeros.
+    """
+    maps = np.array(as_numpy(score_map), copy=True)
+    if maps.dtype.kind != "f":
+        maps = maps.astype(np.float32)
+    axes = tuple(range(maps.ndim - 2, maps.ndim))
+    low = maps.min(axis=axes, keepdims=True)
+    maps -= low
+    high = maps.max(axis=axes, keepdims=True)
+    flat = (high == 0)
+    np.divide(maps, np.where(flat, 1, high), out=maps)
+    maps[np.broadcast_to(flat, maps.shape)] = 0
+    return maps
+
+
+def check_score_maps(score_maps: Any, normalize: bool = False) -> np.ndarray:
+    """Validate a (B, H, W) stack of score maps; return it as float32/float64 in [0, 1].
+
+    Raises ScoreMapError for a wrong shape, a non-float dtype, non-finite values (naming
+    the maps), or values outside [0, 1] when ``normalize`` is False.
+    """
+    maps = as_numpy(score_maps)
+    if maps.ndim != 3 or 0 in maps.shape[1:]:
+        raise ScoreMapError(f"score maps must have shape (B, H, W), got {maps.shape}")
+    if maps.dtype.kind != "f":
+        raise ScoreMapError(f"score maps must be floating point, got dtype {maps.dtype}")
+    if maps.dtype not in (np.float32, np.float64):
+        maps = maps.astype(np.float32)
+    finite = np.isfinite(maps).all(axis=(1, 2))
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise ScoreMapError(f"score maps at batch positions {_listing(bad)} contain NaN or infinite values")
+    if normalize:
+        return normalize_scoremap(maps)
+    inside = ((maps >= 0) & (maps <= 1)).all(axis=(1, 2))
+    if not inside.all():
+        bad = np.flatnonzero(~inside)
+        raise ScoreMapError(
+            f"score maps at batch positions {_listing(bad)} have values outside [0, 1] "
+            f"(min {maps.min():.4g}, max {maps.max():.4g}); pass normalize=True to min-max normalise"
+        )
+    return maps
+
+
+def quantize(score_maps: np.ndarray) -> np.ndarray:
+    """``uint8(map * 255)`` in the map's precision, exactly as the protocol."""
+    return (score_maps * 255).astype(np.uint8)
+
+
+def threshold_cutoffs(quantized: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(B, T) integer cutoffs ``int(t * q.max())`` per map; pixels ``q > cutoff`` are foreground."""
+    q_max = quantized.reshape(len(quantized), -1).max(axis=1).astype(np.float64)
+    return (thresholds[None, :] * q_max[:, None]).astype(np.int64)
+
+
+def check_gt_boxes(gt_boxes: Sequence[Any], n_images: int) -> list[np.ndarray]:
+    """Validate one (n_i, 4) integer box array (x0, y0, x1, y1 inclusive) per image."""
+    if len(gt_boxes) != n_images:
+        raise ScoreMapError(f"got {len(gt_boxes)} ground-truth box arrays for {n_images} score maps")
+    checked = []
+    for i, boxes in enumerate(gt_boxes):
+        arr = as_numpy(boxes)
+        if arr.shape == (4,):
+            arr = arr[None, :]
+        if arr.ndim != 2 or arr.shape[1] != 4 or arr.shape[0] == 0:
+            raise ScoreMapError(f"ground-truth boxes of batch position {i} must have shape (n>=1, 4), got {arr.shape}")
+        checked.append(arr)
+    if not checked:
+        return checked
+    flat = np.concatenate(checked)
+    if flat.dtype.kind not in "iu" and not np.array_equal(flat, np.trunc(flat)):
+        raise ScoreMapError(f"ground-truth boxes at batch positions {_listing(_owners(checked, flat != np.trunc(flat)))} are not integers")
+    flat = flat.astype(np.int64)
+    inverted = (flat[:, 2] < flat[:, 0]) | (flat[:, 3] < flat[:, 1])
+    if inverted.any():
+        raise ScoreMapError(
+            f"ground-truth boxes at batch positions {_listing(_owners(checked, inverted))} are not "
+            "(x0, y0, x1, y1) with x0 <= x1 and y0 <= y1"
+        )
+    return np.split(flat, np.cumsum([len(a) for a in checked[:-1]]))
+
+
+def _owners(arrays: list[np.ndarray], flags: np.ndarray) -> np.ndarray:
+    """Indices of the arrays whose rows (in concatenated order) have a flag set."""
+    rows = flags.reshape(len(flags), -1).any(axis=1)
+    owner = np.repeat(np.arange(len(arrays)), [len(a) for a in arrays])
+    return np.unique(owner[rows])
+
+
+def rescale_boxes(boxes: Any, width: float, height: float, size: int = EVAL_SIZE) -> np.ndarray:
+    """Rescale (n, 4) boxes from a ``width`` x ``height`` image to the ``size`` grid.
+
+    Each coordinate is computed as ``coord * size / original`` in float64 and truncated to
+    an integer, as the protocol's ``resize_bbox``.
+    """
+    arr = as_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    if width <= 0 or height <= 0:
+        raise ScoreMapError(f"image size must be positive, got width={width}, height={height}")
+    scale = np.array([size, size, size, size], dtype=np.float64)
+    denom = np.array([width, height, width, height], dtype=np.float64)
+    return np.trunc(arr * scale / denom).astype(np.int64)
+
+
+def center_map(size: int = EVAL_SIZE, sigma: float | None = None) -> np.ndarray:
+    """The Center baseline map: an isotropic Gaussian at the grid centre, min-max normalised.
+
+    ``C_ij = exp(-((i - (M-1)/2)^2 + (j - (M-1)/2)^2) / (2 sigma^2))`` with ``M = size`` and
+    ``sigma = M / 4`` by default; float64 (size, size).
+    """
+    sigma = size / 4 if sigma is None else sigma
+    coords = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    dist2 = coords[:, None] ** 2 + coords[None, :] ** 2
+    return normalize_scoremap(np.exp(-dist2 / (2 * sigma**2)))
+
+
+def _listing(indices: np.ndarray, limit: int = 20) -> str:
+    shown = ", ".join(str(int(i)) for i in indices[:limit])
+    return shown if len(indices) <= limit else f"{shown} and {len(indices) - limit} more"
