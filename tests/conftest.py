@@ -14,6 +14,26 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated ``synth:PRESET`` data goes to a session folder, not the user's cache
+    (set in the environment, so notebook kernels and sweep workers inherit it)."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["INATLOC_NB_CACHE"] = str(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread():
+    """Tiny models train faster on one thread (no OpenMP synchronisation); restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``tiny`` synthetic preset generated with seed 0 (read-only: do not modify)."""

@@ -21,13 +21,7 @@ FAST = dict(backbone="tinycnn", pretrained=False, image_size=32, batch_size=8, n
             device="cpu", lr=0.01, schedule=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread (no OpenMP synchronisation on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def check_metrics(run_dir, method):

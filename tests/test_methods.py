@@ -24,6 +24,8 @@ from inatloc_nb.methods.has import HideAndSeekCallback, hide_patches, patch_side
 from inatloc_nb.methods.spg import IGNORE, guidance_loss, guidance_mask
 from inatloc_nb.models import CAMNet, build_backbone
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 N_CLASSES = 4
 
 
@@ -302,14 +304,6 @@ def test_spg_heads_are_supervised_by_thresholded_maps():
 
 # --- every method trains through build_learner --------------------------------------------
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models train faster on one thread (no OpenMP synchronisation on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -10,13 +10,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.models import CAMNet, build_backbone, prepare_for_device, weights_path
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: small CPU forwards gain nothing from OpenMP synchronisation on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize("name", ["resnet50", "resnet18"])

@@ -23,13 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"inatloc_nb.cli.{name}")
-        except ModuleNotFoundError as exc:  # a command whose module is not part of this install
-            if exc.name != f"inatloc_nb.cli.{name}":
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(f"inatloc_nb.cli.{name}").register(sub)
     return parser
 
 

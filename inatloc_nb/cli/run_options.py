@@ -1,0 +1,49 @@
+"""Options and output shared by the commands that write a run folder (``train``, ``baseline``)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """``--data`` and ``--image-root``."""
+    p.add_argument("--data", required=True,
+                   help="metadata folder, shipped dataset (cub, ilsvrc, inatloc500) or synth:tiny / synth:demo")
+    p.add_argument("--image-root", help="image folder (default: DATA/images when present)")
+
+
+def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> None:
+    """Schedule, backbone, image size, seed, batch, device and ``--out``."""
+    sched = p.add_mutually_exclusive_group()
+    sched.add_argument("--epochs", type=int, help="number of epochs (LR / 10 every 3)")
+    sched.add_argument("--schedule", choices=("2epoch", "10epoch"), default=default_schedule)
+    p.add_argument("--backbone", default="resnet50", help="resnet50, resnet18 or tinycnn")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="start from random weights instead of ImageNet")
+    p.add_argument("--image-size", type=int, default=224, metavar="PX")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int,
+                   help="data-loading processes (default: none on CPU, CPU count up to 8 with a GPU)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+
+
+def config_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RunConfig`` fields the shared options set."""
+    return dict(
+        data=args.data, image_root=args.image_root,
+        schedule=args.epochs if args.epochs is not None else args.schedule,
+        backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
+        seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+    )
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """One line per evaluated split (D_test, D_f) with MaxBoxAccV2, per-IoU values and top-1."""
+    for name, split in (("D_test", metrics), ("D_f", metrics.get("val", {}))):
+        if "maxboxacc_v2" not in split:
+            continue
+        per_iou = "  ".join(f"IoU{d}: {v:.1f}" for d, v in split["per_iou"].items())
+        top1 = f"  top-1 {split['top1']:.1f}" if split.get("top1") is not None else ""
+        print(f"{name}: MaxBoxAccV2 {split['maxboxacc_v2']:.1f}  ({per_iou}){top1}  [{split['n_images']} images]")
