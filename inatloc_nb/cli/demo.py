@@ -7,6 +7,7 @@ training level and the path of ``report.html``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -40,9 +41,12 @@ def run(args: argparse.Namespace) -> int:
     out = args.out.resolve()
     os.environ["INATLOC_NB_CACHE"] = str(out / "data")  # synth:demo is generated (once) in here
     config = SweepConfig.from_yaml(args.config)
-    for source in config.datasets.values():
-        if source.startswith("synth:"):
-            print(f"synthetic data {source}: {synth_folder(source)}")
+    # Runs record the generated folder itself, so notebooks opened later find the same images.
+    datasets = {name: str(synth_folder(source)) if source.startswith("synth:") else source
+                for name, source in config.datasets.items()}
+    for name, folder in datasets.items():
+        print(f"data {name}: {folder}")
+    config = dataclasses.replace(config, datasets=datasets)
     parallel = args.max_parallel
     if parallel is None and not visible_gpus():
         parallel = 2 if (os.cpu_count() or 1) >= 2 else 1
