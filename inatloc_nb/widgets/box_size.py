@@ -122,7 +122,7 @@ class BoxSizeExplorer(W.VBox):
         view = self.runs.views[self.runs.levels.index(self.level.value)]
         tiles = []
         for image_id in self.selected["image_id"].head(MAX_THUMBNAILS).to_list():
-            row = self.runs.image_ids.index(image_id)
+            row = self.runs.row_of[image_id]
             score_map = view.maps[row].astype(np.float32)
             gt = self.runs.gt_boxes[row]
             state = analyse(view.level, score_map, gt, view.optimal_threshold, view.optimal_threshold)

@@ -102,7 +102,7 @@ class FragmentationExplorer(W.VBox):
             self.states, self.picture.value = [], b""
             self.summary.value = "<i>no image matches the filter</i>"
             return
-        row = self.runs.image_ids.index(self.image.value)
+        row = self.runs.row_of[self.image.value]
         gt = self.runs.gt_boxes[row]
         picture = self.runs.image(self.image.value)
         panels, self.states = [], []

@@ -39,6 +39,7 @@ class LevelRuns:
         self.dataset, self.split, self.method, self.views = dataset, split, method, views
         images = dataset.images(split)
         self.image_ids: list[str] = images["image_id"].to_list()
+        self.row_of: dict[str, int] = {image_id: i for i, image_id in enumerate(self.image_ids)}
         self.gt_boxes: list[np.ndarray] = dataset.gt_boxes(split)
         self._table: pl.DataFrame | None = None
 
