@@ -8,7 +8,8 @@ that its presence means the run finished)::
     model.pth          the trained model's state dict (``load_run_model`` rebuilds it)
     history.csv        per-epoch train/valid loss and accuracy (valid = D_f at the
                        training level): the learning curve
-    cams/<split>.npz   ``CamSet`` of every evaluated split
+    cams/<split>.npz   ``CamSet`` of every evaluated split (raw float32 CAMs at the network's
+                       resolution, compressed; ``inatloc_nb.cam``)
     analysis.parquet   per image: ``image_id, split, box_area_ratio, gt_activation_ratio,
                        n_components`` at the split's optimal threshold for IoU 0.5
     timings.json       training and CAM-extraction images/s and seconds
@@ -33,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inatloc_nb import validate
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
 
@@ -51,6 +53,8 @@ BASELINES = ("center", "cam-agg", "fsl-seg", "fsl-det")
 SYNTH_PREFIX = "synth:"
 #: IoU threshold (percent) whose optimal threshold the per-image analysis uses.
 ANALYSIS_IOU = 50
+#: How to redo a run whose files are damaged (``{run}``: the run folder).
+REDO_RUN = "delete the run folder {run} and run it again (a sweep reruns missing runs)"
 
 
 @dataclass
@@ -64,6 +68,7 @@ class RunConfig:
     ``method_params`` override the method's Table A4 hyperparameters. ``schedule``:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
+    ``allow_split_overlap`` accepts image ids shared by D_w and D_f / D_test (refused by default).
     """
 
     data: str
@@ -83,11 +88,35 @@ class RunConfig:
     model_run: str | None = None
     num_workers: int | None = None
     device: str | None = None
+    allow_split_overlap: bool = False
 
     def __post_init__(self) -> None:
         self.eval_splits = tuple(self.eval_splits)
         if self.method not in BASELINES and self.lr is None:
             raise InatlocError(f"method {self.method!r} needs a learning rate (lr)")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field's type and range; ``InatlocError`` names the field and the allowed range."""
+        for name in ("data", "level", "method", "backbone"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise InatlocError(f"RunConfig.{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        if self.lr is not None:
+            self.lr = validate.positive_float(self.lr, "RunConfig.lr")
+        self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
+        for name in ("pretrained", "allow_split_overlap"):
+            if not isinstance(getattr(self, name), bool):
+                raise InatlocError(f"RunConfig.{name}: expected true or false, got {getattr(self, name)!r}")
+        validate.integer(self.image_size, "RunConfig.image_size", *validate.IMAGE_SIZE_RANGE)
+        validate.integer(self.batch_size, "RunConfig.batch_size", *validate.BATCH_SIZE_RANGE)
+        validate.optional_integer(self.per_class, "RunConfig.per_class", 1)
+        validate.integer(self.seed, "RunConfig.seed", 0, 2**32 - 1)
+        validate.optional_integer(self.num_workers, "RunConfig.num_workers", 0, 1024)
+        self.device = validate.device(self.device, "RunConfig.device")
+        if not isinstance(self.method_params, dict):
+            raise InatlocError(f"RunConfig.method_params: expected a mapping, got {self.method_params!r}")
+        if not self.eval_splits or not all(isinstance(s, str) and s for s in self.eval_splits):
+            raise InatlocError(f"RunConfig.eval_splits: expected split names such as val, test, got {self.eval_splits!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_dict`` inverts it)."""
@@ -111,8 +140,10 @@ class RunConfig:
         """Read a config from a JSON file (e.g. a run folder's ``params.json``)."""
         try:
             values = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InatlocError(f"{path}: cannot read run parameters ({exc})") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InatlocError(f"{path}: cannot read run parameters ({exc})") from None
+        if not isinstance(values, dict):
+            raise InatlocError(f"{path}: expected a JSON object of run parameters")
         return cls.from_dict(values.get("config", values))
 
 
@@ -152,8 +183,9 @@ def synth_folder(spec: str) -> Path:
     return target
 
 
-def load_dataset(data: str, image_root: str | Path | None = None) -> WSOLDataset:
-    """The dataset named by a ``RunConfig.data`` value (see ``RunConfig``)."""
+def load_dataset(data: str, image_root: str | Path | None = None, allow_overlap: bool = False) -> WSOLDataset:
+    """The dataset named by a ``RunConfig.data`` value (see ``RunConfig``); ``allow_overlap``
+    accepts image ids shared by train and val/test."""
     from inatloc_nb.data import SHIPPED, WSOLDataset, load_shipped
 
     if data.startswith(SYNTH_PREFIX):
@@ -169,7 +201,7 @@ def load_dataset(data: str, image_root: str | Path | None = None) -> WSOLDataset
         )
     if image_root is None and (folder / "images").is_dir():
         image_root = folder / "images"
-    return WSOLDataset.from_folder(folder, image_root=image_root)
+    return WSOLDataset.from_folder(folder, image_root=image_root, allow_overlap=allow_overlap)
 
 
 def _split_metrics(result: BoxAccuracyResult, cams: CamSet) -> dict[str, Any]:
@@ -197,6 +229,8 @@ def build_model_for(config: RunConfig, n_classes: int, pretrained: bool | None =
     from inatloc_nb.models import build_backbone
 
     method = get_method(config.method, **config.method_params)
+    if method.needs_hierarchy:
+        method.bind(load_dataset(config.data, config.image_root).hierarchy, config.level)
     features, n_channels = build_backbone(config.backbone, config.pretrained if pretrained is None else pretrained)
     return method.build_model(features, n_channels, n_classes), method
 
@@ -208,34 +242,73 @@ def load_run_model(run_dir: str | Path, device: str | None = None) -> tuple[nn.M
     from inatloc_nb.models import default_device, prepare_for_device
 
     run_dir = Path(run_dir)
-    params_path, weights_path = run_dir / "params.json", run_dir / "model.pth"
-    for path in (params_path, weights_path):
-        if not path.is_file():
-            raise InatlocError(f"{path}: missing; is {run_dir} a finished training run?")
-    params = json.loads(params_path.read_text(encoding="utf-8"))
-    config = RunConfig.from_dict(params["config"])
-    model, method = build_model_for(config, params["n_classes"], pretrained=False)
-    model.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+    weights_path = run_dir / "model.pth"
+    params = read_run_params(run_dir)
+    params_path = run_dir / "params.json"
+    try:
+        config = RunConfig.from_dict(params["config"])
+        n_classes = validate.integer(params["n_classes"], "n_classes", 1)
+    except (KeyError, TypeError, InatlocError) as exc:
+        raise InatlocError(f"{params_path}: not the parameters of a training run ({exc}); "
+                           f"{REDO_RUN.format(run=run_dir)}") from None
+    if not weights_path.is_file():
+        raise InatlocError(f"{weights_path}: missing; is {run_dir} a finished training run? "
+                           f"{REDO_RUN.format(run=run_dir)}")
+    model, method = build_model_for(config, n_classes, pretrained=False)
+    try:
+        state = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as exc:  # truncated or foreign file: zip, pickle, EOF or key/shape errors
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InatlocError(f"{weights_path}: damaged or not the weights of this run ({first}); "
+                           f"{REDO_RUN.format(run=run_dir)}") from None
     model = prepare_for_device(model, default_device() if device is None else device)
     return model.eval(), config, method
 
 
+def read_run_params(run_dir: str | Path) -> dict[str, Any]:
+    """A run folder's ``params.json`` as a dict; ``InatlocError`` naming the file (and how to
+    redo the run) when it is missing, truncated or not a JSON object."""
+    path = Path(run_dir) / "params.json"
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InatlocError(f"{path}: missing; is {run_dir} a finished run folder?") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InatlocError(f"{path}: damaged ({exc}); {REDO_RUN.format(run=run_dir)}") from None
+    if not isinstance(params, dict):
+        raise InatlocError(f"{path}: expected a JSON object; {REDO_RUN.format(run=run_dir)}")
+    return params
+
+
 def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train, extract and score CAMs per ``config``; write the run folder; return metrics.json."""
+    """Train, extract and score CAMs per ``config``; write the run folder; return metrics.json.
+
+    A bad image stops the run with an ``ImageError`` naming it, also when it is read by a
+    data-loading worker process.
+    """
+    from inatloc_nb.images import clear_worker_errors
+
+    validate.device_available(config.device, "RunConfig.device")
+    with clear_worker_errors():
+        return _run_experiment(config, out_dir, say)
+
+
+def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], None]) -> dict[str, Any]:
     if config.method in BASELINES:
         from inatloc_nb.baselines import run_baseline
 
         return run_baseline(config, out_dir, say=say)
 
     say(f"loading data {config.data}")
-    dataset = load_dataset(config.data, config.image_root)
+    dataset = load_dataset(config.data, config.image_root, config.allow_split_overlap)
 
     import polars as pl
     import torch
 
+    from inatloc_nb.baselines.runfolder import analysis_frame
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.learner import build_learner, history_rows, train
-    from inatloc_nb.metrics import analysis_table
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -278,18 +351,10 @@ def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], 
         say(f"scoring {split}")
         result = score_cams(cams, dataset)
         metrics[split] = _split_metrics(result, cams)
-        analyses.append(
-            analysis_table(cams.maps, dataset.gt_boxes(split), cams.image_ids,
-                           result.optimal_threshold[ANALYSIS_IOU])
-            .rename({"gt_activation": "gt_activation_ratio"})
-            .with_columns(split=pl.lit(split))
-        )
+        analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
         timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
-    analysis = pl.concat(analyses).select(
-        "image_id", "split", "box_area_ratio", "gt_activation_ratio", "n_components"
-    )
-    atomic_write_parquet(out / "analysis.parquet", analysis)
+    atomic_write_parquet(out / "analysis.parquet", pl.concat(analyses))
     atomic_write_json(out / "timings.json", timings)
 
     summary = metrics.pop("test", {})

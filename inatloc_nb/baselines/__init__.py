@@ -35,7 +35,7 @@ def run_baseline(config: RunConfig, out_dir: str | Path,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     say(f"loading data {config.data}")
-    dataset = load_dataset(config.data, config.image_root)
+    dataset = load_dataset(config.data, config.image_root, config.allow_split_overlap)
     return _runners()[config.method](config, dataset, out, say=say)
 
 

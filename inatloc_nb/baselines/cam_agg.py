@@ -12,7 +12,6 @@ Needs a finished species-level run of a CAM model (``--model RUN_DIR``).
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,7 @@ from inatloc_nb.baselines.runfolder import (
     analysis_frame, finish, score_maps, split_metrics, write_analysis, write_params,
 )
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.run import read_run_params
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -41,9 +41,10 @@ def averaging_matrix(hierarchy: Hierarchy, level: str) -> np.ndarray:
 
 
 def aggregated_cams(weights: Tensor, feats: Tensor, averaging: Tensor, class_idx: Tensor) -> Tensor:
-    """CAM-Agg maps (B, h, w): the CAMs of ``class_idx``'s species averaged (``weights`` (S, C))."""
-    class_weights = averaging.T.to(weights) @ weights  # (n_classes, C)
-    return torch.einsum("bc,bchw->bhw", class_weights[class_idx], feats)
+    """CAM-Agg maps (B, h, w), float32: the CAMs of ``class_idx``'s species averaged
+    (``weights`` (S, C)); each CAM as ``CAMNet.class_activation_maps`` computes it."""
+    class_weights = averaging.T.to(torch.float32) @ weights.float()  # (n_classes, C)
+    return (class_weights[class_idx][:, :, None, None] * feats.float()).mean(1)
 
 
 def _species_model(config: RunConfig, dataset: WSOLDataset):
@@ -67,14 +68,13 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
     """Score CAM-Agg at every level (``dataset.levels`` by default); write the run folder.
 
     ``metrics.json`` holds one block per level under ``"per_level"`` and, at the top level,
-    the keys of ``config.level``; ``cams/<split>.npz`` holds the maps at ``config.level``.
+    the keys of ``config.level``; ``cams/<split>.npz`` holds the raw maps at ``config.level``.
     """
     from fastprogress.fastprogress import progress_bar
 
-    from inatloc_nb.cam import CamSet, upsample_maps
+    from inatloc_nb.cam import CamSet, evaluation_maps
     from inatloc_nb.learner import build_dataloaders, labelled_items
     from inatloc_nb.metrics.boxacc import BoxAccuracy
-    from inatloc_nb.metrics.scoremaps import normalize_scoremap
 
     levels = list(levels or dataset.levels)
     if config.level not in levels:
@@ -95,36 +95,37 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
         labels = {lv: dataset.labels(split, lv) for lv in levels}
         accuracy = {lv: BoxAccuracy() for lv in levels}
         correct = dict.fromkeys(levels, 0)
-        kept = np.empty((len(ids), 224, 224), dtype=np.float16)
+        kept: list[np.ndarray] = []
         dl = dls.test_dl(labelled_items(dataset, split, finest), with_labels=True, shuffle=False)
         start = 0
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             for xb, _ in progress_bar(dl, leave=False):
-                feats = model.feature_maps(xb.as_subclass(Tensor))
+                feats = model.feature_maps(xb.as_subclass(Tensor).float())
                 probs = model.classifier(torch.flatten(model.pool(feats), 1)).softmax(1)
                 stop = start + len(xb)
                 for lv in levels:
                     target = torch.as_tensor(labels[lv][start:stop], device=device)
                     raw = aggregated_cams(weights, feats, averaging[lv], target)
-                    maps = normalize_scoremap(upsample_maps(raw).cpu().numpy())
-                    score_maps(maps, boxes[start:stop], accuracy[lv])
+                    raw = raw.cpu().numpy()
+                    score_maps(evaluation_maps(raw), boxes[start:stop], accuracy[lv])
                     coarse = probs @ (averaging[lv] > 0).to(probs)
                     correct[lv] += int((coarse.argmax(1) == target).sum())
                     if lv == config.level:
-                        kept[start:stop] = maps
+                        kept.append(raw)
                 start = stop
+        main = labels[config.level]
+        cams = CamSet(split=split, level=config.level, image_ids=ids, raw=np.concatenate(kept), labels=main,
+                      cam_classes=main, predictions=np.full(len(ids), -1),
+                      top1_logits=np.full(len(ids), np.nan, np.float32))
+        cams.save(out / "cams" / f"{split}.npz")
         for lv in levels:
             result = accuracy[lv].compute()
             per_level[lv][split] = split_metrics(result, top1=100.0 * correct[lv] / len(ids))
             if lv == config.level:
-                frames.append(analysis_frame(kept, boxes, ids, result, split))
-        main = labels[config.level]
-        CamSet(split=split, level=config.level, image_ids=ids, maps=kept, labels=main, cam_classes=main,
-               predictions=np.full(len(ids), -1), top1_logits=np.full(len(ids), np.nan, np.float32),
-               ).save(out / "cams" / f"{split}.npz")
+                frames.append(analysis_frame(cams.iter_maps(), boxes, ids, result, split))
     write_analysis(out, frames)
     blocks = {lv: {**d.get("test", {}), **{k: v for k, v in d.items() if k != "test"}}
               for lv, d in per_level.items()}
-    species_params = json.loads((Path(config.model_run) / "params.json").read_text(encoding="utf-8"))
+    species_params = read_run_params(config.model_run)
     return finish(out, config, per_level[config.level], n_train=species_params.get("n_train_images", 0),
                   say=say, per_level=blocks)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from inatloc_nb.baselines.runfolder import finish, split_metrics, write_params
+from inatloc_nb.images import open_image
 from inatloc_nb.io import atomic_path
 
 if TYPE_CHECKING:
@@ -68,8 +69,8 @@ class DetectionImages(torch.utils.data.Dataset):
         from PIL import Image
 
         image_id, width, height = self.rows[i]
-        with Image.open(self.dataset.image_path(image_id)) as im:
-            pixels = np.asarray(im.convert("RGB").resize((self.size, self.size), Image.BILINEAR))
+        im = open_image(self.dataset.image_path(image_id), image_id)
+        pixels = np.asarray(im.resize((self.size, self.size), Image.BILINEAR))
         image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float() / 255
         boxes = self.boxes.get(image_id, np.zeros((0, 4), np.float32)).copy()
         boxes[:, 2:] += 1  # inclusive pixel boxes -> continuous coordinates

@@ -4,28 +4,41 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from inatloc_nb import validate as v
+
+#: argparse types of the shared numeric options (the ranges of ``RunConfig``).
+EPOCHS = v.arg_type(v.integer, int, minimum=1)
+IMAGE_SIZE = v.arg_type(v.integer, int, minimum=v.IMAGE_SIZE_RANGE[0], maximum=v.IMAGE_SIZE_RANGE[1])
+BATCH_SIZE = v.arg_type(v.integer, int, minimum=v.BATCH_SIZE_RANGE[0], maximum=v.BATCH_SIZE_RANGE[1])
+SEED = v.arg_type(v.integer, int, minimum=0, maximum=2**32 - 1)
+NUM_WORKERS = v.arg_type(v.integer, int, minimum=0, maximum=1024)
+LEARNING_RATE = v.arg_type(v.positive_float, float)
+DEVICE = v.arg_type(v.device)
+
 
 def add_data_options(p: argparse.ArgumentParser) -> None:
     """``--data`` and ``--image-root``."""
     p.add_argument("--data", required=True,
                    help="metadata folder, shipped dataset (cub, ilsvrc, inatloc500) or synth:tiny / synth:demo")
     p.add_argument("--image-root", help="image folder (default: DATA/images when present)")
+    p.add_argument("--allow-split-overlap", action="store_true",
+                   help="accept image ids that are in train and in val or test (refused by default)")
 
 
 def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> None:
     """Schedule, backbone, image size, seed, batch, device and ``--out``."""
     sched = p.add_mutually_exclusive_group()
-    sched.add_argument("--epochs", type=int, help="number of epochs (LR / 10 every 3)")
+    sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3)")
     sched.add_argument("--schedule", choices=("2epoch", "10epoch"), default=default_schedule)
     p.add_argument("--backbone", default="resnet50", help="resnet50, resnet18 or tinycnn")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights instead of ImageNet")
-    p.add_argument("--image-size", type=int, default=224, metavar="PX")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int,
+    p.add_argument("--image-size", type=IMAGE_SIZE, default=224, metavar="PX")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
+    p.add_argument("--num-workers", type=NUM_WORKERS,
                    help="data-loading processes (default: none on CPU, CPU count up to 8 with a GPU)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
 
 
@@ -36,6 +49,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
         schedule=args.epochs if args.epochs is not None else args.schedule,
         backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
         seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+        allow_split_overlap=args.allow_split_overlap,
     )
 
 

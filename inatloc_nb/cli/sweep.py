@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from inatloc_nb.validate import arg_type, integer
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``sweep`` subcommand."""
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="local process pool (default) or Dask distributed")
     parser.add_argument("--scheduler", default=None,
                         help="address of an existing Dask scheduler, e.g. tcp://host:8786 (implies --executor dask)")
-    parser.add_argument("--max-parallel", type=int, default=None,
+    parser.add_argument("--max-parallel", type=arg_type(integer, int, minimum=1), default=None,
                         help="runs at once (default: one per GPU, or 1 on CPU)")
     parser.add_argument("--notebook", default=None,
                         help="training notebook (default: notebooks/02_train_wsol.ipynb of this repository)")

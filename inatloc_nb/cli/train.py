@@ -4,7 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields, print_metrics
+from inatloc_nb.cli.run_options import (
+    LEARNING_RATE, add_data_options, add_training_options, config_fields, print_metrics,
+)
+from inatloc_nb.validate import arg_type, integer
 from inatloc_nb.errors import InatlocError
 
 #: Trainable WSOL methods offered on the command line.
@@ -35,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=TRAIN_METHODS, default="cam")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                    help="override a method hyperparameter (repeatable), e.g. drop_rate=0.1")
-    p.add_argument("--lr", type=float, required=True, help="learning rate (the classifier gets 10x)")
-    p.add_argument("--per-class", type=int, metavar="N", help="train on N images per class at --level")
+    p.add_argument("--lr", type=LEARNING_RATE, required=True, help="learning rate (the classifier gets 10x)")
+    p.add_argument("--per-class", type=arg_type(integer, int, minimum=1), metavar="N", help="train on N images per class at --level")
     add_training_options(p, default_schedule="2epoch")
     p.set_defaults(func=run)
 
