@@ -11,6 +11,7 @@ coarser label is derived from the hierarchy, so all levels stay consistent.
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +40,8 @@ class WSOLDataset:
 
     ``splits`` hold finest labels as indices into ``class_names``; classes the hierarchy does
     not contain are excluded with a warning, and their images are listed in ``excluded``
-    (columns ``split, image_id, class_name``).
+    (columns ``split, image_id, class_name``). An image id in ``train`` and in ``val`` or
+    ``test`` (train/test leakage) is refused unless ``allow_overlap`` is set.
     """
 
     def __init__(
@@ -49,7 +51,10 @@ class WSOLDataset:
         class_names: Sequence[str],
         hierarchy: Hierarchy,
         image_root: str | Path | None = None,
+        allow_overlap: bool = False,
     ):
+        if not allow_overlap:
+            check_split_overlap(name, splits)
         self.name = name
         self.hierarchy = hierarchy
         self.image_root = None if image_root is None else Path(image_root)
@@ -89,20 +94,22 @@ class WSOLDataset:
 
     @classmethod
     def from_folder(
-        cls, metadata_root: str | Path, image_root: str | Path | None = None, size_order: str = "auto"
+        cls, metadata_root: str | Path, image_root: str | Path | None = None, size_order: str = "auto",
+        allow_overlap: bool = False,
     ) -> WSOLDataset:
         """Read a Choe-format folder: ``train/ val/ test/`` (those present) and
         ``class_names*.txt`` at the root.
 
         Extra levels come from ``class_labels_<level>.txt`` (the same set in every split),
         ordered finest first by taxonomic rank, or by decreasing class count for other
-        names. The finest level is called ``species`` when the extra levels are ranks, and
-        ``leaf`` otherwise. A coarsest level with a single class becomes the root (e.g.
+        names. The finest level is called ``species`` when the extra levels are ranks, ``c0``
+        when they are ``c1 .. cK`` (deepest-only levels, ordered by K), and ``leaf`` otherwise. A coarsest level with a single class becomes the root (e.g.
         ``kingdom`` ``Animalia``), as does the single name in the first ``class_names_<rank>.txt``
         present for a rank above the coarsest level; otherwise the root is ``root``. With no extra
         levels the hierarchy is flat with deepest-only levels ``c0``. Missing class
         names files give the names ``"0", "1", ...`` (``"<level> <i>"`` for coarser levels).
         The image-size order detected on splits with boxes is used for splits without them.
+        ``allow_overlap``: accept image ids shared by ``train`` and ``val``/``test``.
         """
         root = Path(metadata_root)
         present = [s for s in SPLITS if (root / s).is_dir()]
@@ -124,15 +131,17 @@ class WSOLDataset:
         extra = _order_levels(images, next(iter(level_sets.values())))
         class_names = _class_names(root / class_names_file(), images["label"].to_numpy(), "")
         if not extra:
-            return cls(root.name, splits, class_names, flat_hierarchy(class_names), image_root)
-        finest = "species" if all(lv in RANKS for lv in extra) else "leaf"
+            return cls(root.name, splits, class_names, flat_hierarchy(class_names), image_root, allow_overlap)
+        finest = "species" if all(lv in RANKS for lv in extra) else "c0" if extra == [
+            f"c{k}" for k in range(1, len(extra) + 1)] else "leaf"
         labels = {finest: images["label"].to_numpy()}
         names = {finest: class_names}
         for level in extra:
             labels[level] = images[f"label_{level}"].to_numpy()
             names[level] = _class_names(root / class_names_file(level), labels[level], level)
         root_name, root_level = "root", None
-        above = [r for r in RANKS[RANKS.index(extra[-1]) + 1:] if (root / class_names_file(r)).exists()]
+        above = [r for r in RANKS[RANKS.index(extra[-1]) + 1:] if (root / class_names_file(r)).exists()
+                 ] if finest == "species" else []
         if len(names[extra[-1]]) == 1:
             root_name = names[extra[-1]][0]
         elif finest == "species" and above:
@@ -140,7 +149,7 @@ class WSOLDataset:
             if len(top) == 1:
                 root_name, root_level = top[0], above[0]
         hierarchy = Hierarchy.from_level_labels(labels, names, root_name, root_level)
-        return cls(root.name, splits, class_names, hierarchy, image_root)
+        return cls(root.name, splits, class_names, hierarchy, image_root, allow_overlap)
 
     # -------------------------------------------------------------------------- access
 
@@ -288,6 +297,22 @@ class WSOLDataset:
         return f"WSOLDataset({self.name!r}, {sizes}, {self.hierarchy!r}, image_root={self.image_root})"
 
 
+def check_split_overlap(name: str, splits: Mapping[str, SplitMetadata]) -> None:
+    """Refuse image ids of ``train`` (D_w) that are also in ``val`` (D_f) or ``test`` (D_test)."""
+    if "train" not in splits:
+        return
+    train = splits["train"].images["image_id"]
+    for other in ("val", "test"):
+        if other not in splits:
+            continue
+        shared = train.filter(train.is_in(splits[other].images["image_id"].implode())).to_list()
+        if shared:
+            raise MetadataError(
+                f"{name}: {len(shared)} image id(s) are in both train and {other} (train/test leakage): "
+                f"{shared[:_MAX_LISTED]}; remove them from one split, or pass allow_overlap=True "
+                "(--allow-split-overlap) to accept the overlap")
+
+
 def flat_hierarchy(class_names: Sequence[str], level: str | None = None, root: str = "root") -> Hierarchy:
     """Every class directly under ``root``, in the given class-index order; the one level is
     called ``level`` (``None``: deepest-only ``c0``)."""
@@ -299,6 +324,8 @@ def _order_levels(images: pl.DataFrame, levels: set[str]) -> list[str]:
     """Extra levels finest first: by rank when all are ranks, else by decreasing class count."""
     if all(lv in RANKS for lv in levels):
         return sorted(levels, key=RANKS.index)
+    if all(re.fullmatch(r"c[1-9]\d*", lv) for lv in levels):
+        return sorted(levels, key=lambda lv: int(lv[1:]))
     return sorted(levels, key=lambda lv: (-images[f"label_{lv}"].n_unique(), lv))
 
 
@@ -317,8 +344,9 @@ def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path 
     """Load the real metadata shipped in ``data/``: ``"cub"``, ``"ilsvrc"`` or ``"inatloc500"``.
 
     With ``with_hierarchy`` CUB and iNatLoc500 get their iNaturalist taxonomy
-    (:mod:`inatloc_nb.inaturalist`; CUB classes without an unambiguous species are excluded);
-    otherwise, and always for ILSVRC, the hierarchy is flat.
+    (:mod:`inatloc_nb.inaturalist`; CUB classes without an unambiguous species are excluded)
+    and ILSVRC its WordNet tree (:mod:`inatloc_nb.imagenet`: classes named by wnid, levels
+    ``cK``, the 73 classes App. C drops are excluded); otherwise the hierarchy is flat.
     """
     if name not in SHIPPED:
         raise InatlocError(f"unknown shipped dataset {name!r}; choose from {list(SHIPPED)}")
@@ -338,7 +366,12 @@ def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path 
                 split, part.select("image_id", "width", "height", "label"),
                 boxes.filter(pl.col("split") == split).drop("split"),
                 "wh" if part["width"].null_count() == 0 else None)
-    if with_hierarchy and name != "ilsvrc":
+    if with_hierarchy and name == "ilsvrc":
+        from inatloc_nb import imagenet
+
+        hierarchy = imagenet.ilsvrc_hierarchy()  # classes are named by their wnid; 73 are excluded (App. C)
+        class_names = imagenet.ilsvrc_classes()["wnid"].to_list()
+    elif with_hierarchy:
         from inatloc_nb import inaturalist
 
         hierarchy = inaturalist.cub_hierarchy() if name == "cub" else inaturalist.inatloc500_hierarchy()

@@ -470,6 +470,11 @@ class Hierarchy:
             return self._paths[:, self._named[level]]
         if level == self.root_level:
             return self._paths[:, 0]
+        if level.startswith("mixed:"):  # a per-category labelling file (inatloc_nb.granularity)
+            from inatloc_nb.granularity.labelling import labelling_path, read_labelling
+
+            chosen = read_labelling(labelling_path(level), self)
+            return np.array([self._node_index[node] for node in chosen], dtype=np.int64)
         match = _DEEPEST_ONLY.fullmatch(level)
         if not match:
             known = [*self.levels, *([self.root_level] if self.root_level else []), "c0", "c1", "..."]
@@ -479,7 +484,8 @@ class Hierarchy:
         return self._paths[np.arange(len(self.leaves)), depth]
 
     def level_names(self, level: str) -> tuple[str, ...]:
-        """Class-index order of the labels at ``level`` (named level, root level or ``cK``)."""
+        """Class-index order of the labels at ``level`` (named level, root level, ``cK`` or a
+        per-category labelling ``mixed:FILE``, whose classes are its chosen nodes, sorted)."""
         match = _DEEPEST_ONLY.fullmatch(level)
         if self._named and match and int(match.group(1)) < len(self.levels):
             level = self.levels[int(match.group(1))]
@@ -512,15 +518,16 @@ def dag_to_tree(parents: Mapping[str, Sequence[str]], root: str) -> dict[str, st
     still reachable from ``root`` are counted; the parent keeping the most is kept (ties:
     first in sorted order) and the other parent nodes are deleted, with every node no longer
     reachable from the root. Finally, nodes with no surviving original leaf below them are
-    dropped, so the tree's leaves are original leaves. Raises ``HierarchyError`` on cycles
-    and unknown parents.
+    dropped, so the tree's leaves are original leaves. The mapping may list nodes in any
+    order (children before their parents). Raises ``HierarchyError`` on cycles and unknown
+    parents.
     """
     _check_rooted(parents, root)
     children: dict[str, set[str]] = {root: set()}
     for node, ps in parents.items():
         children.setdefault(node, set())
         for p in ps:
-            children[p].add(node)
+            children.setdefault(p, set()).add(node)  # a parent may be listed after its child
     leaves = {node for node, kids in children.items() if not kids and node != root}
     alive = set(children)
     current = {node: set(ps) for node, ps in parents.items()}

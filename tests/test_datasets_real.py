@@ -1,0 +1,192 @@
+"""Real dataset layouts: the ImageNet WordNet tree, FGVC-Aircraft, filtered CUB (generated files only)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+
+from inatloc_nb import aircraft, imagenet
+from inatloc_nb.data import WSOLDataset, load_shipped
+from inatloc_nb.errors import HierarchyError, MetadataError
+from inatloc_nb.taxonomy import dag_to_tree
+
+# --------------------------------------------------------------------------- DAG -> tree
+
+
+def test_dag_to_tree_accepts_children_before_parents() -> None:
+    ordered = {"A": ["r"], "B": ["r"], "x": ["A"], "y": ["A", "B"], "z": ["B"], "w": ["B"]}
+    reversed_order = dict(reversed(list(ordered.items())))
+    assert list(reversed_order)[0] == "w"  # a child first: its parent B comes later
+    assert dag_to_tree(reversed_order, "r") == dag_to_tree(ordered, "r") == {"B": "r", "y": "B", "z": "B", "w": "B"}
+
+
+# --------------------------------------------------------------------------- ImageNet / WordNet
+
+WORDNET = {  # offset: (lemma, hypernym pointers as (symbol, offset))
+    "00001740": ("entity", []),
+    "00000010": ("animal", [("@", "00001740")]),
+    "00000020": ("artifact", [("@", "00001740")]),
+    "00000030": ("dog", [("@", "00000010")]),
+    "00000040": ("robot_dog", [("@", "00000010"), ("@", "00000020")]),
+    "00000050": ("beagle", [("@", "00000030")]),
+    "00000060": ("toy_robot_dog", [("@", "00000040")]),
+    "00000070": ("hammer", [("@", "00000020")]),
+    "00000080": ("lassie", [("@i", "00000030")]),
+}
+
+
+def _write_data_noun(path: Path, synsets: dict = WORDNET) -> Path:
+    lines = ["  1 This software and database is being provided to you, the LICENSEE, by  "]
+    for offset, (lemma, pointers) in synsets.items():
+        ptrs = " ".join(f"{sym} {target} n 0000" for sym, target in pointers)
+        extra = " + 01234567 v 0101" if lemma == "hammer" else ""  # a verb pointer is ignored
+        count = len(pointers) + bool(extra)
+        lines.append(f"{offset} 05 n 01 {lemma} 0 {count:03d} {ptrs}{extra} | gloss of {lemma}  ")
+    path.write_text("\n".join(lines) + "\n", encoding="latin-1")
+    return path
+
+
+def test_read_wordnet_nouns_hypernyms_and_errors(tmp_path: Path) -> None:
+    nouns = imagenet.read_wordnet_nouns(_write_data_noun(tmp_path / "data.noun"))
+    assert nouns["n00000040"] == ("robot dog", ("n00000010", "n00000020"))
+    assert nouns["n00000080"][1] == ("n00000030",)  # instance hypernym
+    assert nouns["n00000070"][1] == ("n00000020",)
+    bad = tmp_path / "bad.noun"
+    bad.write_text("00000010 05 n 01 animal 0 002 @ 00001740 n 0000 | truncated\n")
+    with pytest.raises(MetadataError, match=r"bad.noun:1: not a WordNet synset line"):
+        imagenet.read_wordnet_nouns(bad)
+
+
+def test_read_synsets_errors(tmp_path: Path) -> None:
+    path = tmp_path / "synsets.txt"
+    path.write_text("n00000050\nn00000060\nn00000050\n")
+    with pytest.raises(MetadataError, match=r"synsets.txt:3: n00000050 repeats line 1"):
+        imagenet.read_synsets(path)
+    path.write_text("n00000050\ndog\n")
+    with pytest.raises(MetadataError, match=r"synsets.txt:2: 'dog' is not a WordNet noun id"):
+        imagenet.read_synsets(path)
+
+
+def test_hierarchy_table_applies_the_greedy_tree(tmp_path: Path) -> None:
+    nouns = imagenet.read_wordnet_nouns(_write_data_noun(tmp_path / "data.noun"))
+    classes = ["n00000050", "n00000060", "n00000070", "n00000080"]
+    table = imagenet.hierarchy_table(classes, nouns)
+    parent = dict(table.select("node", "parent").iter_rows())
+    # robot_dog keeps animal (3 leaves stay reachable) over artifact (2), so artifact is
+    # deleted and hammer, a class below it only, is excluded (no parent in the table)
+    assert parent["n00000040"] == "n00000010" and "n00000020" not in parent
+    assert parent["n00000070"] is None
+    assert table.filter(pl.col("label").is_not_null()).sort("label")["node"].to_list() == classes
+    assert table.filter(pl.col("node") == imagenet.WORDNET_ROOT)["parent"].to_list() == [None]
+    with pytest.raises(HierarchyError, match="n00000999 is not a WordNet 3.0 noun"):
+        imagenet.hierarchy_table(["n00000999"], nouns)
+    with pytest.raises(HierarchyError, match="hypernyms of other classes"):
+        imagenet.hierarchy_table(["n00000030", "n00000050"], nouns)
+
+
+def test_shipped_ilsvrc_hierarchy_has_927_leaves() -> None:
+    tree = imagenet.ilsvrc_hierarchy()
+    classes = imagenet.ilsvrc_classes()
+    assert len(tree.leaves) == 927 and classes.height == 1000  # App. C
+    assert classes["wnid"].to_list() == sorted(classes["wnid"].to_list())  # label order = sorted wnids
+    assert tree.root == imagenet.WORDNET_ROOT and tree.levels[0] == "c0"
+    assert classes.filter(pl.col("wnid") == "n01440764")["name"].item() == "tench"
+    sizes = [len(tree.level_names(level)) for level in tree.levels]
+    assert sizes[0] == 927 and sizes == sorted(sizes, reverse=True) and sizes[-1] < 10
+    to_leaf = imagenet.ilsvrc_label_to_leaf()
+    assert (to_leaf >= 0).sum() == 927
+    ilsvrc = load_shipped("ilsvrc")
+    assert ilsvrc.levels == tree.levels and ilsvrc.excluded["class_name"].n_unique() == 73
+    kept = to_leaf[load_shipped("ilsvrc", with_hierarchy=False).images("test")["label"].to_numpy()] >= 0
+    assert ilsvrc.images("test").height == int(kept.sum())
+
+
+# --------------------------------------------------------------------------- FGVC-Aircraft
+
+VARIANTS = {  # variant: (family, manufacturer)
+    "707-320": ("Boeing 707", "Boeing"), "737-800": ("Boeing 737", "Boeing"),
+    "F/A-18": ("F/A-18", "McDonnell Douglas"), "Cessna 172": ("Cessna 172", "Cessna"),
+}
+
+
+def _write_aircraft(root: Path, per_split: int = 2, box_shift: int = 1) -> Path:
+    data = root / "fgvc-aircraft-2013b" / "data"
+    (data / "images").mkdir(parents=True)
+    families = sorted({f for f, _ in VARIANTS.values()})
+    makers = sorted({m for _, m in VARIANTS.values()})
+    (data / "variants.txt").write_text("".join(f"{v}\n" for v in VARIANTS))
+    (data / "families.txt").write_text("".join(f"{f}\n" for f in families))
+    (data / "manufacturers.txt").write_text("".join(f"{m}\n" for m in makers))
+    boxes, number = [], 100000
+    for split in ("train", "val", "test", "trainval"):
+        rows = {"variant": [], "family": [], "manufacturer": []}
+        for variant, (family, maker) in VARIANTS.items():
+            for _ in range(per_split):
+                number += 1
+                name = f"{number:07d}"
+                if split != "trainval":
+                    Image.new("RGB", (40 + number % 7, 30)).save(data / "images" / f"{name}.jpg")
+                    boxes.append(f"{name} {box_shift + 2} {box_shift + 3} {box_shift + 34} {box_shift + 25}\n")  # wider than tall
+                rows["variant"].append(f"{name} {variant}\n")
+                rows["family"].append(f"{name} {family}\n")
+                rows["manufacturer"].append(f"{name} {maker}\n")
+        for level, lines in rows.items():
+            (data / f"images_{level}_{split}.txt").write_text("".join(lines))
+    (data / "images_box.txt").write_text("".join(boxes))
+    return data.parent
+
+
+def test_aircraft_release_to_choe_folder(tmp_path: Path) -> None:
+    release = _write_aircraft(tmp_path)
+    out = aircraft.build_aircraft(release, tmp_path / "aircraft", progress=False)
+    ds = WSOLDataset.from_folder(out, image_root=release / "data" / "images")
+    assert ds.levels == ("leaf", "family", "manufacturer")
+    assert {s: ds.images(s).height for s in ds.splits} == {"train": 8, "val": 8, "test": 8}
+    assert [len(ds.class_names(lv)) for lv in ds.levels] == [4, 4, 3]
+    assert "F/A-18" in ds.class_names("leaf") and "F/A-18 (family)" in ds.class_names("family")
+    first = ds.images("val").row(0, named=True)
+    box = ds.boxes("val").filter(pl.col("image_id") == first["image_id"]).row(0)
+    assert box[1:] == (2, 3, 34, 25)  # 1-based (3, 4, 35, 26) shifted to 0-based
+    assert (first["width"], first["height"]) == Image.open(ds.image_path(first["image_id"])).size
+    boeing = ds.class_names("manufacturer").index("Boeing")
+    labels = ds.labels("test", "manufacturer")
+    names = [ds.class_names("leaf")[i] for i in ds.labels("test")]
+    assert [n in ("707-320", "737-800") for n in names] == list(labels == boeing)
+    assert ds.check_images("test", progress=False) == 8
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("images_variant_val.txt", "0100009 707-320", "0100009"), r"images_variant_val.txt:1: expected 'IMAGE_NAME LABEL'"),
+        (("images_family_test.txt", "Boeing 707", "Boeing 747"), r"images_family_test.txt:1: .*'Boeing 747' is not in"),
+        (("images_box.txt", "0100001 3 4 35 26", "0100001 3 4 35"), r"images_box.txt:1: expected 'IMAGE_NAME xmin"),
+        (("images_box.txt", "0100001 3 4 35 26", "0100001 0 4 35 26"), r"images_box.txt:1: box .* not 1-based"),
+        (("images_family_train.txt", "0100003 Boeing 737", "0100003 Boeing 707"), "variant '737-800' has several family"),
+    ],
+)
+def test_aircraft_errors_name_file_and_line(tmp_path: Path, edit: tuple[str, str, str], message: str) -> None:
+    release = _write_aircraft(tmp_path)
+    name, old, new = edit
+    path = release / "data" / name
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    with pytest.raises(MetadataError, match=message):
+        aircraft.read_aircraft(release, progress=False)
+
+
+def test_aircraft_missing_image_is_reported(tmp_path: Path) -> None:
+    release = _write_aircraft(tmp_path)
+    (release / "data" / "images" / "0100010.jpg").unlink()
+    with pytest.raises(MetadataError, match=r"1 images missing or unreadable.*0100010.jpg \(missing\)"):
+        aircraft.read_aircraft(release, progress=False)
+
+
+def test_aircraft_box_outside_image_is_reported(tmp_path: Path) -> None:
+    release = _write_aircraft(tmp_path, box_shift=30)
+    with pytest.raises(MetadataError, match="boxes reversed or outside the image"):
+        aircraft.build_aircraft(release, tmp_path / "out", progress=False)
