@@ -31,7 +31,7 @@ from inatloc_nb.errors import HierarchyError, InatlocError, MetadataError
 from inatloc_nb.taxonomy import Hierarchy
 
 __all__ = [
-    "RENAMED", "RECLASSIFIED", "INATLOC500_LEVELS", "CUB_LEVELS", "taxonomy_table", "species_from_paths",
+    "RENAMED", "RECLASSIFIED", "CUB_AMBIGUOUS_NAMES", "INATLOC500_LEVELS", "CUB_LEVELS", "taxonomy_table", "species_from_paths",
     "resolve_species", "inatloc500_hierarchy", "inatloc500_resolutions", "cub_hierarchy", "cub_classes",
     "cub_label_to_leaf",
 ]
@@ -51,6 +51,17 @@ RENAMED = {
 #: name as of 2021)). New World vultures were in Accipitriformes (NACC, IOC) before the
 #: order Cathartiformes was adopted.
 RECLASSIFIED = {"Cathartidae": ("order", "Accipitriformes")}
+
+#: CUB classes the paper's filter (App. C: "discard any CUB category whose name could not be
+#: unambiguously mapped to a single species") drops beyond the mapping's ``Unknown`` rows, in
+#: our reading: the English name covered more than the mapped species when CUB was collected
+#: (category -> why). The paper does not list its exclusions; see ``docs/hierarchies.md``.
+CUB_AMBIGUOUS_NAMES = {
+    "018.Spotted_Catbird": "split from the Black-eared Catbird complex in 2016; the name covered both",
+    "108.White_necked_Raven": "also the former name of the Chihuahuan Raven (Corvus cryptoleucus)",
+    "112.Great_Grey_Shrike": "North American birds became the Northern Shrike (Lanius borealis) in 2017",
+    "199.Winter_Wren": "split in 2010 into the Winter, Pacific and Eurasian Wren",
+}
 
 _RESOLUTION_SCHEMA = {
     "species": pl.String, "supercategory": pl.String, "method": pl.String,
@@ -206,13 +217,14 @@ def inatloc500_hierarchy() -> Hierarchy:
 
 
 @cache
-def cub_classes() -> pl.DataFrame:
+def cub_classes(paper_filter: bool = True) -> pl.DataFrame:
     """Every CUB class and its leaf in :func:`cub_hierarchy`.
 
     Columns ``label`` (CUB class index), ``cub_category``, ``scientific_name``,
     ``inat_taxon_id``, ``leaf_index`` (null when excluded) and ``excluded`` (the reason, null when kept).
     Rule: a class is kept if the shipped mapping gives it a species (not ``Unknown`` / -1)
-    that no other CUB class maps to; classes sharing a species are all excluded.
+    that no other CUB class maps to; classes sharing a species are all excluded (188 kept).
+    ``paper_filter`` also drops :data:`CUB_AMBIGUOUS_NAMES` (184 kept, as in App. C).
     """
     from inatloc_nb.data import data_dir
 
@@ -225,9 +237,13 @@ def cub_classes() -> pl.DataFrame:
     shared = pl.col("scientific_name").is_duplicated() | pl.col("inat_taxon_id").is_duplicated()
     mapped = mapping.filter(~unmapped)
     mapping = mapping.join(mapped.select("label", shared.alias("_shared")), on="label", how="left")
+    ambiguous = CUB_AMBIGUOUS_NAMES if paper_filter else {}
     mapping = mapping.with_columns(
         pl.when(unmapped).then(pl.lit("no iNaturalist species"))
         .when(pl.col("_shared")).then(pl.lit("species shared with another CUB class"))
+        .when(pl.col("cub_category").is_in(list(ambiguous)))
+        .then(pl.format("name not unambiguous: {}", pl.col("cub_category").replace_strict(
+            ambiguous, default=None, return_dtype=pl.String)))
         .alias("excluded")
     )
     kept = mapping.filter(pl.col("excluded").is_null()).with_row_index("leaf_index")
@@ -236,13 +252,14 @@ def cub_classes() -> pl.DataFrame:
 
 
 @cache
-def cub_hierarchy() -> Hierarchy:
+def cub_hierarchy(paper_filter: bool = True) -> Hierarchy:
     """The CUB tree: species, genus, family, order below class Aves (kept classes only).
 
-    Leaves are the iNaturalist species of the kept CUB classes in CUB class order; map CUB
-    labels to leaves with :func:`cub_label_to_leaf`.
+    Leaves are the iNaturalist species of the kept CUB classes in CUB class order (184 with
+    ``paper_filter``, 188 without; see :func:`cub_classes`); map CUB labels to leaves with
+    :func:`cub_label_to_leaf`.
     """
-    query = cub_classes().filter(pl.col("leaf_index").is_not_null()).select(
+    query = cub_classes(paper_filter).filter(pl.col("leaf_index").is_not_null()).select(
         pl.col("scientific_name").alias("species"), pl.lit("Aves").alias("supercategory"),
         pl.col("inat_taxon_id").alias("taxon_id"),
     )
@@ -251,6 +268,6 @@ def cub_hierarchy() -> Hierarchy:
     return Hierarchy.from_lineage(resolved, CUB_LEVELS, "Aves", root_level="class")
 
 
-def cub_label_to_leaf() -> np.ndarray:
+def cub_label_to_leaf(paper_filter: bool = True) -> np.ndarray:
     """CUB class index -> leaf index of :func:`cub_hierarchy` (-1 for excluded classes)."""
-    return cub_classes()["leaf_index"].fill_null(-1).to_numpy()
+    return cub_classes(paper_filter)["leaf_index"].fill_null(-1).to_numpy()

@@ -69,11 +69,12 @@ def test_cub_hierarchy_and_class_mapping() -> None:
     assert (h.root, h.root_level, h.levels) == ("Aves", "class", inaturalist.CUB_LEVELS)
     assert classes.height == 200 and classes["label"].to_list() == list(range(200))
     kept = classes.filter(pl.col("excluded").is_null())
-    assert len(h.leaves) == kept.height == 188  # the paper reports 184; see docs/hierarchies.md
+    assert len(h.leaves) == kept.height == 184  # App. C; the mapping alone keeps 188 (docs/hierarchies.md)
     assert h.leaves == tuple(kept["scientific_name"])
     assert classes.filter(pl.col("cub_category") == "017.Cardinal")["excluded"].item() == "no iNaturalist species"
     to_leaf = inaturalist.cub_label_to_leaf()
-    assert (to_leaf >= 0).sum() == 188 and to_leaf[16] == -1
+    assert (to_leaf >= 0).sum() == 184 and to_leaf[16] == -1
+    assert (inaturalist.cub_label_to_leaf(paper_filter=False) >= 0).sum() == 188
     assert h.leaves[to_leaf[0]] == "Phoebastria nigripes"
     assert {len(h.level_names(lv)) for lv in ("genus", "family", "order")} <= set(range(10, 120))
 
