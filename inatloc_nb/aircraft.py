@@ -14,7 +14,8 @@ image; boxes are in full-image coordinates and the images are used as they are.
 = D_test (the release's ``trainval`` files are not used), image ids ``NAME.jpg`` under the
 image root ``data/images``, boxes shifted to 0-based, sizes read from the JPEG headers, and
 the hierarchy variant < family < manufacturer (``class_labels_family.txt``,
-``class_labels_manufacturer.txt``; the finest level reads back as ``leaf``).
+``class_labels_manufacturer.txt``; the finest level reads back as ``leaf``), and
+``images`` linked to the release's ``data/images``.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from inatloc_nb.build import write_dataset
+from inatloc_nb.build import link_images, write_dataset
 from inatloc_nb.errors import InatlocError, MetadataError
 
 __all__ = ["AIRCRAFT_LEVELS", "SPLITS", "read_image_labels", "read_names", "read_boxes", "read_aircraft",
@@ -195,4 +196,6 @@ def build_aircraft(root: str | Path, out: str | Path, progress: bool = True) -> 
     images, boxes, names = read_aircraft(root, progress=progress)
     if images.height == 0:
         raise InatlocError(f"{root}: the release lists no images")
-    return write_dataset(out, images, boxes, names)
+    written = write_dataset(out, images, boxes, names)
+    link_images(written, _data_dir(root) / "images")
+    return written

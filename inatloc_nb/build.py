@@ -10,13 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.metadata import SplitMetadata, class_names_file, write_class_names, write_split
 
-__all__ = ["write_dataset"]
+if TYPE_CHECKING:
+    from inatloc_nb.data import WSOLDataset
+
+__all__ = ["write_dataset", "export_dataset", "with_shipped_hierarchy", "link_images"]
 
 
 def write_dataset(
@@ -35,8 +39,11 @@ def write_dataset(
     missing = [c for c in ("split", "image_id", "width", "height", "label", *extra) if c not in images.columns]
     if missing:
         raise InatlocError(f"images table lacks columns {missing}")
-    if out.exists() and any(out.iterdir()) and not (out / class_names_file()).exists():
-        raise InatlocError(f"{out} exists and is not a dataset folder; choose an empty or new folder")
+    known = {"images", "train", "val", "test", "build.json", "sources.parquet"}
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in known
+                     and not p.name.startswith("class_names")) if out.is_dir() else []
+    if foreign:
+        raise InatlocError(f"{out} holds other files ({foreign[:5]}); choose an empty or new folder")
     out.mkdir(parents=True, exist_ok=True)
     for split in images["split"].unique(maintain_order=True).to_list():
         part = images.filter(pl.col("split") == split).select("image_id", "width", "height", "label", *extra)
@@ -45,3 +52,69 @@ def write_dataset(
     for k, level in enumerate(levels):
         write_class_names(out / class_names_file(None if k == 0 else level), names[level])
     return out
+
+
+def export_dataset(dataset: WSOLDataset, out: str | Path, train_per_class: int | None = None, seed: int = 0) -> Path:
+    """Write ``dataset`` with every level of its hierarchy as a Choe-format folder.
+
+    Used for CUB and ImageNet read from their WSOL metadata with the project's hierarchies:
+    classes outside the hierarchy are left out (``dataset.excluded``), each image gets a
+    ``class_labels_<level>.txt`` label for every coarser level, and the root's level (e.g.
+    ``class`` ``Aves``) gets a one-name ``class_names_<level>.txt``. ``train_per_class`` keeps
+    that many ``train`` images per finest class (seeded; App. A's 200 for ImageNet).
+    """
+    levels = dataset.levels
+    frames, boxes = [], []
+    for split in dataset.splits:
+        images = dataset.images(split)
+        if split == "train" and train_per_class is not None:
+            keep = dataset.subsample(split, levels[0], train_per_class, seed)
+            images = images.filter(pl.col("image_id").is_in(keep))
+        frames.append(images.select(pl.lit(split).alias("split"), "image_id", "width", "height", "label",
+                                    *(f"label_{lv}" for lv in levels[1:])))
+        split_boxes = dataset.boxes(split).filter(pl.col("image_id").is_in(images["image_id"].implode()))
+        boxes.append(split_boxes.select(pl.lit(split).alias("split"), pl.all()))
+    names = {level: list(dataset.class_names(level)) for level in levels}
+    written = write_dataset(out, pl.concat(frames), pl.concat(boxes), names)
+    if dataset.hierarchy.root_level:
+        write_class_names(written / class_names_file(dataset.hierarchy.root_level), [dataset.hierarchy.root])
+    return written
+
+
+def with_shipped_hierarchy(dataset: WSOLDataset, name: str) -> WSOLDataset:
+    """``dataset`` (read flat from CUB's or ImageNet's WSOL metadata, labels = class indices)
+    relabelled with the project's CUB (:func:`inatloc_nb.inaturalist.cub_hierarchy`, 184
+    species) or ImageNet (:func:`inatloc_nb.imagenet.ilsvrc_hierarchy`, 927 classes) tree."""
+    from inatloc_nb.data import WSOLDataset
+
+    if name == "cub":
+        from inatloc_nb.inaturalist import cub_hierarchy, cub_label_to_leaf
+
+        hierarchy, to_leaf = cub_hierarchy(), cub_label_to_leaf()
+    elif name == "ilsvrc":
+        from inatloc_nb.imagenet import ilsvrc_hierarchy, ilsvrc_label_to_leaf
+
+        hierarchy, to_leaf = ilsvrc_hierarchy(), ilsvrc_label_to_leaf()
+    else:
+        raise InatlocError(f"no shipped hierarchy for {name!r}; choose 'cub' or 'ilsvrc'")
+    n_classes = len(dataset.hierarchy.leaves)
+    if n_classes != len(to_leaf):
+        raise InatlocError(f"{dataset.name}: {n_classes} classes, but {name} has {len(to_leaf)}")
+    names = [hierarchy.leaves[k] if k >= 0 else f"{dataset.class_names(0)[i]} (excluded)"
+             for i, k in enumerate(to_leaf)]
+    return WSOLDataset(name, dataset.splits, names, hierarchy, dataset.image_root)
+
+
+def link_images(out: str | Path, images: str | Path) -> Path:
+    """Make ``out/images`` a symbolic link to ``images`` (the default image root of a dataset
+    folder for ``train``, ``sweep`` and ``check``); an existing link is replaced."""
+    images = Path(images)
+    if not images.is_dir():
+        raise InatlocError(f"{images}: image folder not found")
+    link = Path(out) / "images"
+    if link.is_symlink():
+        link.unlink()
+    elif link.exists():
+        raise InatlocError(f"{link} exists and is not a link; remove it or pass the image root explicitly")
+    link.symlink_to(images.resolve(), target_is_directory=True)
+    return link

@@ -142,7 +142,8 @@ def _write_aircraft(root: Path, per_split: int = 2, box_shift: int = 1) -> Path:
 def test_aircraft_release_to_choe_folder(tmp_path: Path) -> None:
     release = _write_aircraft(tmp_path)
     out = aircraft.build_aircraft(release, tmp_path / "aircraft", progress=False)
-    ds = WSOLDataset.from_folder(out, image_root=release / "data" / "images")
+    assert (out / "images").resolve() == (release / "data" / "images").resolve()
+    ds = WSOLDataset.from_folder(out, image_root=out / "images")
     assert ds.levels == ("leaf", "family", "manufacturer")
     assert {s: ds.images(s).height for s in ds.splits} == {"train": 8, "val": 8, "test": 8}
     assert [len(ds.class_names(lv)) for lv in ds.levels] == [4, 4, 3]
@@ -190,3 +191,49 @@ def test_aircraft_box_outside_image_is_reported(tmp_path: Path) -> None:
     release = _write_aircraft(tmp_path, box_shift=30)
     with pytest.raises(MetadataError, match="boxes reversed or outside the image"):
         aircraft.build_aircraft(release, tmp_path / "out", progress=False)
+
+
+def _flat_metadata(root: Path, n_classes: int, train_per_class: int) -> Path:
+    from inatloc_nb.build import write_dataset
+
+    rows, boxes = [], []
+    for label in range(n_classes):
+        for split, count in (("train", train_per_class), ("val", 1), ("test", 1)):
+            for k in range(count):
+                image_id = f"{label:04d}/{split}{k}.jpg"
+                rows.append((split, image_id, 64, 48, label))
+                if split != "train":
+                    boxes.append((split, image_id, 1, 2, 50, 30))  # wider than the height: sizes read as w,h
+    images = pl.DataFrame(rows, schema=["split", "image_id", "width", "height", "label"], orient="row")
+    box = pl.DataFrame(boxes, schema=["split", "image_id", "x0", "y0", "x1", "y1"], orient="row")
+    return write_dataset(root, images, box, {"c0": [str(i) for i in range(n_classes)]})
+
+
+def test_make_dataset_cub_with_the_paper_hierarchy(tmp_path: Path) -> None:
+    from inatloc_nb.cli import main
+
+    meta = _flat_metadata(tmp_path / "cub_meta", 200, 1)
+    assert main(["make-dataset", "cub", str(meta), "--out", str(tmp_path / "cub")]) == 0
+    ds = WSOLDataset.from_folder(tmp_path / "cub")
+    assert ds.levels == ("species", "genus", "family", "order") and ds.hierarchy.root == "Aves"
+    assert [len(ds.class_names(lv)) for lv in ds.levels][0] == 184
+    assert {s: ds.images(s).height for s in ds.splits} == {"train": 184, "val": 184, "test": 184}
+    first = ds.images("test").row(0, named=True)
+    assert first["image_id"] == "0000/test0.jpg" and ds.class_names()[first["label"]] == "Phoebastria nigripes"
+
+
+def test_make_dataset_imagenet_samples_train_and_keeps_levels(tmp_path: Path) -> None:
+    from inatloc_nb.cli import main
+
+    meta = _flat_metadata(tmp_path / "in_meta", 1000, 3)
+    assert main(["make-dataset", "imagenet", str(meta), "--out", str(tmp_path / "in"),
+                 "--train-per-class", "2", "--seed", "1"]) == 0
+    ds = WSOLDataset.from_folder(tmp_path / "in")
+    shipped = imagenet.ilsvrc_hierarchy()
+    assert ds.levels == shipped.levels
+    assert {s: ds.images(s).height for s in ds.splits} == {"train": 1854, "val": 927, "test": 927}
+    for level in ("c0", "c5", shipped.levels[-1]):  # same partition of the classes at every level
+        assert len(ds.class_names(level)) == len(shipped.level_names(level))
+    leaf = ds.labels("test", "c0")
+    mine, ref = ds.labels("test", "c9"), shipped.level_index("c9")[leaf]
+    assert len(set(zip(mine.tolist(), ref.tolist()))) == len(set(ref.tolist())) == len(set(mine.tolist()))
