@@ -381,3 +381,28 @@ def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path 
     else:
         hierarchy = flat_hierarchy(class_names, None if name == "ilsvrc" else "species")
     return WSOLDataset(name, splits, class_names, hierarchy, image_root)
+
+
+def open_split(path: str | Path, split: str | None = None) -> tuple[WSOLDataset, str]:
+    """One split to score: a metadata root with ``split`` (default ``test``), or a split folder.
+
+    A split folder (one holding ``image_ids.txt``, as the reference code's ``metadata/CUB/test``)
+    is read alone, flat, with class names from its parent's ``class_names.txt`` when present;
+    ``split`` must then be None or the folder's name. Returns ``(dataset, split name)``.
+    """
+    from inatloc_nb.metadata import IMAGE_IDS
+
+    path = Path(path)
+    if (path / IMAGE_IDS).is_file():
+        if split is not None and split != path.name:
+            raise InatlocError(f"{path} is the split folder {path.name!r}, but split {split!r} was asked "
+                               "for; give the metadata root with that split, or no split")
+        meta = read_split(path)
+        names = _class_names(path.parent / class_names_file(), meta.images["label"].to_numpy(), "")
+        return WSOLDataset(path.parent.name or path.name, {path.name: meta}, names, flat_hierarchy(names)), path.name
+    split = split or "test"
+    dataset = WSOLDataset.from_folder(path)
+    if split not in dataset.splits:
+        raise InatlocError(f"{path}: no split {split!r} (found {sorted(dataset.splits)}); give --split "
+                           "or a split folder")
+    return dataset, split

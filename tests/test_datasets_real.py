@@ -237,3 +237,25 @@ def test_make_dataset_imagenet_samples_train_and_keeps_levels(tmp_path: Path) ->
     leaf = ds.labels("test", "c0")
     mine, ref = ds.labels("test", "c9"), shipped.level_index("c9")[leaf]
     assert len(set(zip(mine.tolist(), ref.tolist()))) == len(set(ref.tolist())) == len(set(mine.tolist()))
+
+
+def test_evaluate_and_center_accept_a_split_folder(tmp_path: Path, capsys) -> None:
+    import json
+
+    from inatloc_nb.cli import main
+    from inatloc_nb.metrics import center_map
+
+    meta = _flat_metadata(tmp_path / "meta", 4, 1)
+    maps = tmp_path / "maps"
+    for image_id in (meta / "test" / "image_ids.txt").read_text().split():
+        (maps / image_id).parent.mkdir(parents=True, exist_ok=True)
+        np.save(maps / image_id.replace(".jpg", ".npy"), center_map().astype(np.float32))
+    results = []
+    for argv in (["--metadata", str(meta), "--split", "test"], ["--metadata", str(meta / "test")]):
+        assert main(["evaluate", "--scoremaps", str(maps), *argv, "--json"]) == 0
+        assert main(["center", *argv, "--json"]) == 0
+        results.append([json.loads(line) for line in capsys.readouterr().out.splitlines()])
+    assert results[0] == results[1] and results[0][0]["n_images"] == 4
+    assert results[0][0]["maxboxacc_v2"] == results[0][1]["maxboxacc_v2"]
+    assert main(["center", "--metadata", str(meta / "test"), "--split", "val"]) == 2
+    assert "is the split folder 'test', but split 'val' was asked for" in capsys.readouterr().err

@@ -19,8 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate score maps against the boxes of a Choe-format metadata folder.",
     )
     p.add_argument("--scoremaps", required=True, type=Path, help="folder of <image_id without extension>.npy maps")
-    p.add_argument("--metadata", required=True, type=Path, help="Choe-format metadata folder (train/ val/ test/)")
-    p.add_argument("--split", default="test")
+    p.add_argument("--metadata", required=True, type=Path,
+                   help="Choe-format metadata folder (train/ val/ test/) or one split folder (e.g. metadata/CUB/test)")
+    p.add_argument("--split", help="split of a metadata root (default test); a split folder as --metadata names its own")
     p.add_argument("--metric", choices=METRICS, default="maxboxacc-v2")
     p.add_argument("--iou", type=int, nargs="+", default=None, help="IoU thresholds in percent (default 30 50 70; V1: 50)")
     p.add_argument("--normalize", action="store_true", help="min-max normalise each map first")
@@ -29,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     c = subparsers.add_parser("center", help="MaxBoxAccV2 of the Center baseline (a centred Gaussian)")
     source = c.add_mutually_exclusive_group(required=True)
-    source.add_argument("--metadata", type=Path, help="Choe-format metadata folder")
+    source.add_argument("--metadata", type=Path, help="Choe-format metadata folder or one split folder")
     source.add_argument("--dataset", choices=("cub", "ilsvrc"), help="shipped metadata")
-    c.add_argument("--split", default="test")
+    c.add_argument("--split", help="split to score (default test); a split folder as --metadata names its own")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_center)
 
@@ -90,16 +91,14 @@ def _report(result: Any, as_json: bool, key: str) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a folder of score maps."""
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.data import open_split
     from inatloc_nb.errors import InatlocError
     from inatloc_nb.metrics import EVAL_SIZE, BoxAccuracy
 
     if args.metric == "pxap":
         raise InatlocError("PxAP needs foreground masks, which Choe-format box metadata does not hold; "
                            "use inatloc_nb.metrics.PxAP with the masks")
-    dataset = WSOLDataset.from_folder(args.metadata)
-    if args.split not in dataset.splits:
-        raise InatlocError(f"{args.metadata}: no split {args.split!r} (found {sorted(dataset.splits)})")
+    dataset, args.split = open_split(args.metadata, args.split)
     image_ids = dataset.images(args.split)["image_id"].to_list()
     largest_only = args.metric == "maxboxacc"
     iou = args.iou or ((50,) if largest_only else (30, 50, 70))
@@ -111,14 +110,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_center(args: argparse.Namespace) -> int:
     """Score the Center baseline on a metadata folder or shipped dataset."""
-    from inatloc_nb.data import WSOLDataset, load_shipped
+    from inatloc_nb.data import load_shipped, open_split
     from inatloc_nb.errors import InatlocError
     from inatloc_nb.metrics import BoxAccuracy, center_map
 
     if args.dataset:
-        dataset = load_shipped(args.dataset, with_hierarchy=False)
+        dataset, args.split = load_shipped(args.dataset, with_hierarchy=False), args.split or "test"
     else:
-        dataset = WSOLDataset.from_folder(args.metadata)
+        dataset, args.split = open_split(args.metadata, args.split)
     if args.split not in dataset.splits:
         raise InatlocError(f"{dataset.name}: no split {args.split!r} (found {sorted(dataset.splits)})")
     acc = BoxAccuracy()
