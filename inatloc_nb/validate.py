@@ -120,3 +120,27 @@ def _range_text(minimum: int | None, maximum: int | None) -> str:
     if maximum is not None:
         return f"<= {maximum}"
     return ""
+
+
+def load_yaml_unique(text: str, where: str) -> Any:
+    """Parse YAML like ``yaml.safe_load`` but refuse a key given twice in one mapping
+    (``InatlocError`` naming ``where``, the key and both lines) instead of keeping the last."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    break
+                if first is not None:
+                    raise InatlocError(f"{where}:{line}: duplicate key {key!r} (first on line {first}); "
+                                       "keep only one of them")
+                seen[key] = line
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
