@@ -36,9 +36,9 @@ from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
 from fastai.vision.augment import FlipItem, RandomCrop, Resize, ResizeMethod
 from fastai.vision.core import imagenet_stats
-from fastai.vision.data import ImageBlock
 
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.images import clear_worker_errors, fastai_image_block
 from inatloc_nb.models import build_backbone, default_device, prepare_for_device
 
 if TYPE_CHECKING:
@@ -178,7 +178,8 @@ def build_dataloaders(
         raise InatlocError(f"dataset {dataset.name!r}: {len(train)} training image(s) at level {level!r}; "
                            "batch normalisation needs at least 2")
     block = DataBlock(
-        blocks=(ImageBlock, CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
+        blocks=(fastai_image_block(dataset.image_root),
+                CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
         get_x=itemgetter(0),
         get_y=itemgetter(1),
         splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
@@ -253,8 +254,10 @@ def build_learner(
 
 
 def train(learn: Learner) -> Learner:
-    """Fit ``learn`` for its schedule's epochs (LRs set per epoch by ``StepLR``)."""
-    learn.fit(learn.schedule.epochs)
+    """Fit ``learn`` for its schedule's epochs (LRs set per epoch by ``StepLR``); a bad image
+    stops training with an ``ImageError`` naming it, also from a worker process."""
+    with clear_worker_errors():
+        learn.fit(learn.schedule.epochs)
     return learn
 
 

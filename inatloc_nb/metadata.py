@@ -12,7 +12,8 @@ One folder per split holds plain-text, comma-separated files, one row per line:
 Class names sit at the dataset root in ``class_names.txt`` / ``class_names_<level>.txt``.
 
 Lines may end in LF or CRLF, the last line may lack its newline and trailing blank lines are
-ignored. Every malformation raises :class:`~inatloc_nb.errors.MetadataError` naming the file
+ignored. Whitespace around each comma-separated field (an image id followed by spaces or a
+tab in one file but not in another) is stripped, so every file gets the same ids. Every malformation raises :class:`~inatloc_nb.errors.MetadataError` naming the file
 and the 1-based line (or the offending ids). Image ids may not contain commas.
 
 Box coordinates are inclusive pixel indices, so a box fits its image when
@@ -239,6 +240,7 @@ def read_class_names(path: str | Path) -> list[str]:
         pairs = list(enumerate(line for _, line in lines))
     names: list[str | None] = [None] * len(pairs)
     for (lineno, _), (i, name) in zip(lines, pairs):
+        name = name.strip()
         if not 0 <= i < len(pairs):
             raise MetadataError(f"class index {i} outside 0..{len(pairs) - 1}", path, lineno)
         if names[i] is not None:
@@ -288,8 +290,8 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
         raw.pop()
     out = []
     for i, line in enumerate(raw, start=1):
-        line = line.removesuffix("\r")
-        if not line.strip():
+        line = line.rstrip()
+        if not line:
             raise MetadataError("blank line", path, i)
         out.append((i, line))
     return out
@@ -301,7 +303,7 @@ def _read_rows(path: Path, n_fields: int, ints: bool = True) -> _Rows:
     ids: list[str] = []
     values = np.zeros((len(lines), n_fields - 1), dtype=np.int64)
     for row, (lineno, line) in enumerate(lines):
-        fields = line.split(",")
+        fields = [f.strip() for f in line.split(",")]
         if len(fields) != n_fields:
             raise MetadataError(f"expected {n_fields} comma-separated fields, found {len(fields)}", path, lineno)
         if not fields[0]:

@@ -75,9 +75,10 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
     """Loaders of (image, box mask) pairs: train and valid both on D_f (``val``)."""
     from fastai.data.block import DataBlock
     from fastai.data.transforms import IndexSplitter, Normalize
-    from fastai.vision.core import PILImage, PILMask, imagenet_stats
-    from fastai.vision.data import ImageBlock, MaskBlock
+    from fastai.vision.core import PILMask, imagenet_stats
+    from fastai.vision.data import MaskBlock
 
+    from inatloc_nb.images import fastai_image_block
     from inatloc_nb.learner import protocol_item_tfms
 
     rows = image_rows(dataset, "val")
@@ -89,7 +90,7 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
         return PILMask.create(box_mask(boxes.get(image_id, np.zeros((0, 4))), width, height))
 
     block = DataBlock(
-        blocks=(ImageBlock(PILImage), MaskBlock(codes=["background", "object"])),
+        blocks=(fastai_image_block(dataset.image_root), MaskBlock(codes=["background", "object"])),
         get_x=lambda row: dataset.image_path(row[0]),
         get_y=get_y,
         splitter=IndexSplitter(range(len(rows), 2 * len(rows))),
