@@ -54,7 +54,7 @@ SCALAR_DEFAULTS: dict[str, Any] = {
 }
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
-_TOP_KEYS = ("name", "datasets", "baselines", "extra", *LIST_KEYS, *SCALAR_KEYS)
+_TOP_KEYS = ("name", "datasets", "baselines", "extra", "check_data", *LIST_KEYS, *SCALAR_KEYS)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -141,6 +141,7 @@ class SweepConfig:
     datasets: dict[str, str]
     grids: tuple[Grid, ...]
     path: Path | None = None
+    check_images: bool = False  # ``check_data: true``: run the dataset doctor before any run
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -184,7 +185,10 @@ class SweepConfig:
             _check_keys(item, ("name", *LIST_KEYS, *SCALAR_KEYS), key, fail)
             grids.append(_parse_grid(str(item.get("name", f"extra{i}")), item, main, fail, f"{key}."))
         grids.extend(_parse_baselines(raw.get("baselines") or [], main, fail))
-        return cls(name=str(name), datasets=datasets, grids=tuple(grids), path=path)
+        check_images = raw.get("check_data", False)
+        if not isinstance(check_images, bool):
+            raise fail("check_data", f"expected true or false, got {check_images!r}")
+        return cls(name=str(name), datasets=datasets, grids=tuple(grids), path=path, check_images=check_images)
 
 
 def _check_keys(mapping: Mapping, allowed: Sequence[str], where: str, fail: Callable) -> None:
@@ -605,8 +609,24 @@ def check_data(config: SweepConfig) -> None:
         if not data.startswith("synth:") and not Path(data).is_dir():
             where = config.path or "<config>"
             raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
+    if config.check_images:
+        _check_images(config)
 
 
 def plan(config: SweepConfig, results_dir: str | Path) -> list[tuple[RunSpec, bool]]:
     """Every run of the sweep with whether it is already finished (for ``--dry-run``)."""
     return [(spec, is_finished(results_dir, spec.run_id)) for spec in expand(config)]
+
+
+def _check_images(config: SweepConfig) -> None:
+    """``check_data: true``: decode every image of every dataset folder (:mod:`inatloc_nb.check`)."""
+    from inatloc_nb.check import check_dataset
+
+    for name, data in config.datasets.items():
+        if data.startswith("synth:"):
+            continue
+        report = check_dataset(data)
+        if not report.ok:
+            shown = "; ".join(f"{p.kind}: {p.detail}" for p in report.first(2)[:4])
+            raise ConfigError(f"{config.path or '<config>'}: datasets.{name}: {len(report.problems)} problems in "
+                              f"{data} (inatloc-nb check {data} lists them): {shown}")

@@ -81,3 +81,21 @@ def test_image_root_required_when_absent(tmp_path: Path) -> None:
     (root / "images").rename(tmp_path / "elsewhere")
     assert main(["check", str(root), "--quiet"]) == 2
     assert check_dataset(root, image_root=tmp_path / "elsewhere", progress=False).ok
+
+
+def test_sweep_runs_the_doctor_with_check_data(tmp_path: Path) -> None:
+    from inatloc_nb.sweep import ConfigError, SweepConfig, check_data
+
+    root = _dataset(tmp_path / "ds")
+    text = "name: t\ndatasets:\n  ds: ds\nlevels: [c0]\nmethods: [cam]\nlrs: [0.01]\ncheck_data: {}\n"
+    config_path = tmp_path / "sweep.yaml"
+    config_path.write_text(text.format("true"))
+    check_data(SweepConfig.from_yaml(config_path))  # a clean dataset passes
+    (root / "images" / "c0" / "img0.jpg").unlink()
+    with pytest.raises(ConfigError, match=r"sweep.yaml: datasets.ds: 1 problems in .*missing: .*img0.jpg"):
+        check_data(SweepConfig.from_yaml(config_path))
+    config_path.write_text(text.format("false"))
+    check_data(SweepConfig.from_yaml(config_path))  # not asked: images are not opened
+    config_path.write_text(text.format("'yes'"))
+    with pytest.raises(ConfigError, match="check_data: expected true or false"):
+        SweepConfig.from_yaml(config_path)
