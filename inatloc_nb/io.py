@@ -12,14 +12,27 @@ from typing import Any
 import polars as pl
 
 
-def _umasked_mode() -> int:
+def _current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
 
 
+_UMASK = _current_umask()
 #: Mode of written files: what ``open()`` would give (``mkstemp`` alone gives 0600).
-_FILE_MODE = _umasked_mode()
+_FILE_MODE = 0o666 & ~_UMASK
+#: Mode of created folders: what ``mkdir`` would give (``mkdtemp`` alone gives 0700).
+_DIR_MODE = 0o777 & ~_UMASK
+
+
+def make_temp_dir(prefix: str, parent: str | Path) -> Path:
+    """A new uniquely named folder in ``parent`` (created if needed) with the mode ``mkdir``
+    gives under the umask, so a folder published by renaming it is readable by whoever may
+    read the files in it."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(folder, _DIR_MODE)
+    return folder
 
 
 @contextmanager

@@ -113,11 +113,12 @@ def run_table(store: pl.DataFrame) -> pl.DataFrame:
                "wall_seconds", "error").first())
 
 
-def selected_results(results_dir: str | Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+def selected_results(results_dir: str | Path, problems: list[str] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The consolidated store of ``results_dir`` (``results.collect``) and its selected D_test
-    rows (``results.select_learning_rate``); ReportError when there is no run or none finished."""
+    rows (``results.select_learning_rate``); ReportError when there is no run or none finished.
+    With a ``problems`` list, damaged run folders are left out and described there."""
     results_dir = Path(results_dir)
-    store = results.collect(results_dir)
+    store = results.collect(results_dir, problems)
     if store.height == 0:
         raise ReportError(f"{results_dir}: no run folders under {results_dir / 'runs'}")
     best = results.select_learning_rate(store)
@@ -210,11 +211,17 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
     the path of ``report.html``."""
     say = print if progress else (lambda *a, **k: None)
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    store, best = selected_results(results_dir)
+    problems: list[str] = []
+    store, best = selected_results(results_dir, problems)  # validated before anything is written
     runs = run_table(store)
-    analysis = selected_analysis(results.load_analysis(results_dir), best)
+    analysis = selected_analysis(results.load_analysis(results_dir, problems), best)
 
     page = _Page()
+    if problems:
+        page.heading(f"Skipped: {len(problems)} damaged run file(s), left out of every table and figure")
+        for problem in problems:
+            page.note(problem)
+            say(f"warning: skipped {problem}")
     n_failed = runs.filter(pl.col("status") != "ok").height
     page.heading(f"Runs: {runs.height} ({n_failed} failed); learning rates chosen on D_f, scores on D_test")
     if n_failed:
@@ -237,7 +244,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
             html_path, png_path = plots.save_chart(chart, out_dir / "figures" / f"{dataset}_{name}")
             page.figure(fig.caption, png_path, html_path, out_dir)
             say(f"wrote {png_path}")
-    return atomic_write_text(out_dir / "report.html", page.render(f"inatloc-nb results: {results_dir.name}"))
+    title = results.sweep_name(results_dir) or results_dir.resolve().name
+    return atomic_write_text(out_dir / "report.html", page.render(f"inatloc-nb results: {title}"))
 
 
 def _add_tables(page: _Page, out_dir: Path, prefix: str, tables: dict) -> None:

@@ -9,6 +9,7 @@ documented in ``docs/results_schema.md``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,10 @@ RUN_TABLE = "results.parquet"
 STORE_NAME = "results.parquet"
 #: Per-image analysis table written by a run.
 ANALYSIS = "analysis.parquet"
+#: The sweep's name and configuration file, at the top of the results folder.
+SWEEP_RECORD = "sweep.json"
+#: How to redo a run whose files are damaged (``{run}``: the run folder).
+REDO_RUN = "delete the run folder {run} and rerun the sweep (it redoes missing runs)"
 #: IoU thresholds (percent) of the per-threshold columns.
 IOU_THRESHOLDS = (30, 50, 70)
 #: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level).
@@ -71,13 +76,41 @@ class ResultsError(InatlocError):
     """A run folder or results table that does not follow the documented layout."""
 
 
+def _redo(path: Path) -> str:
+    return REDO_RUN.format(run=path.parent)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ResultsError(f"{path}: missing") from None
+        raise ResultsError(f"{path}: missing; {_redo(path)}") from None
     except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        raise ResultsError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); {_redo(path)}") from None
+    except UnicodeDecodeError as exc:
+        raise ResultsError(f"{path}: not UTF-8 text ({exc.reason}); {_redo(path)}") from None
+    except OSError as exc:
+        raise ResultsError(f"{path}: cannot read ({exc.strerror or exc}); {_redo(path)}") from None
+
+
+def read_table(path: str | Path, advice: str | None = None) -> pl.DataFrame:
+    """A parquet file, or ``ResultsError`` naming it when it is missing, empty, truncated or
+    not parquet (``advice``: what to do; default: redo the run of the folder it is in)."""
+    path = Path(path)
+    advice = advice or _redo(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ResultsError(f"{path}: missing; {advice}") from None
+    if not path.is_file():
+        raise ResultsError(f"{path}: not a file; {advice}")
+    if size == 0:
+        raise ResultsError(f"{path}: empty file (0 bytes); {advice}")
+    try:
+        return pl.read_parquet(path)
+    except Exception as exc:  # polars raises ComputeError, OSError, ... for damaged files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ResultsError(f"{path}: not a readable parquet table ({first}); {advice}") from None
 
 
 def _number(block: Mapping, key: str, path: Path, where: str, nullable: bool = False) -> float | None:
@@ -85,7 +118,9 @@ def _number(block: Mapping, key: str, path: Path, where: str, nullable: bool = F
     if value is None and nullable:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ResultsError(f"{path}: {where}{key}: expected a number, got {value!r}")
+        raise ResultsError(f"{path}: {where}{key}: expected a number, got {value!r}; {_redo(path)}")
+    if not math.isfinite(value):
+        raise ResultsError(f"{path}: {where}{key}: {value} is not a finite number; {_redo(path)}")
     return float(value)
 
 
@@ -215,24 +250,39 @@ def _run_folders(results_dir: Path) -> list[Path]:
     return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def collect(results_dir: str | Path) -> pl.DataFrame:
+def _run_table(folder: Path) -> pl.DataFrame:
+    """The validated table of one run folder (rebuilt from ``run.json`` when absent)."""
+    path = folder / RUN_TABLE
+    if not path.exists():
+        if not (folder / RUN_RECORD).is_file():
+            raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}; "
+                               f"{REDO_RUN.format(run=folder)}")
+        write_run_results(folder)
+    table = validate(read_table(path), path)
+    if set(table["run_id"]) != {folder.name}:
+        raise ResultsError(f"{path}: run_id {table['run_id'][0]!r} does not match its folder {folder.name!r}")
+    return table
+
+
+def collect(results_dir: str | Path, problems: list[str] | None = None) -> pl.DataFrame:
     """Consolidate every ``runs/<id>/results.parquet`` into ``results_dir/results.parquet``.
 
-    A run folder without its table (but with ``run.json``) has it rebuilt; one without
-    either is an error naming it. Rows are ordered by run id, level, split.
+    A run folder without its table (but with ``run.json``) has it rebuilt. A damaged or
+    incomplete run folder is an error naming its file, unless ``problems`` is a list: then the
+    run is left out and the error message appended to it. Rows are ordered by run id, level,
+    split. ``results_dir`` must exist (nothing is created for a misspelt path).
     """
     results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise ResultsError(f"{results_dir}: no such results folder (give the folder a sweep wrote, holding runs/)")
     tables = []
     for folder in _run_folders(results_dir):
-        path = folder / RUN_TABLE
-        if not path.is_file():
-            if not (folder / RUN_RECORD).is_file():
-                raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}")
-            write_run_results(folder)
-        table = validate(pl.read_parquet(path), path)
-        if set(table["run_id"]) != {folder.name}:
-            raise ResultsError(f"{path}: run_id {table['run_id'][0]!r} does not match its folder {folder.name!r}")
-        tables.append(table)
+        try:
+            tables.append(_run_table(folder))
+        except ResultsError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
     store = pl.concat(tables) if tables else pl.DataFrame(schema=SCHEMA)
     store = store.sort("run_id", "level", "split", nulls_last=True)
     atomic_write_parquet(results_dir / STORE_NAME, store)
@@ -244,7 +294,18 @@ def load(results_dir: str | Path) -> pl.DataFrame:
     path = Path(results_dir) / STORE_NAME
     if not path.is_file():
         raise ResultsError(f"{path}: missing (run a sweep, or results.collect, first)")
-    return validate(pl.read_parquet(path), path)
+    return validate(read_table(path, "rebuild it with results.collect (or rerun the sweep)"), path)
+
+
+def sweep_name(results_dir: str | Path) -> str | None:
+    """The name of the sweep that wrote ``results_dir`` (its ``sweep.json``), or None."""
+    path = Path(results_dir) / SWEEP_RECORD
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    name = record.get("name") if isinstance(record, Mapping) else None
+    return name if isinstance(name, str) and name else None
 
 
 def select_learning_rate(table: pl.DataFrame) -> pl.DataFrame:
@@ -268,10 +329,12 @@ def select_learning_rate(table: pl.DataFrame) -> pl.DataFrame:
     return chosen.sort(list(GROUP_KEYS), nulls_last=True)
 
 
-def load_analysis(results_dir: str | Path) -> pl.DataFrame:
+def load_analysis(results_dir: str | Path, problems: list[str] | None = None) -> pl.DataFrame:
     """Every finished run's ``analysis.parquet`` (one row per image), with the run's
     parameters as extra columns (a column the analysis already has, such as CAM-Agg's
-    evaluation ``level``, is kept as the run wrote it). Runs without one add no rows."""
+    evaluation ``level``, is kept as the run wrote it). Runs without one add no rows. A
+    damaged file is an error naming it, or, when ``problems`` is a list, left out with its
+    message appended there."""
     results_dir = Path(results_dir)
     param_cols = ["run_id", "data", *RUN_PARAMS, "train_level"]
     frames = []
@@ -279,10 +342,16 @@ def load_analysis(results_dir: str | Path) -> pl.DataFrame:
         path = folder / ANALYSIS
         if not path.is_file():
             continue
-        record = read_record(folder)
-        if record["status"] != "ok":
+        try:
+            record = read_record(folder)
+            if record["status"] != "ok":
+                continue
+            frame = read_table(path)
+        except ResultsError as exc:
+            if problems is None:
+                raise
+            problems.append(str(exc))
             continue
-        frame = pl.read_parquet(path)
         params = _parameter_columns(record)
         frame = frame.with_columns(
             pl.lit(params[c], dtype=SCHEMA[c]).alias(c) for c in param_cols if c not in frame.columns)

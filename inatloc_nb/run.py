@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from inatloc_nb import validate
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
+from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text, make_temp_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -169,7 +168,7 @@ def synth_folder(spec: str) -> Path:
     if (target / "synth_config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp_dir(f".{target.name}.", target.parent)
     try:
         generate(preset, seed, out=tmp)
         try:
