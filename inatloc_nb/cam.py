@@ -1,52 +1,150 @@
-"""Class activation maps of a trained model, their storage and their box-accuracy score.
+"""Class activation maps of a trained model: extraction, the native-resolution store, scoring.
 
 ``extract_cams`` runs the evaluation split through the model once (batched, no gradients,
-mixed precision on CUDA) with a fastai hook on ``model.features``: the logits give the top-1
+autocast off, float32) with a fastai hook on ``model.features``: the logits give the top-1
 prediction and the hooked feature maps give the CAM of each image's ground-truth class at the
-training level (or of any other class on request). Maps are upsampled bilinearly to
-224 x 224 (on the model's device) and min-max normalised per image with the metric's
-``normalize_scoremap`` (a constant map becomes all zeros), then stored as float16 in a
-``CamSet``.
+training level (or of any other class on request). The raw CAMs are kept at the network's own
+resolution (e.g. 28 x 28 for the paper's ResNet-50) in float32, in a ``CamSet``.
+
+Every consumer (scoring, baselines, analysis measures, explorers, plots, ``inatloc-nb
+evaluate``) turns raw maps into evaluation maps with one function, :func:`evaluation_maps`:
+``cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)`` on each float32 map, then
+``normalize_scoremap``, as the reference protocol does. Since the stored maps are the raw
+float32 values, scores are identical whether maps are scored straight after extraction or
+read back from disk.
+
+On disk (``CamSet.save``) a CamSet is one compressed ``.npz`` (format version
+:data:`CAM_FORMAT_VERSION`): the per-image metadata plus the raw maps in members of
+:data:`STORE_CHUNK` images, so that scoring, analysis and the explorers read a split chunk by
+chunk with memory that does not grow with the number of images.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import zipfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, Union
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
 
 from inatloc_nb.errors import InatlocError, ScoreMapError
 from inatloc_nb.io import atomic_path
+from inatloc_nb.metrics.scoremaps import EVAL_SIZE, as_numpy, normalize_scoremap
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch is imported where models run, so reading and scoring CAMs stays light
+    import torch
     from fastai.learner import Learner
+    from torch import Tensor, nn
 
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.methods import WSOLMethod
-    from inatloc_nb.metrics import BoxAccuracyResult
+    from inatloc_nb.metrics import BoxAccuracy, BoxAccuracyResult
 
-#: Side of the evaluation grid of the WSOL protocol.
-EVAL_SIZE = 224
+#: Version of the ``cams/<split>.npz`` layout written by ``CamSet.save``. Version 1 (no
+#: ``format_version`` field) held 224 x 224 float16 normalised maps under ``maps``.
+CAM_FORMAT_VERSION = 2
+#: Raw maps per ``.npz`` member: the unit a reader decompresses at once.
+STORE_CHUNK = 1024
+#: Evaluation maps (224 x 224 float32, ~200 KB each) built and scored at a time.
+SCORE_CHUNK = 256
+#: Maps upsampled and normalised together inside ``evaluation_maps``.
+_BLOCK = 8
+_META = ("split", "level", "image_ids", "labels", "cam_classes", "predictions", "top1_logits")
+
+
+def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """(B, size, size) float32: each (h, w) map resized by ``cv2.resize(..., INTER_CUBIC)``."""
+    import cv2
+
+    maps = np.asarray(raw, dtype=np.float32)
+    if maps.ndim != 3:
+        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {maps.shape}")
+    out = np.empty((len(maps), size, size), dtype=np.float32)
+    for i, cam in enumerate(maps):
+        out[i] = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE) -> np.ndarray:
+    """The evaluation maps of raw (B, h, w) maps: bicubic upsampling to ``size``, then min-max
+    normalisation per map (float32 in [0, 1]; a constant map becomes zeros).
+
+    The one path from stored or freshly computed maps to what the metric and every view see.
+    """
+    raw = np.asarray(as_numpy(raw), dtype=np.float32)
+    if raw.ndim != 3:
+        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {raw.shape}")
+    out = np.empty((len(raw), size, size), dtype=np.float32)
+    for start in range(0, len(raw), _BLOCK):  # a few maps at a time stay in cache
+        out[start : start + _BLOCK] = normalize_scoremap(upsample_cams(raw[start : start + _BLOCK], size))
+    return out
+
+
+class StoredMaps:
+    """The raw maps of a ``.npz`` CamSet file, read lazily one stored chunk at a time.
+
+    Indexing with an int or a step-1 slice reads only the chunks covering the rows (the last
+    chunk read is kept); ``np.asarray(stored)`` reads everything.
+    """
+
+    def __init__(self, path: Path, n_images: int, map_shape: tuple[int, int], chunk: int):
+        self.path, self.chunk = Path(path), int(chunk)
+        self.shape = (int(n_images), *map_shape)
+        self.dtype = np.dtype(np.float32)
+        self._cached: tuple[int, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _chunk(self, index: int) -> np.ndarray:
+        if self._cached is None or self._cached[0] != index:
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    data = z[f"raw_{index:05d}"]
+            except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+                raise ScoreMapError(f"{self.path}: cannot read CAM chunk {index} ({exc}); "
+                                    "the file is damaged, regenerate it by re-running the run") from exc
+            self._cached = (index, data)
+        return self._cached[1]
+
+    def __getitem__(self, key: int | slice) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            row = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= row < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} maps")
+            return self._chunk(row // self.chunk)[row % self.chunk]
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("stored maps are read by row or by a step-1 slice")
+        start, stop, _ = key.indices(len(self))
+        parts = [self._chunk(c)[max(start - c * self.chunk, 0) : stop - c * self.chunk]
+                 for c in range(start // self.chunk, -(-stop // self.chunk))] if stop > start else []
+        return np.concatenate(parts) if parts else np.empty((0, *self.shape[1:]), np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype)
+
+
+RawMaps = Union[np.ndarray, StoredMaps]
 
 
 @dataclass
 class CamSet:
     """CAMs of one split, in the row order of ``dataset.images(split)``.
 
-    ``maps`` (N, 224, 224) float16 in [0, 1]; ``labels`` the ground-truth class at ``level``;
-    ``cam_classes`` the class each map was taken for; ``predictions`` / ``top1_logits`` the
-    top-1 class and its logit.
+    ``raw`` (N, h, w) float32 maps at the network's resolution (an array, or
+    :class:`StoredMaps` read lazily from a file); ``labels`` the ground-truth class at
+    ``level``; ``cam_classes`` the class each map was taken for (-1: not a class map);
+    ``predictions`` / ``top1_logits`` the top-1 class and its logit (-1 / NaN for models
+    that do not classify). Evaluation maps come from :meth:`maps`, :meth:`map` and
+    :meth:`iter_maps`, all through :func:`evaluation_maps`.
     """
 
     split: str
     level: str
     image_ids: list[str]
-    maps: np.ndarray
+    raw: RawMaps
     labels: np.ndarray
     cam_classes: np.ndarray
     predictions: np.ndarray
@@ -60,44 +158,79 @@ class CamSet:
         """Top-1 classification accuracy at ``level``, in percent."""
         return float(100 * np.mean(self.predictions == self.labels)) if len(self) else float("nan")
 
-    def save(self, path: str | Path) -> Path:
-        """Write an uncompressed ``.npz`` atomically."""
+    def maps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Evaluation maps (224 x 224 float32 in [0, 1]) of rows ``start:stop``."""
+        return evaluation_maps(self.raw[start : len(self) if stop is None else stop])
+
+    def map(self, row: int) -> np.ndarray:
+        """The evaluation map (224, 224) of one row."""
+        return self.maps(row, row + 1)[0]
+
+    def iter_maps(self, chunk: int = SCORE_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, maps)`` over consecutive chunks of evaluation maps."""
+        for start in range(0, len(self), chunk):
+            yield start, self.maps(start, start + chunk)
+
+    def save(self, path: str | Path, chunk: int = STORE_CHUNK) -> Path:
+        """Write a compressed ``.npz`` atomically (raw maps in members of ``chunk`` images)."""
+        n, shape = len(self), tuple(self.raw.shape[1:])
+        if len(self.raw) != n:
+            raise InatlocError(f"CamSet of {self.split!r}: {len(self.raw)} maps for {n} image ids")
+        arrays = {f"raw_{i // chunk:05d}": np.asarray(self.raw[i : i + chunk], dtype=np.float32)
+                  for i in range(0, n, chunk)}
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(
+            np.savez_compressed(
                 f,
+                format_version=np.array(CAM_FORMAT_VERSION),
+                n_images=np.array(n),
+                map_shape=np.array(shape, dtype=np.int64),
+                chunk=np.array(chunk),
                 split=np.array(self.split),
                 level=np.array(self.level),
                 image_ids=np.array(self.image_ids, dtype=str),
-                maps=self.maps,
-                labels=self.labels,
-                cam_classes=self.cam_classes,
-                predictions=self.predictions,
-                top1_logits=self.top1_logits,
+                labels=np.asarray(self.labels, dtype=np.int64),
+                cam_classes=np.asarray(self.cam_classes, dtype=np.int64),
+                predictions=np.asarray(self.predictions, dtype=np.int64),
+                top1_logits=np.asarray(self.top1_logits, dtype=np.float32),
+                **arrays,
             )
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> CamSet:
-        """Read a ``CamSet`` written by ``save``."""
+        """Open a file written by ``save``: metadata now, raw maps lazily (:class:`StoredMaps`)."""
+        path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(
-                    split=str(z["split"]),
-                    level=str(z["level"]),
-                    image_ids=z["image_ids"].tolist(),
-                    maps=z["maps"],
-                    labels=z["labels"],
-                    cam_classes=z["cam_classes"],
-                    predictions=z["predictions"],
-                    top1_logits=z["top1_logits"],
-                )
-        except (OSError, KeyError, ValueError) as exc:
+                if "format_version" not in z.files:
+                    if "maps" in z.files:
+                        raise ScoreMapError(
+                            f"{path}: CAM file in the old format (224 x 224 float16 maps, before format "
+                            f"version {CAM_FORMAT_VERSION}), which this version no longer reads. Regenerate "
+                            "it: re-run the run into a new folder (`inatloc-nb train ...`, `inatloc-nb "
+                            "baseline ...`, or the notebook that produced it)"
+                        )
+                    raise KeyError("format_version")
+                version = int(z["format_version"])
+                if version != CAM_FORMAT_VERSION:
+                    raise ScoreMapError(f"{path}: CAM format version {version}; this inatloc-nb reads "
+                                        f"version {CAM_FORMAT_VERSION}; regenerate the file or upgrade inatloc-nb")
+                meta = {name: z[name] for name in _META}
+                n, shape, chunk = int(z["n_images"]), tuple(int(s) for s in z["map_shape"]), int(z["chunk"])
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise ScoreMapError(f"{path}: not a CAM file written by CamSet.save ({exc})") from exc
-
-
-def upsample_maps(maps: Tensor, size: int = EVAL_SIZE) -> Tensor:
-    """Bilinear upsampling of (B, h, w) maps to (B, size, size)."""
-    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        if len(meta["image_ids"]) != n or len(shape) != 2:
+            raise ScoreMapError(f"{path}: inconsistent CAM file ({len(meta['image_ids'])} ids, {n} maps)")
+        return cls(
+            split=str(meta["split"]),
+            level=str(meta["level"]),
+            image_ids=meta["image_ids"].tolist(),
+            raw=StoredMaps(path, n, shape, chunk),
+            labels=meta["labels"],
+            cam_classes=meta["cam_classes"],
+            predictions=meta["predictions"],
+            top1_logits=meta["top1_logits"],
+        )
 
 
 def _uses_default_cams(method: WSOLMethod | None) -> bool:
@@ -109,6 +242,8 @@ def _uses_default_cams(method: WSOLMethod | None) -> bool:
 def _select_classes(
     target: str | np.ndarray, labels: Tensor, logits: Tensor, start: int
 ) -> Tensor:
+    import torch
+
     if isinstance(target, str):
         return labels if target == "gt" else logits.argmax(1)
     return torch.as_tensor(target[start : start + len(labels)], device=labels.device)
@@ -126,19 +261,21 @@ def extract_cams(
     device: torch.device | str | None = None,
     num_workers: int | None = None,
 ) -> CamSet:
-    """CAMs of every image of ``split`` for its class at ``level``.
+    """Raw float32 CAMs of every image of ``split`` for its class at ``level``.
 
     ``target``: ``"gt"`` (the ground-truth class at ``level``), ``"top1"`` (the predicted
     class) or one class index per image. Given a fastai Learner, its loaders' evaluation
     transforms, device and ``learn.method`` are used; given a bare model, evaluation loaders
     are built with ``image_size``/``batch_size`` on ``device`` (default: the model's) and
     ``method`` (default: the model's own ``class_activation_maps``) supplies the maps.
+    Autocast is disabled throughout, so features, logits and maps are float32.
     """
+    import torch
     from fastai.callback.hook import hook_output
     from fastprogress.fastprogress import progress_bar
+    from torch import Tensor
 
     from inatloc_nb.learner import build_dataloaders, labelled_items
-    from inatloc_nb.metrics.scoremaps import normalize_scoremap
     from inatloc_nb.models import prepare_for_device
 
     if split not in dataset.splits:
@@ -163,8 +300,8 @@ def extract_cams(
         if target.shape != (n,):
             raise InatlocError(f"CAM target has shape {target.shape}; split {split!r} has {n} images")
     dl = dls.test_dl(items, with_labels=True, shuffle=False, drop_last=False)
-    on_cuda = dl.device is not None and torch.device(dl.device).type == "cuda"
-    maps = np.empty((n, EVAL_SIZE, EVAL_SIZE), dtype=np.float16)
+    device_type = torch.device(dl.device).type if dl.device is not None else "cpu"
+    raws: list[np.ndarray] = []
     labels = np.empty(n, np.int64)
     cam_classes, predictions = np.empty_like(labels), np.empty_like(labels)
     top1_logits = np.empty(n, np.float32)
@@ -173,12 +310,12 @@ def extract_cams(
     model.eval()
     start = 0
     try:
-        with torch.no_grad(), torch.autocast("cuda", enabled=on_cuda), hook_output(
+        with torch.no_grad(), torch.autocast(device_type, enabled=False), hook_output(
             model.features, detach=True
         ) as hook:
             for xb, yb in progress_bar(dl, leave=False):
-                xb, yb = xb.as_subclass(Tensor), yb.as_subclass(Tensor)  # drop fastai tensor types
-                if on_cuda:
+                xb, yb = xb.as_subclass(Tensor).float(), yb.as_subclass(Tensor)  # drop fastai tensor types
+                if device_type == "cuda":
                     xb = xb.contiguous(memory_format=torch.channels_last)
                 logits = model(xb).float()
                 classes = _select_classes(target, yb, logits, start)
@@ -188,11 +325,11 @@ def extract_cams(
                             f"{type(model).__name__}.forward does not call model.features; "
                             "its method must override WSOLMethod.cams"
                         )
-                    raw = model.class_activation_maps(hook.stored.as_subclass(Tensor), classes)
+                    raw = model.class_activation_maps(hook.stored.as_subclass(Tensor).float(), classes)
                 else:
                     raw = method.cams(model, xb, classes)
                 stop = start + len(xb)
-                maps[start:stop] = normalize_scoremap(upsample_maps(raw).cpu().numpy())
+                raws.append(raw.float().cpu().numpy())
                 top = logits.max(1)
                 labels[start:stop] = yb.cpu().numpy()
                 cam_classes[start:stop] = classes.cpu().numpy()
@@ -205,7 +342,7 @@ def extract_cams(
         split=split,
         level=level,
         image_ids=dataset.images(split)["image_id"].to_list(),
-        maps=maps,
+        raw=np.concatenate(raws) if raws else np.empty((0, 1, 1), np.float32),
         labels=labels,
         cam_classes=cam_classes,
         predictions=predictions,
@@ -213,15 +350,8 @@ def extract_cams(
     )
 
 
-def score_cams(
-    cams: CamSet,
-    dataset: WSOLDataset,
-    iou_thresholds: Sequence[int] = (30, 50, 70),
-    chunk: int = 256,
-) -> BoxAccuracyResult:
-    """MaxBoxAccV2 (``BoxAccuracy``) of ``cams`` against ``dataset.gt_boxes(cams.split)``."""
-    from inatloc_nb.metrics import BoxAccuracy
-
+def check_split_ids(cams: CamSet, dataset: WSOLDataset) -> None:
+    """Raise ScoreMapError unless ``cams`` holds exactly the images of its split, in order."""
     expected = dataset.images(cams.split)["image_id"].to_list()
     if cams.image_ids != expected:
         extra = sorted(set(cams.image_ids) ^ set(expected))
@@ -229,8 +359,33 @@ def score_cams(
             f"CAMs of split {cams.split!r} do not match the dataset's images "
             f"(differing ids: {extra[:5] or 'none; the order differs'})"
         )
-    boxes = dataset.gt_boxes(cams.split)
-    acc = BoxAccuracy(iou_thresholds=tuple(iou_thresholds))
-    for start in range(0, len(cams), chunk):
-        acc.update(cams.maps[start : start + chunk], boxes[start : start + chunk])
-    return acc.compute()
+
+
+def accumulate(cams: CamSet, gt_boxes: Sequence[np.ndarray], accuracy: BoxAccuracy | None = None,
+               chunk: int = SCORE_CHUNK) -> BoxAccuracy:
+    """Add the evaluation maps of ``cams`` (one (n_i, 4) box array per row on the 224 grid) to a
+    MaxBoxAccV2 accumulator (new by default), ``chunk`` maps at a time: memory does not grow
+    with the number of images beyond the accumulator's per-image bits."""
+    from inatloc_nb.metrics import BoxAccuracy
+
+    if len(gt_boxes) != len(cams):
+        raise ScoreMapError(f"got {len(gt_boxes)} ground-truth box arrays for {len(cams)} CAMs of {cams.split!r}")
+    accuracy = BoxAccuracy() if accuracy is None else accuracy
+    for start, maps in cams.iter_maps(chunk):
+        accuracy.update(maps, gt_boxes[start : start + len(maps)])
+    return accuracy
+
+
+def score_cams(
+    cams: CamSet,
+    dataset: WSOLDataset,
+    iou_thresholds: Sequence[int] = (30, 50, 70),
+    chunk: int = SCORE_CHUNK,
+) -> BoxAccuracyResult:
+    """MaxBoxAccV2 (``BoxAccuracy``) of ``cams`` against ``dataset.gt_boxes(cams.split)``,
+    streamed ``chunk`` evaluation maps at a time."""
+    from inatloc_nb.metrics import BoxAccuracy
+
+    check_split_ids(cams, dataset)
+    accuracy = BoxAccuracy(iou_thresholds=tuple(iou_thresholds))
+    return accumulate(cams, dataset.gt_boxes(cams.split), accuracy, chunk).compute()

@@ -42,17 +42,12 @@ class CAMNet(nn.Module):
         """Class logits, (B, n_classes)."""
         return self.classifier(torch.flatten(self.pool(self.feature_maps(x)), 1))
 
-    def class_activation_maps(self, feats: Tensor, class_idx: Tensor, bias: bool = False) -> Tensor:
-        """CAMs (B, h, w): the classifier weights of ``class_idx[b]`` dotted with ``feats[b]``.
-
-        ``bias=True`` adds the class bias, a per-image constant that min-max normalisation
-        removes; it is off by default.
-        """
-        weights = self.classifier.weight[class_idx]  # (B, C)
-        cams = torch.einsum("bc,bchw->bhw", weights.to(feats.dtype), feats)
-        if bias:
-            cams = cams + self.classifier.bias[class_idx].to(feats.dtype)[:, None, None]
-        return cams
+    def class_activation_maps(self, feats: Tensor, class_idx: Tensor) -> Tensor:
+        """CAMs (B, h, w), float32: ``feats[b]`` weighted by the classifier weights of
+        ``class_idx[b]``, averaged over channels (the reference protocol's formula; the
+        class bias, a per-image constant that normalisation removes, is left out)."""
+        weights = self.classifier.weight[class_idx].float()  # (B, C)
+        return (weights[:, :, None, None] * feats.float()).mean(1)
 
 
 def _unit_stride(layer: nn.Module) -> None:

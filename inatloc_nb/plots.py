@@ -404,6 +404,7 @@ def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict
 
     from inatloc_nb.cam import CamSet
     from inatloc_nb.metrics.boxacc import contour_boxes
+    from inatloc_nb.metrics.scoremaps import EVAL_SIZE
     from inatloc_nb.run import RunConfig, load_dataset
     from inatloc_nb.widgets.render import binarize
 
@@ -414,16 +415,15 @@ def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict
     threshold = float(block["optimal_threshold"]["50"])
     cams = CamSet.load(run_dir / "cams" / f"{split}.npz")
     dataset = load_dataset(config.data, config.image_root)
-    gt = dataset.gt_boxes(split, size=cams.maps.shape[-1])
+    gt = dataset.gt_boxes(split, size=EVAL_SIZE)
     names = dataset.class_names(cams.level)
     panels: dict[str, list] = {"images": [], "cams": [], "gt": [], "pred": [], "titles": []}
     for i in indices:
         bgr = cv2.imread(str(dataset.image_path(cams.image_ids[i])), cv2.IMREAD_COLOR)
         if bgr is None:
             raise PlotError(f"cannot read image {dataset.image_path(cams.image_ids[i])}")
-        size = cams.maps.shape[-1]
-        panels["images"].append(cv2.cvtColor(cv2.resize(bgr, (size, size)), cv2.COLOR_BGR2RGB))
-        cam = cams.maps[i].astype(np.float32)
+        panels["images"].append(cv2.cvtColor(cv2.resize(bgr, (EVAL_SIZE, EVAL_SIZE)), cv2.COLOR_BGR2RGB))
+        cam = cams.map(i)
         panels["cams"].append(cam)
         panels["gt"].append(gt[i])
         panels["pred"].append(contour_boxes(binarize(cam, threshold)))

@@ -9,8 +9,7 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from inatloc_nb.cam import CamSet, extract_cams, upsample_maps
-from inatloc_nb.metrics.scoremaps import normalize_scoremap
+from inatloc_nb.cam import CamSet, evaluation_maps, extract_cams
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import (
     Schedule, build_learner, history_rows, is_classifier_param, labelled_items, param_groups, train,
@@ -104,11 +103,13 @@ def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
     model.zero_grad(set_to_none=True)
     cams = extract_cams(learn, tiny_dataset, "test", LEVEL)
     n = tiny_dataset.images("test").height
-    assert cams.maps.shape == (n, 224, 224) and cams.maps.dtype == np.float16
+    assert cams.raw.shape == (n, 8, 8) and cams.raw.dtype == np.float32  # tinycnn at 32 px: 8 x 8
+    maps = cams.maps()
+    assert maps.shape == (n, 224, 224) and maps.dtype == np.float32
     np.testing.assert_array_equal(cams.labels, tiny_dataset.labels("test", LEVEL))
     np.testing.assert_array_equal(cams.cam_classes, cams.labels)
     assert cams.image_ids == tiny_dataset.images("test")["image_id"].to_list()
-    assert np.all(cams.maps.min(axis=(1, 2)) == 0) and np.all(cams.maps.max(axis=(1, 2)) == 1)
+    assert np.all(maps.min(axis=(1, 2)) == 0) and np.all(maps.max(axis=(1, 2)) == 1)
     assert all(p.grad is None for p in model.parameters()) and torch.is_grad_enabled()
     assert cams.top1 == pytest.approx(100 * np.mean(cams.predictions == cams.labels))
 
@@ -119,8 +120,8 @@ def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
         x = xb.as_subclass(torch.Tensor)
         raw = model.class_activation_maps(model.feature_maps(x), yb.as_subclass(torch.Tensor))
         logits = model(x)
-    manual = normalize_scoremap(upsample_maps(raw).numpy())
-    np.testing.assert_allclose(cams.maps[:4].astype(np.float32), manual, atol=1e-3)
+    np.testing.assert_allclose(cams.raw[:4], raw.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(maps[:4], evaluation_maps(raw), atol=1e-5)
     np.testing.assert_array_equal(cams.predictions[:4], logits.argmax(1).numpy())
 
     top1 = extract_cams(model, tiny_dataset, "test", LEVEL, target="top1", image_size=32, num_workers=0)
@@ -136,8 +137,9 @@ def test_camset_round_trip(tmp_path, tiny_dataset, fitted):
     path = cams.save(tmp_path / "cams" / "val.npz")
     loaded = CamSet.load(path)
     assert (loaded.split, loaded.level, loaded.image_ids) == ("val", LEVEL, cams.image_ids)
-    for name in ("maps", "labels", "cam_classes", "predictions", "top1_logits"):
-        np.testing.assert_array_equal(getattr(loaded, name), getattr(cams, name))
+    for name in ("raw", "labels", "cam_classes", "predictions", "top1_logits"):
+        np.testing.assert_array_equal(np.asarray(getattr(loaded, name)), getattr(cams, name))
+    np.testing.assert_array_equal(loaded.maps(), cams.maps())
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(InatlocError, match="bad.npz"):
         CamSet.load(tmp_path / "bad.npz")

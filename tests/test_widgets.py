@@ -51,7 +51,9 @@ def test_level_runs_one_view_per_level_finest_first(level_runs: LevelRuns, explo
     n = tiny_dataset.images("val").height
     assert level_runs.image_ids == tiny_dataset.images("val")["image_id"].to_list()
     for view in level_runs.views:
-        assert view.maps.shape == (n, 224, 224) and view.maps.dtype == np.float16
+        assert len(view.cams) == n and view.cams.raw.dtype == np.float32
+        np.testing.assert_array_equal(view.map(n - 1), view.cams.maps()[n - 1])
+        assert view.map(0).shape == (224, 224) and view.map(0).dtype == np.float32
         row = store.filter((pl.col("run_id") == view.run_id) & (pl.col("split") == "val"))
         assert view.optimal_threshold == row["threshold_50"].item()
     table = level_runs.image_table()
@@ -64,7 +66,7 @@ def test_render_follows_the_metrics_protocol(level_runs: LevelRuns) -> None:
     """binarize is ``q > int(t * q.max())``; analyse's best IoU is best_iou_curves' at that threshold."""
     thresholds = np.array([0.0, LOW, 0.3, 0.5, 0.8, HIGH])
     for view in level_runs.views:
-        maps = view.maps.astype(np.float32)
+        maps = view.cams.maps()
         curves = best_iou_curves(maps, level_runs.gt_boxes, thresholds)
         for i, score_map in enumerate(maps):
             q = quantize(score_map[None])[0]
@@ -81,10 +83,11 @@ def test_render_follows_the_metrics_protocol(level_runs: LevelRuns) -> None:
 def test_image_table_matches_the_metrics(level_runs: LevelRuns) -> None:
     table = level_runs.image_table()
     for view in level_runs.views:
-        curves = best_iou_curves(view.maps.astype(np.float32), level_runs.gt_boxes, np.array([view.optimal_threshold]))
+        maps = view.cams.maps()
+        curves = best_iou_curves(maps, level_runs.gt_boxes, np.array([view.optimal_threshold]))
         np.testing.assert_allclose(table[f"iou_{view.level}"].to_numpy(), curves[:, 0])
-        comps = [analyse(view.level, m.astype(np.float32), gt, view.optimal_threshold, view.optimal_threshold).n_components
-                 for m, gt in zip(view.maps, level_runs.gt_boxes)]
+        comps = [analyse(view.level, m, gt, view.optimal_threshold, view.optimal_threshold).n_components
+                 for m, gt in zip(maps, level_runs.gt_boxes)]
         assert table[f"components_{view.level}"].to_list() == comps
 
 
@@ -115,7 +118,7 @@ def test_threshold_zero_keeps_every_pixel_above_the_lowest_grey_level(fragmentat
     fragmentation.threshold.value = 0.0
     row = level_runs.image_ids.index(fragmentation.image.value)
     for state, view in zip(fragmentation.states, level_runs.views):
-        q = quantize(view.maps[row].astype(np.float32)[None])[0]
+        q = quantize(view.map(row)[None])[0]
         np.testing.assert_array_equal(state.labels > 0, q > 0)
         assert state.n_components == cv2.connectedComponents((q > 0).astype(np.uint8), connectivity=8)[0] - 1
         ys, xs = np.nonzero(q > 0)

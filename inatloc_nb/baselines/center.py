@@ -6,14 +6,14 @@ the metadata's boxes. It needs no images and no training.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inatloc_nb.baselines.runfolder import (
-    analysis_frame, finish, split_metrics, write_analysis, write_params,
+    CHUNK, analysis_frame, finish, split_metrics, write_analysis, write_params,
 )
 
 if TYPE_CHECKING:
@@ -22,11 +22,14 @@ if TYPE_CHECKING:
     from inatloc_nb.run import RunConfig
 
 
-def center_maps(n_images: int) -> np.ndarray:
-    """The Center map for ``n_images`` images (a read-only broadcast view, no copies)."""
+def center_chunks(n_images: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, maps)`` chunks of the Center map for ``n_images`` images (read-only broadcast
+    views, no copies), as ``analysis_frame`` takes them."""
     from inatloc_nb.metrics.scoremaps import center_map
 
-    return np.broadcast_to(center_map(), (n_images, 224, 224))
+    smap = center_map()
+    for start in range(0, n_images, CHUNK):
+        yield start, np.broadcast_to(smap, (min(CHUNK, n_images - start), *smap.shape))
 
 
 def center_accuracy(gt_boxes: list[np.ndarray]) -> BoxAccuracyResult:
@@ -49,6 +52,6 @@ def run_center(config: RunConfig, dataset: WSOLDataset, out: Path,
         boxes, ids = dataset.gt_boxes(split), dataset.images(split)["image_id"].to_list()
         result = center_accuracy(boxes)
         per_split[split] = split_metrics(result)
-        frames.append(analysis_frame(center_maps(len(ids)), boxes, ids, result, split))
+        frames.append(analysis_frame(center_chunks(len(ids)), boxes, ids, result, split))
     write_analysis(out, frames)
     return finish(out, config, per_split, n_train=0, say=say)

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from inatloc_nb.io import atomic_path
 from inatloc_nb.baselines.runfolder import (
-    analysis_frame, finish, score_maps, split_metrics, write_analysis, write_params,
+    analysis_frame, finish, split_metrics, write_analysis, write_params,
 )
 
 if TYPE_CHECKING:
@@ -107,9 +107,8 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
     from fastai.learner import Learner
     from fastai.torch_core import set_seed
 
-    from inatloc_nb.cam import CamSet, upsample_maps
+    from inatloc_nb.cam import CamSet, score_cams
     from inatloc_nb.learner import Reseed, Schedule, StepLR, param_groups, sgd_nesterov
-    from inatloc_nb.metrics.scoremaps import normalize_scoremap
     from inatloc_nb.models import build_backbone, default_device, prepare_for_device
 
     device = default_device() if config.device is None else torch.device(config.device)
@@ -134,20 +133,15 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
     for split in config.eval_splits:
         say(f"scoring FSL-Seg maps on {split}")
         ids, boxes = dataset.images(split)["image_id"].to_list(), dataset.gt_boxes(split)
-        labels = dataset.labels(split, 0)
         dl = dls.test_dl(image_rows(dataset, split), shuffle=False, drop_last=False)
-        maps = np.empty((len(ids), 224, 224), dtype=np.float16)
-        start = 0
-        with torch.no_grad():
-            for (xb,) in dl:
-                stop = start + len(xb)
-                maps[start:stop] = normalize_scoremap(upsample_maps(model(xb.as_subclass(Tensor))).cpu().numpy())
-                start = stop
-        result = score_maps(maps, boxes).compute()
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            raw = [model(xb.as_subclass(Tensor).float()).float().cpu().numpy() for (xb,) in dl]
+        cams = CamSet(split=split, level=dataset.levels[0], image_ids=ids, raw=np.concatenate(raw),
+                      labels=dataset.labels(split, 0), cam_classes=np.full(len(ids), -1),
+                      predictions=np.full(len(ids), -1), top1_logits=np.full(len(ids), np.nan, np.float32))
+        cams.save(out / "cams" / f"{split}.npz")
+        result = score_cams(cams, dataset)
         per_split[split] = split_metrics(result)
-        frames.append(analysis_frame(maps, boxes, ids, result, split))
-        CamSet(split=split, level=dataset.levels[0], image_ids=ids, maps=maps, labels=labels,
-               cam_classes=np.full(len(ids), -1), predictions=np.full(len(ids), -1),
-               top1_logits=np.full(len(ids), np.nan, np.float32)).save(out / "cams" / f"{split}.npz")
+        frames.append(analysis_frame(cams.iter_maps(), boxes, ids, result, split))
     write_analysis(out, frames)
     return finish(out, config, per_split, n_train=n_train, say=say)

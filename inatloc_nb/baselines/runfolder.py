@@ -1,7 +1,8 @@
 """The run-folder layout shared by the baselines (the same files and keys as training runs).
 
-``params.json`` (config, dataset, library versions), ``cams/<split>.npz`` where a baseline
-has per-image maps, ``analysis.parquet`` for map baselines, and ``metrics.json`` last:
+``params.json`` (config, dataset, library versions), ``cams/<split>.npz`` (a ``CamSet`` of
+native-resolution maps) where a baseline has per-image maps, ``analysis.parquet`` for map
+baselines, and ``metrics.json`` last:
 D_test's ``maxboxacc_v2, per_iou, optimal_threshold, top1, n_images`` at the top level, the
 same keys for every other evaluated split under its name, and ``level, method, lr, seed,
 per_class, n_train_images``. ``top1`` is None for baselines that do not classify.
@@ -36,7 +37,7 @@ def write_params(out: Path, config: RunConfig, dataset: WSOLDataset, **extra: An
 
 
 def score_maps(maps: np.ndarray, gt_boxes: list[np.ndarray], accuracy: BoxAccuracy | None = None) -> BoxAccuracy:
-    """Add (N, 224, 224) score maps in [0, 1] to a MaxBoxAccV2 accumulator (new by default)."""
+    """Add (N, 224, 224) evaluation maps in [0, 1] to a MaxBoxAccV2 accumulator (new by default)."""
     from inatloc_nb.metrics.boxacc import BoxAccuracy
 
     accuracy = accuracy or BoxAccuracy()
@@ -56,15 +57,16 @@ def split_metrics(result: BoxAccuracyResult, top1: float | None = None) -> dict[
     }
 
 
-def analysis_frame(maps: np.ndarray, gt_boxes: list[np.ndarray], image_ids: list[str],
+def analysis_frame(chunks: Iterable[tuple[int, np.ndarray]], gt_boxes: list[np.ndarray], image_ids: list[str],
                    result: BoxAccuracyResult, split: str) -> pl.DataFrame:
-    """Per-image analysis rows (App. F.1) at the split's optimal threshold for IoU 0.5."""
+    """Per-image analysis rows (App. F.1) at the split's optimal threshold for IoU 0.5, from
+    ``(start, evaluation maps)`` chunks (e.g. ``CamSet.iter_maps()``)."""
     from inatloc_nb.metrics.analysis import analysis_table
     from inatloc_nb.run import ANALYSIS_IOU
 
     threshold = result.optimal_threshold[ANALYSIS_IOU]
-    parts = [analysis_table(maps[i : i + CHUNK], gt_boxes[i : i + CHUNK], image_ids[i : i + CHUNK], threshold)
-             for i in range(0, len(maps), CHUNK)]
+    parts = [analysis_table(maps, gt_boxes[i : i + len(maps)], image_ids[i : i + len(maps)], threshold)
+             for i, maps in chunks]
     return (pl.concat(parts)
             .rename({"gt_activation": "gt_activation_ratio"})
             .with_columns(split=pl.lit(split))

@@ -16,9 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "evaluate",
         help="score saved maps (<image_id without extension>.npy) with MaxBoxAccV2",
-        description="Evaluate score maps against the boxes of a Choe-format metadata folder.",
+        description="Evaluate score maps against the boxes of a Choe-format metadata folder. A map may be "
+                    "224 x 224 (used as is), the image's original size (resized bilinearly to 224 x 224), or a "
+                    "network's native resolution below 224 x 224, e.g. a 28 x 28 CAM (upsampled bicubically and "
+                    "min-max normalised, exactly as stored CAMs are).",
     )
-    p.add_argument("--scoremaps", required=True, type=Path, help="folder of <image_id without extension>.npy maps")
+    p.add_argument("--scoremaps", required=True, type=Path,
+                   help="folder of <image_id without extension>.npy maps (224 x 224, original size or native CAM size)")
     p.add_argument("--metadata", required=True, type=Path,
                    help="Choe-format metadata folder (train/ val/ test/) or one split folder (e.g. metadata/CUB/test)")
     p.add_argument("--split", help="split of a metadata root (default test); a split folder as --metadata names its own")
@@ -37,20 +41,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_center)
 
 
-def load_score_maps(folder: Path, image_ids: list[str], size: int) -> Any:
+def load_score_maps(folder: Path, image_ids: list[str], size: int,
+                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True) -> Any:
     """(N, size, size) maps read from ``folder/<id without extension>.npy``, resized when needed.
 
     Maps keep their float precision (float16 becomes float32; a folder mixing float32 and
     float64 is read as float64), since quantisation depends on it.
 
-    Maps at another resolution (the original image size) are resized with ``cv2.resize``
-    (bilinear, as the reference). Every missing file is reported in one ScoreMapError.
+    A map of ``size`` x ``size`` is used as is; one at the image's original size
+    (``original_sizes``: (width, height) per image) or any other size not smaller than
+    ``size`` on both sides is resized with ``cv2.resize`` (bilinear); one smaller than
+    ``size`` on both sides is a native-resolution CAM and goes through
+    :func:`inatloc_nb.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
+    stored CAMs. Every missing file is reported in one ScoreMapError; a damaged or invalid one
+    (:func:`inatloc_nb.metrics.scoremaps.read_score_map`), or with ``normalize=False`` a map
+    outside [0, 1], is named with its image id.
     """
     import cv2
     import numpy as np
     from tqdm.auto import tqdm
 
+    from inatloc_nb.cam import evaluation_maps
     from inatloc_nb.errors import ScoreMapError
+    from inatloc_nb.metrics.scoremaps import check_score_map_range, read_score_map
 
     paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -59,17 +72,15 @@ def load_score_maps(folder: Path, image_ids: list[str], size: int) -> Any:
         more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
         raise ScoreMapError(f"{len(missing)} score map files missing under {folder}: {shown}{more}")
     maps = []
-    for path in tqdm(paths, desc="loading score maps", unit="map"):
-        try:
-            smap = np.load(path)
-        except (OSError, ValueError) as exc:
-            raise ScoreMapError(f"{path}: cannot read score map: {exc}") from exc
-        if smap.ndim != 2 or smap.dtype.kind != "f":
-            raise ScoreMapError(f"{path}: score map must be a 2-D float array, got {smap.dtype} {smap.shape}")
-        if smap.dtype == np.float16:
-            smap = smap.astype(np.float32)
-        if smap.shape != (size, size):
+    for i, path in enumerate(tqdm(paths, desc="loading score maps", unit="map")):
+        smap = read_score_map(path, image_ids[i])
+        original = original_sizes is not None and smap.shape == original_sizes[i][::-1]
+        if smap.shape[0] < size and smap.shape[1] < size and not original:
+            smap = evaluation_maps(smap[None], size)[0]
+        elif smap.shape != (size, size):
             smap = cv2.resize(smap, (size, size))
+        if not normalize:
+            check_score_map_range(smap, f"{path} (image {image_ids[i]!r})")
         maps.append(smap)
     return np.stack(maps)
 
@@ -103,7 +114,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     largest_only = args.metric == "maxboxacc"
     iou = args.iou or ((50,) if largest_only else (30, 50, 70))
     acc = BoxAccuracy(iou_thresholds=iou, largest_only=largest_only, normalize=args.normalize)
-    acc.update(load_score_maps(args.scoremaps, image_ids, EVAL_SIZE), dataset.gt_boxes(args.split))
+    sizes = list(dataset.images(args.split).select("width", "height").iter_rows())
+    maps = load_score_maps(args.scoremaps, image_ids, EVAL_SIZE, sizes, normalize=args.normalize)
+    acc.update(maps, dataset.gt_boxes(args.split))
     _report(acc.compute(), args.json, args.metric.replace("-", "_"))
     return 0
 

@@ -123,7 +123,7 @@ class BoxSizeExplorer(W.VBox):
         tiles = []
         for image_id in self.selected["image_id"].head(MAX_THUMBNAILS).to_list():
             row = self.runs.row_of[image_id]
-            score_map = view.maps[row].astype(np.float32)
+            score_map = view.map(row)
             gt = self.runs.gt_boxes[row]
             state = analyse(view.level, score_map, gt, view.optimal_threshold, view.optimal_threshold)
             tiles.append(overlay(state, score_map, gt, self.runs.image(image_id))[::2, ::2])

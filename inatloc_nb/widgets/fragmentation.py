@@ -3,8 +3,9 @@
 A threshold slider redraws every level's binarised map, its 8-connected components
 (coloured and counted) and each contour box against the ground truth with the best IoU;
 each panel marks its level's optimal threshold. Images are picked by category at any
-level, or ordered by best / worst IoU or by component count at a chosen level. All maps
-are in memory (:class:`LevelRuns`); a slider move only binarises and draws.
+level, or ordered by best / worst IoU or by component count at a chosen level. Each map is
+read from its run's CAM file (:class:`LevelRuns`; the chunk holding it stays cached) and
+upsampled as the metric does; a slider move only re-binarises and draws.
 """
 from __future__ import annotations
 
@@ -108,7 +109,7 @@ class FragmentationExplorer(W.VBox):
         panels, self.states = [], []
         for view in self.runs.views:
             t = view.optimal_threshold if self.at_optimal.value else self.threshold.value
-            score_map = view.maps[row].astype("float32")
+            score_map = view.map(row)
             state = analyse(view.level, score_map, gt, t, view.optimal_threshold)
             self.states.append(state)
             panels.append(render_panel(state, score_map, gt, picture))

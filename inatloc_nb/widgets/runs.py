@@ -3,7 +3,9 @@
 For one method, one run per training level is chosen the way the paper reports results:
 the learning rate with the best D_f MaxBoxAccV2 (:func:`inatloc_nb.results.select_learning_rate`),
 on all of D_w (``per_class`` null) unless asked otherwise, lowest seed first. Its stored
-CAMs of the explored split are loaded with the optimal threshold (IoU 0.5) on that split.
+CAMs of the explored split are opened with the optimal threshold (IoU 0.5) on that split.
+Maps are read from the run's ``cams/<split>.npz`` chunk by chunk when needed and turned into
+evaluation maps by the same function the metric uses (``inatloc_nb.cam.evaluation_maps``).
 """
 from __future__ import annotations
 
@@ -26,8 +28,12 @@ class LevelView:
 
     level: str
     run_id: str
-    maps: np.ndarray                 # (N, 224, 224) float16, rows of LevelRuns.image_ids
+    cams: CamSet                     # rows of LevelRuns.image_ids, raw maps read lazily
     optimal_threshold: float         # IoU 0.5, on the explored split
+
+    def map(self, row: int) -> np.ndarray:
+        """The (224, 224) float32 evaluation map of one image row."""
+        return self.cams.map(row)
 
 
 class LevelRuns:
@@ -81,7 +87,7 @@ class LevelRuns:
         for _, level, run_id, cams, thr in views:
             if cams.image_ids != ids:
                 raise InatlocError(f"run {run_id}: its CAMs of {split!r} are not the dataset's images of that split")
-            level_views.append(LevelView(level, run_id, cams.maps, thr))
+            level_views.append(LevelView(level, run_id, cams, thr))
         return cls(dataset, split, method, level_views)
 
     def image(self, image_id: str) -> np.ndarray | None:
@@ -109,11 +115,13 @@ class LevelRuns:
                 names = self.dataset.hierarchy.level_names(level)
                 columns[level] = [names[i] for i in self.dataset.labels(self.split, level)]
             for view in self.views:
-                maps = view.maps.astype(np.float32)
-                iou = best_iou_curves(maps, self.gt_boxes, np.array([view.optimal_threshold]))[:, 0]
-                comps = [cv2.connectedComponents(binarize(m, view.optimal_threshold).astype(np.uint8),
-                                                 connectivity=8)[0] - 1 for m in maps]
-                columns[f"iou_{view.level}"] = iou
+                threshold = np.array([view.optimal_threshold])
+                iou, comps = [], []
+                for start, maps in view.cams.iter_maps():
+                    iou.append(best_iou_curves(maps, self.gt_boxes[start : start + len(maps)], threshold)[:, 0])
+                    comps.extend(cv2.connectedComponents(binarize(m, view.optimal_threshold).astype(np.uint8),
+                                                         connectivity=8)[0] - 1 for m in maps)
+                columns[f"iou_{view.level}"] = np.concatenate(iou) if iou else np.empty(0)
                 columns[f"components_{view.level}"] = np.asarray(comps, dtype=np.int64)
             self._table = pl.DataFrame(columns)
         return self._table
