@@ -259,3 +259,26 @@ def test_evaluate_and_center_accept_a_split_folder(tmp_path: Path, capsys) -> No
     assert results[0][0]["maxboxacc_v2"] == results[0][1]["maxboxacc_v2"]
     assert main(["center", "--metadata", str(meta / "test"), "--split", "val"]) == 2
     assert "is the split folder 'test', but split 'val' was asked for" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["aircraft", "cub", "imagenet"])
+def test_fig_a1_configs_parse_and_refuse_placeholders(name: str) -> None:
+    from inatloc_nb.sweep import ConfigError, SweepConfig, plan
+
+    config = SweepConfig.from_yaml(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
+    assert config.check_images and {g.methods for g in config.grids} >= {("cam",)}
+    with pytest.raises(ConfigError, match="edit the path"):
+        plan(config, "unused")
+
+
+def test_aircraft_config_runs_on_a_built_folder(tmp_path: Path) -> None:
+    import yaml
+
+    from inatloc_nb.sweep import SweepConfig, plan
+
+    out = aircraft.build_aircraft(_write_aircraft(tmp_path), tmp_path / "aircraft", progress=False)
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "aircraft.yaml").read_text())
+    raw["datasets"]["aircraft"] = str(out)
+    runs = plan(SweepConfig.from_dict(raw), tmp_path / "results")  # levels checked, images decoded
+    assert {spec.level for spec, _ in runs} == {"leaf", "family", "manufacturer"}
+    assert not any(finished for _, finished in runs)
