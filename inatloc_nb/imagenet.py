@@ -27,7 +27,7 @@ from inatloc_nb.taxonomy import Hierarchy, dag_to_tree
 
 __all__ = [
     "WORDNET_ROOT", "HIERARCHY_FILE", "read_wordnet_nouns", "read_synsets", "imagenet_dag",
-    "hierarchy_table", "ilsvrc_classes", "ilsvrc_hierarchy", "ilsvrc_label_to_leaf",
+    "hierarchy_table", "visit_orders", "order_readings", "ilsvrc_classes", "ilsvrc_hierarchy", "ilsvrc_label_to_leaf",
 ]
 
 #: WordNet's noun root, ``entity.n.01``.
@@ -132,6 +132,47 @@ def hierarchy_table(classes: Sequence[str], nouns: dict[str, tuple[str, tuple[st
          "label": [label.get(n) for n in nodes]},
         schema=_TABLE_SCHEMA,
     )
+
+
+def visit_orders(classes: Sequence[str], dag: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Plausible "fixed but arbitrary" visit orders of App. C for :func:`imagenet_dag`'s nodes.
+
+    ``sorted`` (wnids, the one used), ``reverse`` (wnids descending), ``label`` (breadth-first
+    up the hypernyms from the classes in label order), ``top-down`` (breadth-first from the
+    root, children sorted) and ``bottom-up`` (the reverse of ``top-down``).
+    """
+    label: list[str] = []
+    frontier = list(classes)
+    while frontier:
+        node = frontier.pop(0)
+        if node not in label and node in dag:
+            label.append(node)
+            frontier.extend(dag[node])
+    children: dict[str, list[str]] = {}
+    for node, parents in sorted(dag.items()):
+        for parent in parents:
+            children.setdefault(parent, []).append(node)
+    top_down, queue = [], [WORDNET_ROOT]
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            if child not in top_down:
+                top_down.append(child)
+                queue.append(child)
+    return {"sorted": sorted(dag), "reverse": sorted(dag, reverse=True), "label": label,
+            "top-down": top_down, "bottom-up": top_down[::-1]}
+
+
+def order_readings(classes: Sequence[str], nouns: dict[str, tuple[str, tuple[str, ...]]]) -> pl.DataFrame:
+    """Classes kept as leaves under each reading of App. C's order (:func:`visit_orders` x
+    candidate parents tried in sorted order or in WordNet's pointer order)."""
+    dag = imagenet_dag(classes, nouns)
+    rows = []
+    for name, order in visit_orders(classes, dag).items():
+        for sort_parents in (True, False):
+            tree = dag_to_tree(dag, WORDNET_ROOT, order=order, sort_parents=sort_parents)
+            rows.append({"visit_order": name, "parents": "sorted" if sort_parents else "wordnet",
+                         "leaves": len(set(classes) & set(tree))})
+    return pl.DataFrame(rows)
 
 
 @cache

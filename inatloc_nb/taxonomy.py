@@ -510,17 +510,24 @@ class Hierarchy:
         return lookup[self._level_nodes(level)]
 
 
-def dag_to_tree(parents: Mapping[str, Sequence[str]], root: str) -> dict[str, str]:
+def dag_to_tree(
+    parents: Mapping[str, Sequence[str]],
+    root: str,
+    *,
+    order: Sequence[str] | None = None,
+    sort_parents: bool = True,
+) -> dict[str, str]:
     """Turn a DAG ``{node: [parents...]}`` into a tree ``{node: parent}`` (App. C).
 
-    Nodes with several parents are visited in sorted order. For each, every candidate parent
-    is tried in sorted order: the *other* parent nodes are deleted and the original leaves
-    still reachable from ``root`` are counted; the parent keeping the most is kept (ties:
-    first in sorted order) and the other parent nodes are deleted, with every node no longer
-    reachable from the root. Finally, nodes with no surviving original leaf below them are
-    dropped, so the tree's leaves are original leaves. The mapping may list nodes in any
-    order (children before their parents). Raises ``HierarchyError`` on cycles and unknown
-    parents.
+    Nodes with several parents are visited in sorted order (or ``order``, which must list
+    every node once: App. C's "fixed but arbitrary" order). For each, every candidate parent
+    is tried in sorted order (listed order with ``sort_parents=False``): the *other* parent
+    nodes are deleted and the original leaves still reachable from ``root`` are counted; the
+    parent keeping the most is kept (ties: the first tried) and the other parent nodes are
+    deleted, with every node no longer reachable from the root. Finally, nodes with no
+    surviving original leaf below them are dropped, so the tree's leaves are original leaves.
+    The mapping may list nodes in any order (children before their parents). Raises
+    ``HierarchyError`` on cycles, unknown parents and an ``order`` that is not the nodes.
     """
     _check_rooted(parents, root)
     children: dict[str, set[str]] = {root: set()}
@@ -541,10 +548,15 @@ def dag_to_tree(parents: Mapping[str, Sequence[str]], root: str) -> dict[str, st
                     frontier.append(child)
         return seen
 
-    for node in sorted(current):
+    visit = sorted(current) if order is None else list(order)
+    if len(visit) != len(current) or set(visit) != set(current):
+        raise HierarchyError(f"the visit order must list every node of the DAG once ({len(current)} nodes, "
+                             f"{len(visit)} given)")
+    for node in visit:
         if node not in alive or len(current[node] & alive) < 2:
             continue
-        candidates = sorted(current[node] & alive)
+        listed = list(dict.fromkeys(parents[node]))
+        candidates = sorted(current[node] & alive) if sort_parents else [p for p in listed if p in alive]
         scores = [len(leaves & reachable(set(candidates) - {p})) for p in candidates]
         keep = candidates[int(np.argmax(scores))]
         alive = reachable(set(candidates) - {keep})

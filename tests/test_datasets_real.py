@@ -282,3 +282,25 @@ def test_aircraft_config_runs_on_a_built_folder(tmp_path: Path) -> None:
     runs = plan(SweepConfig.from_dict(raw), tmp_path / "results")  # levels checked, images decoded
     assert {spec.level for spec, _ in runs} == {"leaf", "family", "manufacturer"}
     assert not any(finished for _, finished in runs)
+
+
+def test_dag_to_tree_visit_order_and_parent_order() -> None:
+    # y and v both hang under A and B; A and B each also have one leaf of their own. Whichever
+    # node is visited first decides for both: it keeps its first-tried parent (a tie).
+    dag = {"A": ["r"], "B": ["r"], "a": ["A"], "b": ["B"], "y": ["B", "A"], "v": ["A", "B"]}
+    assert dag_to_tree(dag, "r") == {"A": "r", "a": "A", "y": "A", "v": "A"}
+    assert dag_to_tree(dag, "r", sort_parents=False) == {"A": "r", "a": "A", "y": "A", "v": "A"}  # v first
+    assert dag_to_tree(dag, "r", order=["y", "v", "A", "B", "a", "b"], sort_parents=False) == {
+        "B": "r", "b": "B", "y": "B", "v": "B"}
+    with pytest.raises(HierarchyError, match="visit order must list every node"):
+        dag_to_tree(dag, "r", order=["y"])
+
+
+def test_stats_cli_shows_the_imagenet_levels(capsys) -> None:
+    import json
+
+    from inatloc_nb.cli import main
+
+    assert main(["stats", "--dataset", "ilsvrc", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["hierarchy"]["c0"] == 927 and len(out["hierarchy"]) == 18
