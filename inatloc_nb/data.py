@@ -103,7 +103,8 @@ class WSOLDataset:
         Extra levels come from ``class_labels_<level>.txt`` (the same set in every split),
         ordered finest first by taxonomic rank, or by decreasing class count for other
         names. The finest level is called ``species`` when the extra levels are ranks, ``c0``
-        when they are ``c1 .. cK`` (deepest-only levels, ordered by K), and ``leaf`` otherwise. A coarsest level with a single class becomes the root (e.g.
+        when they are ``c1 .. cK`` (deepest-only levels, ordered by K), and ``leaf``
+        otherwise. A coarsest level with a single class becomes the root (e.g.
         ``kingdom`` ``Animalia``), as does the single name in the first ``class_names_<rank>.txt``
         present for a rank above the coarsest level; otherwise the root is ``root``. With no extra
         levels the hierarchy is flat with deepest-only levels ``c0``. Missing class

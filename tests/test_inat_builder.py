@@ -125,7 +125,7 @@ def test_cli_make_dataset_inat(sources: dict[str, Path], tmp_path: Path, capsys:
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "4 species, train 24 images, val 8 images, test 8 images" in out
-    assert re.search(r"vs shipped iNatLoc500 val: 0 of \d+ images are the shipped ones", out)
+    assert re.search(r"vs shipped iNatLoc500 val: 0 of \d+ images are the shipped val images", out)
 
 
 @pytest.mark.parametrize(
@@ -148,3 +148,26 @@ def test_bad_bbox_is_reported(tmp_path: Path) -> None:
                                 "annotations": [{"id": 5, "image_id": 1, "category_id": 0, "bbox": [1, 2, 3]}]}))
     with pytest.raises(MetadataError, match=r"annotation id 5: bbox must be \[x, y, w, h\]"):
         inat_builder.read_inat17_boxes(path, "train", progress=False)
+
+
+def test_comparison_finds_the_shipped_images(sources: dict[str, Path], tmp_path: Path) -> None:
+    shipped = pl.read_parquet(Path(__file__).parents[1] / "data" / "inatloc500_images.parquet").filter(
+        pl.col("image_id").str.contains("/Cyprinus carpio/"))
+    assert shipped.height == 50
+    files = []
+    for split in ("train", "val"):
+        rows = shipped.filter(pl.col("source_dataset_split") == split)
+        ids = rows["source_dataset_image_id"].to_list()
+        images = [{"id": i, "width": 640, "height": 480, "file_name": f"train_val_images/Actinopterygii/"
+                   f"Cyprinus carpio/{i:032x}.jpg"} for i in ids]
+        annotations = [{"id": k, "image_id": i, "category_id": 3, "bbox": [5, 5, 100, 80]} for k, i in enumerate(ids)]
+        path = tmp_path / f"{split}_2017_bboxes.json"
+        path.write_text(json.dumps({"images": images, "annotations": annotations,
+                                    "categories": [{"id": 3, "name": "Cyprinus carpio", "supercategory": "Actinopterygii"}]}))
+        files.append(path)
+    summary = inat_builder.build_inat(sources["inat21"], files, tmp_path / "carp", species=["Cyprinus carpio"],
+                                      seed=0, progress=False)
+    table = summary.comparison
+    assert table["built"].to_list() == [25, 25] and table["shipped"].to_list() == [25, 25]
+    assert table["in_shipped"].sum() == 50 and 0 < table["same"].sum() < 50  # same pool, another draw
+    assert any("are in the shipped val or test" in line for line in summary.lines())
