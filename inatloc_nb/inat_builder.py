@@ -16,8 +16,8 @@ names, or as N random eligible species (enough single-instance boxed images for 
 splits), all seeded. Each species then gets ``per_species["val"]`` and ``["test"]``
 single-instance images (disjoint, drawn with ``numpy.random.default_rng(seed)`` from the
 candidates sorted by source split and id) and its 2021 training images (all, or a seeded
-sample). The JSON files are streamed with ``ijson`` (one pass each, with a byte progress
-bar), keeping only the fields needed.
+sample). The JSON files are streamed with ``ijson`` (one pass per top-level array, with a
+byte progress bar), keeping only the fields needed.
 
 Image ids are ``inat21/<2021 file_name>`` and ``inat17/<2017 file_name>``: make an image
 root with those two folders (``build_inat(..., image_roots=...)`` links them). Boxes become
@@ -101,9 +101,12 @@ class _Columns:
 
 
 def stream_coco(path: str | Path, sections: Sequence[str], progress: bool = True) -> Iterator[tuple[str, dict]]:
-    """Yield ``(section, object)`` for every item of the top-level arrays ``sections`` in one pass.
+    """Yield ``(section, object)`` for every item of the top-level arrays ``sections``.
 
-    Raises ``MetadataError`` naming the file when it is not valid JSON or lacks a section.
+    One streaming pass per section with ijson's C parser (about twice as fast as one pass
+    that assembles the items in Python), so memory stays bounded by what the caller keeps.
+    Raises ``MetadataError`` naming the file when it is not valid JSON or a section is
+    missing or empty.
     """
     import ijson
     from tqdm.auto import tqdm
@@ -111,32 +114,22 @@ def stream_coco(path: str | Path, sections: Sequence[str], progress: bool = True
     path = Path(path)
     if not path.is_file():
         raise MetadataError("JSON file not found", path)
-    prefixes = {f"{name}.item": name for name in sections}
-    seen: set[str] = set()
-    with path.open("rb") as raw, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
-                                      desc=f"reading {path.name}", disable=not progress) as bar:
-        reader = _CountingReader(raw, bar)
-        builder, current = None, None
-        try:
-            for prefix, event, value in ijson.parse(reader, use_float=True):
-                if builder is None:
-                    if prefix in prefixes and event in ("start_map", "start_array"):
-                        current = prefixes[prefix]
-                        seen.add(current)
-                        builder = ijson.ObjectBuilder()
-                        builder.event(event, value)
-                    elif event == "start_array" and prefix in {s for s in sections}:
-                        seen.add(prefix)
-                    continue
-                builder.event(event, value)
-                if prefix == f"{current}.item" and event in ("end_map", "end_array"):
-                    yield current, builder.value  # type: ignore[misc]
-                    builder = None
-        except ijson.JSONError as exc:
-            raise MetadataError(f"not valid JSON near byte {raw.tell()}: {exc}", path) from None
-    missing = [s for s in sections if s not in seen]
-    if missing:
-        raise MetadataError(f"no top-level {missing} array (expected a COCO-style JSON file)", path)
+    size = path.stat().st_size
+    with tqdm(total=size * len(sections), unit="B", unit_scale=True, desc=f"reading {path.name}",
+              disable=not progress) as bar:
+        for section in sections:
+            count = 0
+            with path.open("rb") as raw:
+                try:
+                    for obj in ijson.items(_CountingReader(raw, bar), f"{section}.item", use_float=True):
+                        count += 1
+                        yield section, obj
+                except ijson.JSONError as exc:
+                    raise MetadataError(f"not valid JSON near byte {raw.tell()}: {exc}", path) from None
+                bar.update(size - raw.tell())
+            if not count:
+                raise MetadataError(f"no items in a top-level {section!r} array (missing or empty; "
+                                    "expected a COCO-style JSON file)", path)
 
 
 class _CountingReader:

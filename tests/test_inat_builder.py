@@ -132,7 +132,8 @@ def test_cli_make_dataset_inat(sources: dict[str, Path], tmp_path: Path, capsys:
     ("text", "message"),
     [("{\"images\": [{\"id\": 1, \"width\": 5}], \"annotations\": [], \"categories\": []}", "no valid 'file_name'"),
      ("{\"images\": [], \"annotations\": [] ", "not valid JSON"),
-     ("{\"images\": [], \"categories\": []}", r"no top-level \['annotations'\]")],
+     ("{\"images\": [{\"id\": 1, \"file_name\": \"a.jpg\", \"width\": 5, \"height\": 5}], \"categories\": []}",
+      r"no items in a top-level 'annotations' array")],
 )
 def test_malformed_json_names_the_file(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "train.json"
