@@ -102,7 +102,7 @@ class StoredMaps:
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     data = z[f"raw_{index:05d}"]
-            except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+            except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
                 raise ScoreMapError(f"{self.path}: cannot read CAM chunk {index} ({exc}); "
                                     "the file is damaged, regenerate it by re-running the run") from exc
             self._cached = (index, data)
@@ -217,8 +217,9 @@ class CamSet:
                                         f"version {CAM_FORMAT_VERSION}; regenerate the file or upgrade inatloc-nb")
                 meta = {name: z[name] for name in _META}
                 n, shape, chunk = int(z["n_images"]), tuple(int(s) for s in z["map_shape"]), int(z["chunk"])
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
-            raise ScoreMapError(f"{path}: not a CAM file written by CamSet.save ({exc})") from exc
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ScoreMapError(f"{path}: not a CAM file written by CamSet.save ({exc}); delete the run "
+                                "folder and run it again (a sweep reruns missing runs)") from exc
         if len(meta["image_ids"]) != n or len(shape) != 2:
             raise ScoreMapError(f"{path}: inconsistent CAM file ({len(meta['image_ids'])} ids, {n} maps)")
         return cls(

@@ -53,14 +53,15 @@ def positive_float(value: Any, name: str) -> float:
 
 
 def schedule(value: Any, name: str) -> str | int:
-    """``"2epoch"``, ``"paper"``, ``"10epoch"`` or a number of epochs >= 1 (an int or a digit string)."""
+    """``"2epoch"``, ``"paper"``, ``"10epoch"`` or a number of epochs >= 1 (an int or a digit
+    string); returned unchanged."""
     if isinstance(value, str) and value in SCHEDULES:
         return value
-    if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    epochs = int(value) if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) else value
+    if isinstance(epochs, bool) or not isinstance(epochs, int):
         raise InatlocError(f"{name}: expected {', '.join(SCHEDULES)} or a number of epochs >= 1, got {value!r}")
-    return integer(value, f"{name} (epochs)", 1)
+    integer(epochs, f"{name} (epochs)", 1)
+    return value
 
 
 def device(value: Any, name: str) -> str | None:

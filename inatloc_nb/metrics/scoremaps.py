@@ -7,6 +7,7 @@ min-max normalised to [0, 1], quantised as ``uint8(map * 255)`` and binarised at
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,51 @@ def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
     np.divide(maps, np.where(flat, 1, high), out=maps)
     maps[np.broadcast_to(flat, maps.shape)] = 0
     return maps
+
+
+def read_score_map(path: str | Path, image_id: str | None = None) -> np.ndarray:
+    """One 2-D score map from a ``.npy`` file as native-byte-order float32 or float64.
+
+    Any byte order is accepted, float16 becomes float32, integer and boolean maps become
+    float32, and singleton axes are dropped ((1, H, W) or (H, W, 1) become (H, W)). Raises
+    ScoreMapError naming the file and ``image_id`` when the file is empty, unreadable, not a
+    numeric 2-D array, empty, or holds NaN or infinite values.
+    """
+    path = Path(path)
+    what = f"{path} (image {image_id!r})" if image_id is not None else str(path)
+    if path.is_dir():
+        raise ScoreMapError(f"{what}: is a folder, not a .npy score map")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ScoreMapError(f"{what}: empty file (0 bytes); write the map again with numpy.save")
+    try:
+        smap = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ScoreMapError(f"{what}: not a readable .npy array ({exc}); write it with numpy.save") from None
+    if not isinstance(smap, np.ndarray):
+        raise ScoreMapError(f"{what}: holds several arrays (.npz); save one 2-D map per .npy file")
+    if smap.dtype.kind not in "fiub":
+        raise ScoreMapError(f"{what}: score map must be numeric, got dtype {smap.dtype}")
+    if smap.size == 0:
+        raise ScoreMapError(f"{what}: empty array of shape {smap.shape}")
+    if smap.ndim > 2:
+        smap = smap.squeeze()
+    if smap.ndim != 2:
+        raise ScoreMapError(f"{what}: score map must be a 2-D (H, W) array, got shape {smap.shape}")
+    native = smap.dtype.newbyteorder("=")
+    if smap.dtype.kind != "f" or native.itemsize < 4:
+        native = np.dtype(np.float32)
+    smap = smap.astype(native, copy=False)
+    if not np.isfinite(smap).all():
+        raise ScoreMapError(f"{what}: contains NaN or infinite values")
+    return smap
+
+
+def check_score_map_range(smap: np.ndarray, what: str) -> None:
+    """ScoreMapError naming ``what`` when a map that is not normalised leaves [0, 1]."""
+    low, high = float(smap.min()), float(smap.max())
+    if low < 0 or high > 1:
+        raise ScoreMapError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g}); "
+                            "min-max normalise the maps (inatloc-nb evaluate --normalize)")
 
 
 def check_score_maps(score_maps: Any, normalize: bool = False) -> np.ndarray:
