@@ -167,9 +167,19 @@ class CamSet:
         return self.maps(row, row + 1)[0]
 
     def iter_maps(self, chunk: int = SCORE_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
-        """``(start, maps)`` over consecutive chunks of evaluation maps."""
-        for start in range(0, len(self), chunk):
-            yield start, self.maps(start, start + chunk)
+        """``(start, maps)`` over consecutive chunks of evaluation maps.
+
+        The next chunk is read and upsampled on a background thread while the caller works
+        on the current one (at most two chunks exist at a time)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.maps, 0, chunk)
+            for start in range(0, len(self), chunk):
+                maps = pending.result()
+                if start + chunk < len(self):
+                    pending = pool.submit(self.maps, start + chunk, start + 2 * chunk)
+                yield start, maps
 
     def save(self, path: str | Path, chunk: int = STORE_CHUNK) -> Path:
         """Write a compressed ``.npz`` atomically (raw maps in members of ``chunk`` images)."""
