@@ -21,6 +21,8 @@ from inatloc_nb.errors import InatlocError
 
 #: Backbone names accepted by ``build_backbone``.
 BACKBONES = ("resnet50", "resnet18", "tinycnn")
+#: Backbones without pretrained weights (``pretrained=True`` is refused).
+UNPRETRAINED = ("tinycnn",)
 
 
 class CAMNet(nn.Module):

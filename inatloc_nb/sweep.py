@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -28,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from inatloc_nb import results
+from inatloc_nb import results, validate
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.io import atomic_write_json
+from inatloc_nb.io import atomic_write_json, make_temp_dir
 
 #: WSOL training methods a grid may list.
 METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix")
@@ -152,12 +151,23 @@ class SweepConfig:
         import yaml
 
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a folder; give the sweep YAML file")
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"{path}: no such sweep configuration") from None
+        except UnicodeDecodeError as exc:
+            line = path.read_bytes()[: exc.start].count(b"\n") + 1
+            raise ConfigError(f"{path}:{line}: not UTF-8 text ({exc.reason}); save the file as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the sweep configuration ({exc.strerror or exc})") from None
+        try:
+            raw = validate.load_yaml_unique(text, str(path))
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        except InatlocError as exc:
+            raise ConfigError(str(exc)) from None
         return cls.from_dict(raw, path=path)
 
     @classmethod
@@ -218,18 +228,21 @@ def _parse_datasets(value: Any, path: Path | None, fail: Callable) -> dict[str, 
     return out
 
 
+def _checked(check: Callable, value: Any, key: str, fail: Callable, *limits: Any) -> Any:
+    """``check(value, ...)`` from :mod:`inatloc_nb.validate`, its error re-raised at ``key``."""
+    try:
+        return check(value, "", *limits)
+    except InatlocError as exc:
+        raise fail(key, str(exc).removeprefix(": ")) from None
+
+
 def _as_list(value: Any) -> list:
     return value if isinstance(value, list) else [value]
 
 
 def _parse_lr(value: Any, key: str, fail: Callable) -> float:
-    try:  # YAML 1.1 reads ``1e-2`` (no dot) as a string
-        lr = float(value)
-    except (TypeError, ValueError):
-        raise fail(key, f"expected a positive learning rate, got {value!r}") from None
-    if isinstance(value, bool) or not lr > 0:
-        raise fail(key, f"expected a positive learning rate, got {value!r}")
-    return lr
+    """A finite learning rate > 0 (YAML 1.1 reads ``1e-2``, without a dot, as a string)."""
+    return _checked(validate.positive_float, value, key, fail)
 
 
 def _parse_int(value: Any, key: str, fail: Callable, minimum: int, allow_null: bool = False) -> int | None:
@@ -252,7 +265,9 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
         values = _as_list(raw.get(key, LIST_DEFAULTS.get(key)))
         if not values:
             raise fail(prefix + key, "expected at least one value")
-        return tuple(dict.fromkeys(parse(v, f"{prefix}{key}") for v in values))
+        listed_raw = isinstance(raw.get(key), list)
+        return tuple(dict.fromkeys(parse(v, f"{prefix}{key}[{i}]" if listed_raw else f"{prefix}{key}")
+                                   for i, v in enumerate(values)))
 
     def scalar(key: str) -> Any:
         if key not in raw:
@@ -263,7 +278,10 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
                 raise fail(prefix + key, f"expected true or false, got {value!r}")
             return value
         if key in ("image_size", "batch_size"):
-            return _parse_int(value, prefix + key, fail, 1)
+            limits = validate.IMAGE_SIZE_RANGE if key == "image_size" else validate.BATCH_SIZE_RANGE
+            return _checked(validate.integer, value, prefix + key, fail, *limits)
+        if key == "schedule":
+            return str(_checked(validate.schedule, value, prefix + key, fail))
         if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
             raise fail(prefix + key, f"expected a name, got {value!r}")
         return str(value)
@@ -279,7 +297,7 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             raise fail(key, f"unknown method {v!r}; expected one of {', '.join(METHODS)}{hint}")
         return v
 
-    return Grid(
+    grid = Grid(
         name=name,
         levels=listed("levels", level),
         methods=listed("methods", method),
@@ -288,6 +306,19 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
         per_class=listed("per_class", lambda v, k: _parse_int(v, k, fail, 1, allow_null=True)),
         **{key: scalar(key) for key in SCALAR_KEYS},
     )
+    _check_backbone(grid, prefix, fail)
+    return grid
+
+
+def _check_backbone(grid: Grid, prefix: str, fail: Callable) -> None:
+    """The grid's backbone exists and, with ``pretrained: true``, has pretrained weights."""
+    from inatloc_nb.models import BACKBONES, UNPRETRAINED
+
+    if grid.backbone not in BACKBONES:
+        raise fail(prefix + "backbone", f"unknown backbone {grid.backbone!r}; expected one of {', '.join(BACKBONES)}")
+    if grid.pretrained and grid.backbone in UNPRETRAINED:
+        raise fail(prefix + "pretrained", f"backbone {grid.backbone!r} has no pretrained weights; "
+                   "set pretrained: false")
 
 
 def _parse_baselines(value: Any, main: Grid, fail: Callable) -> list[Grid]:
@@ -407,7 +438,7 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
     run_id = spec.run_id
     parent = runs_dir(results_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{run_id}.tmp-", dir=parent))
+    tmp = make_temp_dir(f".{run_id}.tmp-", parent)
     record = {
         "run_id": run_id, "params": spec.params(), "data": spec.data,
         "started_at": _now(), "host": os.uname().nodename,
@@ -568,6 +599,8 @@ def run_sweep(
     summary = SweepSummary(results_dir, len(specs), len(specs) - len(todo), [], [])
     say = print if progress else (lambda *a, **k: None)
     say(f"sweep {config.name}: {len(specs)} runs, {summary.skipped} already finished, {len(todo)} to run")
+    atomic_write_json(results_dir / results.SWEEP_RECORD,
+                      {"name": config.name, "config": None if config.path is None else str(config.path.resolve())})
     if todo:
         gpus = visible_gpus() if scheduler is None else []
         parallel = max_parallel if max_parallel is not None else max(1, len(gpus))
@@ -609,12 +642,38 @@ def check_data(config: SweepConfig) -> None:
         if not data.startswith("synth:") and not Path(data).is_dir():
             where = config.path or "<config>"
             raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
+    _check_levels(config)
     if config.check_images:
         _check_images(config)
 
 
+def dataset_levels(data: str) -> tuple[str, ...]:
+    """The label levels of a sweep data source (a metadata folder or ``synth:PRESET``)."""
+    if data.startswith("synth:"):
+        from inatloc_nb.synth import LEVELS
+
+        return tuple(LEVELS)
+    from inatloc_nb.data import WSOLDataset
+
+    return WSOLDataset.from_folder(data, allow_overlap=True).levels
+
+
+def _check_levels(config: SweepConfig) -> None:
+    """Every level a grid lists exists in every dataset of the config (mixed labellings aside)."""
+    where = config.path or "<config>"
+    for name, data in config.datasets.items():
+        levels = dataset_levels(data)
+        for grid in config.grids:
+            unknown = [lv for lv in grid.levels if not lv.startswith("mixed:") and lv not in levels]
+            if unknown:
+                raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
+                                  f"dataset {name!r} (its levels: {', '.join(levels)})")
+
+
 def plan(config: SweepConfig, results_dir: str | Path) -> list[tuple[RunSpec, bool]]:
-    """Every run of the sweep with whether it is already finished (for ``--dry-run``)."""
+    """Every run of the sweep with whether it is already finished (for ``--dry-run``); the
+    config's data and levels are checked first, as :func:`run_sweep` does."""
+    check_data(config)
     return [(spec, is_finished(results_dir, spec.run_id)) for spec in expand(config)]
 
 
