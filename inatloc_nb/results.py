@@ -2,8 +2,9 @@
 
 A run folder (``runs/<id>/``) holds ``run.json`` (written by the sweep: run id, parameters,
 status, wall time), ``metrics.json`` when the run finished, ``error.json`` when it failed and
-optionally ``timings.json`` and ``analysis.parquet``. :func:`run_results` turns it into one
-row per evaluated split (and per level for CAM-Agg); the columns are :data:`SCHEMA`,
+optionally ``timings.json``, ``analysis.parquet`` and ``explain/<explainer>/metrics.json``.
+:func:`run_results` turns it into one row per evaluated split (and per level for CAM-Agg) and
+per explainer (``"cam"``: the run's own maps); the columns are :data:`SCHEMA`,
 documented in ``docs/results_schema.md``.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import polars as pl
 
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.explainers import EXPLAIN_DIR, OWN_MAPS
 from inatloc_nb.io import atomic_write_parquet
 
 #: The sweep's record of a run, inside the run folder.
@@ -37,7 +39,7 @@ IOU_THRESHOLDS = (30, 50, 70)
 RUN_PARAMS = ("dataset", "level", "method", "lr", "seed", "per_class", "schedule", "backbone",
               "pretrained", "image_size", "batch_size")
 #: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them.
-GROUP_KEYS = ("dataset", "level", "train_level", "method", "seed", "per_class", "schedule",
+GROUP_KEYS = ("dataset", "level", "train_level", "method", "explainer", "seed", "per_class", "schedule",
               "backbone", "pretrained", "image_size", "batch_size")
 
 #: Columns and types of a run table and of the store, in order.
@@ -48,6 +50,7 @@ SCHEMA: dict[str, pl.DataType] = {
     "level": pl.String(),
     "train_level": pl.String(),
     "method": pl.String(),
+    "explainer": pl.String(),
     "lr": pl.Float64(),
     "seed": pl.Int64(),
     "per_class": pl.Int64(),
@@ -207,12 +210,26 @@ def run_results(run_dir: str | Path) -> pl.DataFrame:
         n_train = metrics.get("n_train_images") if isinstance(metrics, Mapping) else None
         if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)):
             raise ResultsError(f"{metrics_path}: n_train_images: expected an integer, got {n_train!r}")
-        rows = [{**base, "n_train_images": n_train, **row}
+        rows = [{**base, "n_train_images": n_train, "explainer": OWN_MAPS, **row}
                 for row in _metric_rows(metrics, metrics_path, params["level"])]
+        rows += _explainer_rows(run_dir, {**base, "n_train_images": n_train}, params["level"])
     else:
         error = _read_json(run_dir / "error.json")
         rows = [{**base, "error": error.get("message") if isinstance(error, Mapping) else None}]
     return pl.DataFrame(rows, schema=SCHEMA, strict=False).select(list(SCHEMA))
+
+
+def _explainer_rows(run_dir: Path, base: dict[str, Any], train_level: str) -> list[dict[str, Any]]:
+    """Rows of every finished ``explain/<name>/metrics.json`` (``inatloc_nb.explainers``), with
+    the explainer's own ``timings.json``."""
+    rows = []
+    for metrics_path in sorted((run_dir / EXPLAIN_DIR).glob("*/metrics.json")):
+        timings = metrics_path.parent / "timings.json"
+        extra = {"explainer": metrics_path.parent.name,
+                 "timings": json.dumps(_read_json(timings), sort_keys=True) if timings.is_file() else None}
+        rows += [{**base, **extra, **row}
+                 for row in _metric_rows(_read_json(metrics_path), metrics_path, train_level)]
+    return rows
 
 
 def write_run_results(run_dir: str | Path) -> pl.DataFrame:
@@ -240,6 +257,13 @@ def validate(table: pl.DataFrame, source: str | Path) -> pl.DataFrame:
         pl.col("split", "maxboxacc_v2", *(f"maxboxacc_{d}" for d in IOU_THRESHOLDS)).is_null()))
     if incomplete.height:
         raise ResultsError(f"{source}: finished run {incomplete['run_id'][0]} has rows without split or metrics")
+    metric_cols = ["maxboxacc_v2", *(f"maxboxacc_{d}" for d in IOU_THRESHOLDS),
+                   *(f"threshold_{d}" for d in IOU_THRESHOLDS), "top1"]
+    not_finite = table.filter(pl.any_horizontal(pl.col(metric_cols).is_nan() | pl.col(metric_cols).is_infinite()))
+    if not_finite.height:
+        run = not_finite["run_id"][0]
+        raise ResultsError(f"{source}: run {run} has NaN or infinite metrics; "
+                           f"{REDO_RUN.format(run=f'runs/{run}')}")
     return table
 
 
@@ -258,7 +282,10 @@ def _run_table(folder: Path) -> pl.DataFrame:
             raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}; "
                                f"{REDO_RUN.format(run=folder)}")
         write_run_results(folder)
-    table = validate(read_table(path), path)
+    table = read_table(path)
+    if "explainer" not in table.columns and (folder / RUN_RECORD).is_file():
+        table = write_run_results(folder)  # written before results had an explainer column
+    table = validate(table, path)
     if set(table["run_id"]) != {folder.name}:
         raise ResultsError(f"{path}: run_id {table['run_id'][0]!r} does not match its folder {folder.name!r}")
     return table
@@ -312,6 +339,7 @@ def select_learning_rate(table: pl.DataFrame) -> pl.DataFrame:
     """The paper's model selection: per :data:`GROUP_KEYS` group, the lr with the best D_f
     (``split == "val"``) MaxBoxAccV2, reported by its D_test row.
 
+    Each explainer (``explainer`` column) selects its own lr on its own D_f score.
     Failed runs are ignored. Ties go to the smaller learning rate. Adds
     ``val_maxboxacc_v2`` (the selection score) and ``n_lrs`` (learning rates compared).
     """
@@ -323,9 +351,9 @@ def select_learning_rate(table: pl.DataFrame) -> pl.DataFrame:
         .group_by(list(GROUP_KEYS), maintain_order=True)
         .agg(pl.col("run_id").first(), pl.col("maxboxacc_v2").first().alias("val_maxboxacc_v2"),
              pl.len().alias("n_lrs"))
-        .select("run_id", "level", "val_maxboxacc_v2", "n_lrs")
+        .select("run_id", "level", "explainer", "val_maxboxacc_v2", "n_lrs")
     )
-    chosen = ok.filter(pl.col("split") == "test").join(best, on=["run_id", "level"], how="inner")
+    chosen = ok.filter(pl.col("split") == "test").join(best, on=["run_id", "level", "explainer"], how="inner")
     return chosen.sort(list(GROUP_KEYS), nulls_last=True)
 
 

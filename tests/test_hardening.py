@@ -47,6 +47,7 @@ BAD_IMAGES = {
     "truncated.jpg": (_jpeg_bytes()[:300], "damaged or truncated"),
     "truncated.png": (_png_bytes()[:200], "damaged or truncated"),
     "text.jpg": (b"this is not an image\n", "not an image"),
+    "loop.jpg": ("loop", "cannot access the file"),
 }
 
 
@@ -56,6 +57,8 @@ def test_open_image_names_id_and_path(tmp_path: Path, name: str) -> None:
     path = tmp_path / name
     if content == "dir":
         path.mkdir()
+    elif content == "loop":  # a symbolic link to itself
+        path.symlink_to(path)
     elif content is not None:
         path.write_bytes(content)
     with pytest.raises(ImageError, match=problem) as info:
@@ -293,6 +296,14 @@ def test_non_finite_metrics_are_refused(tmp_path: Path, value: str) -> None:
     (folder / "metrics.json").write_text(text.replace('"maxboxacc_v2": 40.0', f'"maxboxacc_v2": {value}', 1))
     with pytest.raises(ResultsError, match="metrics.json: maxboxacc_v2: .* is not a finite number"):
         results.run_results(folder)
+
+
+def test_non_finite_metrics_in_a_run_table_are_refused(tmp_path: Path) -> None:
+    folder = make_run(tmp_path, "nan")
+    table = results.run_results(folder).with_columns(maxboxacc_v2=pl.lit(float("nan")))
+    table.write_parquet(folder / results.RUN_TABLE)
+    with pytest.raises(ResultsError, match="results.parquet: run nan has NaN or infinite metrics"):
+        results.collect(tmp_path)
 
 
 @pytest.mark.parametrize("content", [b"", b"\xff\xfe{", b"{\"run_id\": "])
