@@ -230,6 +230,7 @@ def build_learner(
     set_seed(seed, reproducible=True)
     train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
     dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers)
+    method.bind(dataset.hierarchy, level)
     features, n_channels = build_backbone(backbone, pretrained)
     n_classes = len(dataset.hierarchy.level_names(level))
     model = prepare_for_device(method.build_model(features, n_channels, n_classes), device)

@@ -32,7 +32,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
-    "PlotError", "level_order", "method_label", "save_chart",
+    "PlotError", "level_order", "method_label", "save_chart", "granularity_comparison",
     "localization_by_level", "classification_by_level", "data_efficiency",
     "analysis_medians", "component_counts", "per_iou_by_level", "seed_spread",
     "box_area_cdf", "images_per_category", "category_counts", "box_area_fractions", "learning_curve",
@@ -342,6 +342,22 @@ def learning_curve(history: pl.DataFrame) -> alt.Chart:
         .resolve_scale(y="independent")
         .properties(title=figure)
     )
+
+
+def granularity_comparison(table: pl.DataFrame) -> alt.FacetChart:
+    """D_test MaxBoxAccV2 (mean +- std over seeds) of each granularity strategy, per dataset, from
+    :func:`inatloc_nb.granularity.selection.comparison_table`."""
+    figure = "Choosing the granularity"
+    table = _require(table, ["dataset", "strategy", "mean", "std"], figure, results=False)
+    table = table.with_columns(low=pl.col("mean") - pl.col("std").fill_nan(0), high=pl.col("mean") + pl.col("std").fill_nan(0))
+    base = alt.Chart().encode(y=alt.Y("strategy:N", title=None, sort=None))
+    bars = base.mark_bar(color="#4c78a8").encode(
+        x=alt.X("mean:Q", title="D_test MaxBoxAccV2 (%), mean over seeds", scale=alt.Scale(zero=False)),
+        tooltip=["strategy", "detail", alt.Tooltip("mean:Q", format=".1f"), alt.Tooltip("std:Q", format=".1f"),
+                 "n_seeds"])
+    errors = base.mark_errorbar(color="black").encode(x="low:Q", x2="high:Q")
+    return (alt.layer(bars, errors, data=table).properties(width=320, height=150)
+            .facet(row=alt.Row("dataset:N", title=None)).properties(title=figure))
 
 
 def save_chart(chart: alt.TopLevelMixin, path_stem: str | Path, scale: float = 2.0) -> tuple[Path, Path]:

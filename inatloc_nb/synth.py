@@ -178,7 +178,7 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> SynthConfig:
-        """A preset (``"tiny"`` or ``"demo"``) with some fields replaced."""
+        """A preset (``"tiny"``, ``"demo"`` or ``"wide"``) with some fields replaced."""
         if name not in PRESETS:
             raise InatlocError(f"unknown synthetic preset {name!r}; choose from {sorted(PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -192,6 +192,11 @@ PRESETS: dict[str, SynthConfig] = {
     "tiny": SynthConfig(),
     "demo": SynthConfig(
         branching=(2, 2, 2, 2, 2, 2), image_size=64, per_class=(50, 8, 8), species_imbalance=2.0,
+    ),
+    # A second taxonomy shape: three phyla (habitats), 96 species, a long-tailed species
+    # distribution (train counts 7-30) and fewer evaluation images per species.
+    "wide": SynthConfig(
+        branching=(3, 2, 2, 2, 2, 2), image_size=64, per_class=(30, 6, 6), species_imbalance=4.0,
     ),
 }
 

@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="runs at once (default: one per GPU, or 1 on CPU)")
     parser.add_argument("--notebook", default=None,
                         help="training notebook (default: notebooks/02_train_wsol.ipynb of this repository)")
+    parser.add_argument("--grid", action="append", default=None, metavar="NAME",
+                        help="run only this grid (main, an extra grid's name or a baseline); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")
     parser.set_defaults(func=_run)
 
@@ -32,6 +34,8 @@ def _run(args: argparse.Namespace) -> int:
     from inatloc_nb.sweep import SweepConfig, plan, run_sweep
 
     config = SweepConfig.from_yaml(args.config)
+    if args.grid:
+        config = config.select_grids(args.grid)
     if args.dry_run:
         runs = plan(config, args.results)
         for spec, finished in runs:

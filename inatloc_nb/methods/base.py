@@ -7,12 +7,15 @@ from plain CAM (Zhou et al. 2016): a model wrapper (ACoL, SPG, ADL), fastai call
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from inatloc_nb.errors import InatlocError
+
+if TYPE_CHECKING:
+    from inatloc_nb.taxonomy import Hierarchy
 
 
 class WSOLMethod:
@@ -24,6 +27,8 @@ class WSOLMethod:
 
     name: ClassVar[str] = "cam"
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Whether ``bind`` needs the dataset's hierarchy (methods with one head per level).
+    needs_hierarchy: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -34,6 +39,10 @@ class WSOLMethod:
                 f"valid: {valid}"
             )
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+
+    def bind(self, hierarchy: Hierarchy, level: str) -> None:
+        """Called with the dataset's hierarchy and the training level before ``build_model``
+        (by ``build_learner`` and ``load_run_model``); nothing to do for single-level methods."""
 
     def build_model(self, features: nn.Module, n_channels: int, n_classes: int) -> nn.Module:
         """The trainable model around a backbone ``features`` producing ``n_channels`` maps."""

@@ -1,0 +1,114 @@
+"""Per-image localization evidence of finished runs: which images each run boxes correctly.
+
+``image_hits`` turns a split's CAMs into one score per image: the mean, over the IoU
+thresholds of MaxBoxAccV2 (30, 50, 70), of whether the image's best box reaches the
+threshold at the split's optimal CAM threshold for that IoU. Its mean over the split is the
+split's MaxBoxAccV2 / 100. ``run_evidence`` collects it for the single-level runs of a
+results folder, joined with each image's finest category.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from inatloc_nb.errors import InatlocError
+
+#: IoU thresholds (percent) of MaxBoxAccV2.
+IOU_THRESHOLDS = (30, 50, 70)
+
+
+def image_hits(chunks: Iterable[tuple[int, np.ndarray]], boxes: Sequence[np.ndarray],
+               iou_thresholds: Sequence[int] = IOU_THRESHOLDS, n_thresholds: int = 1000) -> np.ndarray:
+    """(N,) per-image scores in [0, 1] of score maps given as ``(start, maps)`` chunks (maps
+    (n, H, W) in [0, 1], e.g. ``CamSet.iter_maps()``) against the N images' ``boxes``."""
+    from inatloc_nb.metrics.boxacc import best_iou_curves
+    from inatloc_nb.metrics.scoremaps import cam_thresholds
+
+    thresholds = cam_thresholds(n_thresholds)
+    parts = [best_iou_curves(np.asarray(maps, dtype=np.float32), list(boxes[start:start + len(maps)]), thresholds)
+             for start, maps in chunks]
+    curves = np.concatenate(parts) if parts else np.empty((0, n_thresholds))
+    if len(curves) != len(boxes):
+        raise InatlocError(f"{len(curves)} maps but {len(boxes)} images with boxes")
+    score = np.zeros(len(curves))
+    for delta in iou_thresholds:
+        hits = curves >= delta / 100
+        score += hits[:, int(np.argmax(hits.mean(0)))]
+    return score / len(iou_thresholds)
+
+
+def run_image_hits(run_dir: str | Path, dataset, split: str = "val") -> pl.DataFrame:
+    """``image_id, category, hit`` for ``split`` of one finished run folder (its ``cams/<split>.npz``)."""
+    from inatloc_nb.cam import CamSet
+
+    path = Path(run_dir) / "cams" / f"{split}.npz"
+    if not path.is_file():
+        raise InatlocError(f"{path}: missing; the run did not evaluate split {split!r}")
+    cams = CamSet.load(path)
+    images = dataset.images(split)
+    if cams.image_ids != images["image_id"].to_list():
+        raise InatlocError(f"{path}: its images are not those of {dataset.name} {split}; wrong dataset?")
+    leaves = np.asarray(dataset.hierarchy.leaves, dtype=object)
+    return pl.DataFrame({
+        "image_id": cams.image_ids,
+        "category": leaves[images["label"].to_numpy()].tolist(),
+        "hit": image_hits(cams.iter_maps(), dataset.gt_boxes(split)),
+    })
+
+
+def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = None,
+                      method: str = "cam") -> pl.DataFrame:
+    """The finished single-level runs (one row each: ``run_id, level, seed, data``) of
+    ``dataset`` trained with ``method`` on all of D_w at a named level (no mixed labelling),
+    for one ``schedule``. Without ``schedule``, the runs must share one (else the error lists them)."""
+    from inatloc_nb.granularity.labelling import is_mixed
+
+    runs = (store.filter((pl.col("status") == "ok") & (pl.col("dataset") == dataset) & (pl.col("method") == method)
+                         & pl.col("per_class").is_null() & (pl.col("split") == "val")
+                         & (pl.col("level") == pl.col("train_level")))
+            .filter(~pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))
+    if runs.height == 0:
+        found = sorted(store["dataset"].unique().drop_nulls().to_list())
+        raise InatlocError(f"no finished {method} runs of dataset {dataset!r} on all images (datasets: {found})")
+    schedules = sorted(runs["schedule"].unique().to_list())
+    if schedule is None and len(schedules) > 1:
+        raise InatlocError(f"dataset {dataset!r} has {method} runs with schedules {schedules}; choose one")
+    if schedule is not None:
+        runs = runs.filter(pl.col("schedule") == str(schedule))
+        if runs.height == 0:
+            raise InatlocError(f"no {method} runs of {dataset!r} with schedule {schedule!r} (found {schedules})")
+    return runs.select("run_id", "level", "seed", "data").unique("run_id").sort("level", "seed")
+
+
+def sweep_dataset(store: pl.DataFrame, dataset: str):
+    """The ``WSOLDataset`` the runs of ``dataset`` in a results store were trained on."""
+    from inatloc_nb.run import load_dataset
+
+    data = store.filter(pl.col("dataset") == dataset)["data"].drop_nulls().unique().to_list()
+    if len(data) != 1:
+        raise InatlocError(f"results store: dataset {dataset!r} has data {data or 'none'}; expected one source")
+    return load_dataset(data[0])
+
+
+def run_evidence(results_dir: str | Path, dataset: str, schedule: str | None = None,
+                 split: str = "val", progress: bool = True) -> pl.DataFrame:
+    """``run_id, level, seed, image_id, category, hit`` for every single-level CAM run of
+    ``dataset`` in ``results_dir`` (see :func:`single_level_runs`), on ``split`` (D_f)."""
+    from tqdm.auto import tqdm
+
+    from inatloc_nb import results
+
+    results_dir = Path(results_dir)
+    store = results.load(results_dir)
+    runs = single_level_runs(store, dataset, schedule)
+    ds = sweep_dataset(store, dataset)
+    frames = []
+    for row in tqdm(runs.iter_rows(named=True), total=runs.height, desc=f"D_f evidence of {dataset}",
+                    disable=not progress):
+        hits = run_image_hits(results_dir / "runs" / row["run_id"], ds, split)
+        frames.append(hits.with_columns(run_id=pl.lit(row["run_id"]), level=pl.lit(row["level"]),
+                                        seed=pl.lit(row["seed"], dtype=pl.Int64)))
+    return pl.concat(frames).select("run_id", "level", "seed", "image_id", "category", "hit")

@@ -1,0 +1,139 @@
+"""Mixed-granularity labellings: one chosen hierarchy node per finest category.
+
+A labelling maps every finest-level category (leaf) to one of its ancestors or itself; the
+labels form a valid label set when no chosen node is a descendant of another (the antichain
+condition of per-image k vectors, ``Hierarchy.coarsen_leaves``). Used as a training level
+under the name ``mixed:FILE``: ``Hierarchy.level_names("mixed:FILE")`` are the chosen nodes
+(sorted) and ``level_index`` maps each leaf to its node's class index, so every part of the
+library that takes a level (data loaders, subsampling, CAM targets, the sweep) takes a mixed
+labelling.
+
+File format (CSV, UTF-8, one header line, one row per finest category, ``#`` comment lines
+allowed)::
+
+    category,node,level
+    species0,genus0,genus
+    species1,genus0,genus
+    species2,species2,species
+
+``category``: a leaf id; ``node``: the chosen node (the leaf itself or an ancestor);
+``level``: the node's named level (optional column, checked when present).
+"""
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from inatloc_nb.taxonomy import Hierarchy
+
+#: Prefix of a level naming a mixed labelling file.
+MIXED_PREFIX = "mixed:"
+#: Columns of a labelling file (``level`` is optional when reading).
+COLUMNS = ("category", "node", "level")
+
+
+class LabellingError(InatlocError):
+    """An invalid mixed labelling; the message names the file and line."""
+
+
+def is_mixed(level: str) -> bool:
+    """Whether ``level`` names a mixed labelling (``mixed:FILE``)."""
+    return isinstance(level, str) and level.startswith(MIXED_PREFIX)
+
+
+def labelling_path(level: str) -> Path:
+    """The file of a ``mixed:FILE`` level."""
+    if not is_mixed(level) or not level[len(MIXED_PREFIX):]:
+        raise LabellingError(f"{level!r} is not a mixed level; use mixed:FILE")
+    return Path(level[len(MIXED_PREFIX):])
+
+
+def short_name(level: str) -> str:
+    """``mixed-<file stem>`` for a mixed level, the level itself otherwise (for ids and plots)."""
+    return f"mixed-{labelling_path(level).stem}" if is_mixed(level) else level
+
+
+def read_labelling(path: str | Path, hierarchy: Hierarchy) -> tuple[str, ...]:
+    """The chosen node of every leaf, in ``hierarchy.leaves`` order, validated.
+
+    Raises :class:`LabellingError` naming the file and line for: a missing file or header,
+    an unknown category or node, a node that is not the category or one of its ancestors, a
+    level that is not the node's, a category listed twice or not at all, a node that is a
+    descendant of another chosen node, fewer than two classes.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise LabellingError(f"{path}: cannot read the labelling ({exc.strerror or exc})") from None
+    lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise LabellingError(f"{path}: empty; expected a header 'category,node[,level]' and one row per category")
+    header_no, header = lines[0]
+    columns = [c.strip() for c in next(csv.reader([header]))]
+    if columns[:2] != ["category", "node"] or columns[2:] not in ([], ["level"]):
+        raise LabellingError(f"{path}:{header_no}: header must be 'category,node' or 'category,node,level', "
+                             f"got {header!r}")
+    leaves = set(hierarchy.leaves)
+    chosen: dict[str, tuple[str, int]] = {}
+    for n, row in zip((n for n, _ in lines[1:]), csv.reader(line for _, line in lines[1:]), strict=True):
+        where = f"{path}:{n}"
+        values = [v.strip() for v in row]
+        if len(values) != len(columns):
+            raise LabellingError(f"{where}: expected {len(columns)} fields ({','.join(columns)}), got {len(values)}")
+        category, node = values[0], values[1]
+        if category not in leaves:
+            raise LabellingError(f"{where}: unknown category {category!r} (not a finest-level class of "
+                                 f"the dataset's hierarchy)")
+        if category in chosen:
+            raise LabellingError(f"{where}: category {category!r} listed again (first on line {chosen[category][1]})")
+        if node not in hierarchy.nodes:
+            raise LabellingError(f"{where}: unknown node {node!r}")
+        if node != category and not hierarchy.is_ancestor(node, category):
+            raise LabellingError(f"{where}: {node!r} is neither {category!r} nor one of its ancestors "
+                                 f"({', '.join(hierarchy.ancestors(category))})")
+        if len(values) == 3 and values[2] and hierarchy.node_level(node) not in (None, values[2]):
+            raise LabellingError(f"{where}: node {node!r} is at level {hierarchy.node_level(node)!r}, "
+                                 f"not {values[2]!r}")
+        chosen[category] = (node, n)
+    missing = [leaf for leaf in hierarchy.leaves if leaf not in chosen]
+    if missing:
+        raise LabellingError(f"{path}: {len(missing)} categories have no row: {missing[:5]} "
+                             "(every finest category needs one)")
+    line_of = {node: line for node, line in chosen.values()}
+    for node, line in sorted(line_of.items(), key=lambda item: item[1]):
+        for ancestor in hierarchy.ancestors(node):
+            if ancestor in line_of:
+                raise LabellingError(
+                    f"{path}:{line}: node {node!r} is a descendant of {ancestor!r}, chosen on line "
+                    f"{line_of[ancestor]}; a label may not be a descendant of another (coarsen line "
+                    f"{line} to {ancestor!r} or refine line {line_of[ancestor]})")
+    if len(line_of) < 2:
+        raise LabellingError(f"{path}: every category maps to {next(iter(line_of))!r}; a classifier needs "
+                             "at least two classes")
+    return tuple(chosen[leaf][0] for leaf in hierarchy.leaves)
+
+
+def write_labelling(path: str | Path, hierarchy: Hierarchy, nodes: Mapping[str, str]) -> Path:
+    """Write ``{category: node}`` (every leaf) as a labelling file, atomically; validated by
+    reading it back."""
+    rows = ["category,node,level"]
+    for leaf in hierarchy.leaves:
+        if leaf not in nodes:
+            raise LabellingError(f"{path}: no node chosen for category {leaf!r}")
+        node = nodes[leaf]
+        rows.append(",".join(_csv_field(v) for v in (leaf, node, hierarchy.node_level(node) or "")))
+    atomic_write_text(Path(path), "\n".join(rows) + "\n")
+    read_labelling(path, hierarchy)
+    return Path(path)
+
+
+def _csv_field(value: str) -> str:
+    return f'"{value.replace(chr(34), chr(34) * 2)}"' if any(c in value for c in ',"\n') else value
