@@ -276,7 +276,10 @@ def test_aircraft_config_runs_on_a_built_folder(tmp_path: Path) -> None:
 
     from inatloc_nb.sweep import SweepConfig, plan
 
-    out = aircraft.build_aircraft(_write_aircraft(tmp_path), tmp_path / "aircraft", progress=False)
+    from inatloc_nb.cli import main
+
+    out = tmp_path / "aircraft"
+    assert main(["make-dataset", "aircraft", str(_write_aircraft(tmp_path)), "--out", str(out), "--quiet"]) == 0
     raw = yaml.safe_load((Path(__file__).parents[1] / "configs" / "aircraft.yaml").read_text())
     raw["datasets"]["aircraft"] = str(out)
     runs = plan(SweepConfig.from_dict(raw), tmp_path / "results")  # levels checked, images decoded

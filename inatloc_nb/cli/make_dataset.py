@@ -39,10 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="keep this many train images per class (ImageNet default 200, App. A)")
         sub.add_argument("--seed", type=int, default=0)
         sub.add_argument("--images", type=Path, help="the image folder, linked as OUT/images")
-    for sub in (inat, air, *kinds.choices.values()):
-        if not any(a.dest == "out" for a in sub._actions):
-            sub.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
-            sub.add_argument("--quiet", action="store_true", help="no progress bars")
+    for sub in kinds.choices.values():
+        sub.add_argument("--out", required=True, type=Path, help="output folder (new or empty)")
+        sub.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
 
