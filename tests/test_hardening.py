@@ -320,8 +320,11 @@ def test_damaged_store_is_named(tmp_path: Path) -> None:
         results.load(tmp_path)
 
 
-def test_report_lists_skipped_runs_and_uses_the_sweep_name(tmp_path: Path) -> None:
+def test_report_lists_skipped_runs_and_uses_the_sweep_name(tmp_path: Path, monkeypatch) -> None:
+    from inatloc_nb import report
     from inatloc_nb.report import build_report
+
+    monkeypatch.setattr(report, "FIGURES", ())  # tables only: figures are tested in test_plots
 
     results_dir = tmp_path / "results"
     for lr, val in ((0.01, 50.0), (0.1, 60.0)):
