@@ -172,3 +172,19 @@ def test_comparison_finds_the_shipped_images(sources: dict[str, Path], tmp_path:
     assert table["built"].to_list() == [25, 25] and table["shipped"].to_list() == [25, 25]
     assert table["in_shipped"].sum() == 50 and 0 < table["same"].sum() < 50  # same pool, another draw
     assert any("are in the shipped val or test" in line for line in summary.lines())
+
+
+def test_options_are_checked_and_image_roots_linked(sources: dict[str, Path], tmp_path: Path) -> None:
+    renamed = tmp_path / "boxes.json"
+    renamed.write_text(sources["train17"].read_text())
+    with pytest.raises(InatlocError, match="cannot tell the iNat 2017 split"):
+        inat_builder.build_inat(sources["inat21"], [renamed], tmp_path / "x", progress=False)
+    with pytest.raises(InatlocError, match="images per species for val must be a positive integer"):
+        inat_builder.build_inat(sources["inat21"], [sources["train17"]], tmp_path / "x",
+                                per_species={"val": 0}, progress=False)
+    roots = {"inat21": tmp_path / "r21", "inat17": tmp_path / "r17"}
+    for root in roots.values():
+        root.mkdir()
+    inat_builder.build_inat(sources["inat21"], [sources["train17"], sources["val17"]], tmp_path / "linked",
+                            per_species={"val": 2, "test": 2}, image_roots=roots, progress=False)
+    assert (tmp_path / "linked" / "images" / "inat17").resolve() == roots["inat17"].resolve()
