@@ -111,10 +111,12 @@ def check_dataset(
     splits: Sequence[str] | None = None,
     workers: int | None = None,
     progress: bool = True,
+    size_order: str = "auto",
 ) -> CheckReport:
     """Check every image of the chosen splits (default: all present); see the module docstring.
 
     Malformed metadata raises :class:`MetadataError` (file and line) before any image is read.
+    ``size_order`` is how ``image_sizes.txt`` is read (:func:`inatloc_nb.metadata.read_split`).
     """
     from tqdm.auto import tqdm
 
@@ -123,7 +125,7 @@ def check_dataset(
     present = [s for s in SPLITS if (root / s).is_dir()] if splits is None else list(splits)
     if not present:
         raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
-    metas = {split: read_split(root / split) for split in present}
+    metas = {split: read_split(root / split, size_order=size_order) for split in present}  # type: ignore[arg-type]
     jobs = [(split, image_id) for split, meta in metas.items() for image_id in meta.images["image_id"]]
     report = CheckReport(images={split: meta.images.height for split, meta in metas.items()})
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(

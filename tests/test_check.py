@@ -56,7 +56,7 @@ def test_every_kind_of_problem_is_found(tmp_path: Path, capsys: pytest.CaptureFi
     assert "val/localization.txt:1: box (5, 5, 50, 30) outside the 45x40 image" in box.detail
     summary = report.summary().filter(pl.col("split") == "test").row(0, named=True)
     assert (summary["missing"], summary["truncated"], summary["unreadable"]) == (1, 1, 1)
-    assert main(["check", str(root), "--quiet", "--workers", "1"]) == 1
+    assert main(["check", str(root), "--quiet", "--workers", "1", "--size-order", "wh"]) == 1
     out = capsys.readouterr().out
     assert "5 problems" in out and "truncated: test c2/img2.jpg" in out
 

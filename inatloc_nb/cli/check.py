@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-root", type=Path, help="image folder (default: DATA/images)")
     parser.add_argument("--split", action="append", help="check only this split (repeatable)")
     parser.add_argument("--workers", type=int, help="decoding threads (default: the executor's choice)")
+    parser.add_argument("--size-order", choices=("auto", "wh", "hw"), default="auto",
+                        help="image_sizes.txt as width,height (wh) or height,width (hw); default: detect from the boxes")
     parser.add_argument("--show", type=int, default=10, help="offending lines shown per kind (default 10)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -31,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise InatlocError(f"--workers must be at least 1, got {args.workers}")
-    report = check_dataset(args.data, args.image_root, args.split, args.workers, progress=not args.quiet)
+    report = check_dataset(args.data, args.image_root, args.split, args.workers, progress=not args.quiet,
+                           size_order=args.size_order)
     with pl.Config(tbl_rows=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    tbl_formatting="ASCII_MARKDOWN"):
         print(report.summary())
