@@ -206,6 +206,7 @@ def build_learner(
     schedule: str | int = "2epoch",
     backbone: str = "resnet50",
     pretrained: bool = True,
+    weights: str | None = None,
     image_size: int = 224,
     batch_size: int = 32,
     device: torch.device | str | None = None,
@@ -231,7 +232,7 @@ def build_learner(
     train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
     dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers)
     method.bind(dataset.hierarchy, level)
-    features, n_channels = build_backbone(backbone, pretrained)
+    features, n_channels = build_backbone(backbone, pretrained, weights)
     n_classes = len(dataset.hierarchy.level_names(level))
     model = prepare_for_device(method.build_model(features, n_channels, n_classes), device)
     base_lrs = [lr, 10 * lr]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from inatloc_nb.errors import InatlocError
 
 #: Backbone names accepted by ``build_backbone``.
-BACKBONES = ("resnet50", "resnet18", "tinycnn")
+BACKBONES = ("resnet50", "resnet18", "tinycnn", "convnext_tiny", "deit_small", "timm_resnet50")
 #: Backbones without pretrained weights (``pretrained=True`` is refused).
 UNPRETRAINED = ("tinycnn",)
 
@@ -82,7 +82,21 @@ def load_pretrained(weights) -> dict[str, Tensor]:
         ) from exc
 
 
-def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, int]:
+def load_weights_file(path: str | Path) -> dict[str, Tensor]:
+    """A state dict saved with ``torch.save`` (e.g. torchvision's ``resnet50-0676ba61.pth``).
+
+    Raises ``InatlocError`` naming the file when it is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InatlocError(f"weights file {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and format errors of a damaged or foreign file
+        raise InatlocError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+
+
+def _resnet(name: str, pretrained: bool, weights_file: str | Path | None = None) -> tuple[nn.Module, int]:
     from torchvision import models
 
     ctor, weights = {
@@ -91,7 +105,7 @@ def _resnet(name: str, pretrained: bool) -> tuple[nn.Module, int]:
     }[name]
     net = ctor(weights=None)
     if pretrained:
-        net.load_state_dict(load_pretrained(weights))
+        net.load_state_dict(load_pretrained(weights) if weights_file is None else load_weights_file(weights_file))
     _unit_stride(net.layer3)
     _unit_stride(net.layer4)
     features = nn.Sequential(
@@ -115,14 +129,23 @@ def _tinycnn() -> tuple[nn.Module, int]:
     return features, 64
 
 
-def build_backbone(name: str, pretrained: bool = True) -> tuple[nn.Module, int]:
+def build_backbone(name: str, pretrained: bool = True,
+                   weights: str | Path | None = None) -> tuple[nn.Module, int]:
     """The feature extractor ``name`` (see ``BACKBONES``) and its number of output channels.
 
-    ``pretrained`` loads torchvision's ImageNet weights (ResNets only; ``tinycnn`` has none and
-    rejects ``pretrained=True``).
+    ``pretrained`` loads ImageNet weights: torchvision's for the ResNets, timm's for
+    ``convnext_tiny``, ``deit_small`` and ``timm_resnet50`` (``inatloc_nb.backbones_timm``);
+    ``weights`` is a local weights file to load instead of the library's cache. ``tinycnn``
+    has none and rejects ``pretrained=True``.
     """
+    from inatloc_nb.backbones_timm import TIMM_BACKBONES, build_timm_backbone
+
+    if weights is not None and not pretrained:
+        raise InatlocError(f"backbone {name!r}: a weights file ({weights}) was given with pretrained=False")
+    if name in TIMM_BACKBONES:
+        return build_timm_backbone(name, pretrained, weights)
     if name in ("resnet50", "resnet18"):
-        return _resnet(name, pretrained)
+        return _resnet(name, pretrained, weights)
     if name == "tinycnn":
         if pretrained:
             raise InatlocError("backbone 'tinycnn' has no pretrained weights; use pretrained=False")

@@ -33,7 +33,7 @@ from inatloc_nb.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "PlotError", "level_order", "method_label", "save_chart", "granularity_comparison",
-    "localization_by_level", "classification_by_level", "data_efficiency",
+    "localization_by_level", "explainers_by_level", "classification_by_level", "data_efficiency",
     "analysis_medians", "component_counts", "per_iou_by_level", "seed_spread",
     "box_area_cdf", "images_per_category", "category_counts", "box_area_fractions", "learning_curve",
     "cam_grid", "run_cam_grid", "compare_levels",
@@ -140,6 +140,30 @@ def _metric_by_level(table: pl.DataFrame, value: str, title: str, figure: str) -
 def localization_by_level(table: pl.DataFrame) -> alt.Chart:
     """Fig. 3 (left): test MaxBoxAccV2 against training level, one line per method (mean over seeds)."""
     return _metric_by_level(table, "maxboxacc_v2", "MaxBoxAccV2 (%)", "Localization by training level")
+
+
+def explainers_by_level(table: pl.DataFrame) -> alt.FacetChart:
+    """Test MaxBoxAccV2 against training level, one line per explainer (``cam``: the run's own
+    maps), one panel per method (mean over seeds)."""
+    figure = "Explainers by training level"
+    table = _require(table, ["level", "method", "explainer", "maxboxacc_v2"], figure)
+    full = _full_data(table.filter(~pl.col("method").is_in(NOT_BY_LEVEL))).drop_nulls("maxboxacc_v2")
+    if full.filter(pl.col("explainer") != "cam").height == 0:
+        raise PlotError(f"{figure}: no explainer results (inatloc-nb explain, or a sweep with 'explainers:')")
+    means = _with_labels(_mean_over_seeds(full, ["level", "method", "explainer"], "maxboxacc_v2"))
+    return (
+        alt.Chart(means)
+        .mark_line(point=True)
+        .encode(
+            x=_level_axis(means),
+            y=alt.Y("maxboxacc_v2:Q", title="MaxBoxAccV2 (%)", scale=alt.Scale(zero=False)),
+            color=alt.Color("explainer:N", title="explainer"),
+            tooltip=["Method", "explainer", "level", alt.Tooltip("maxboxacc_v2:Q", format=".1f"), "n_seeds"],
+        )
+        .properties(width=280, height=220)
+        .facet(column=alt.Column("Method:N", title=None))
+        .properties(title=figure)
+    )
 
 
 def classification_by_level(table: pl.DataFrame) -> alt.Chart:

@@ -212,7 +212,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
     say = print if progress else (lambda *a, **k: None)
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     problems: list[str] = []
-    store, best = selected_results(results_dir, problems)  # validated before anything is written
+    store, explained = selected_results(results_dir, problems)  # validated before anything is written
+    # every table and figure but the explainer one is about the runs' own maps
+    store = store.filter(pl.col("explainer") == results.OWN_MAPS)
+    best = explained.filter(pl.col("explainer") == results.OWN_MAPS)
     runs = run_table(store)
     analysis = selected_analysis(results.load_analysis(results_dir, problems), best)
 
@@ -245,6 +248,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
             page.figure(fig.caption, png_path, html_path, out_dir)
             say(f"wrote {png_path}")
     _add_granularity(page, out_dir, results_dir, store)
+    _add_explainers(page, out_dir, explained, say)
     title = results.sweep_name(results_dir) or results_dir.resolve().name
     return atomic_write_text(out_dir / "report.html", page.render(f"inatloc-nb results: {title}"))
 
@@ -265,6 +269,24 @@ def _add_granularity(page: _Page, out_dir: Path, results_dir: Path, store: pl.Da
                                            out_dir / "figures" / "granularity_comparison")
     page.figure("D_test MaxBoxAccV2 of each granularity strategy (mean +- std over seeds).", png_path, html_path,
                 out_dir)
+
+
+def _add_explainers(page: _Page, out_dir: Path, explained: pl.DataFrame, say: Any) -> None:
+    """MaxBoxAccV2 by level for each post-hoc explainer scored on the runs (``inatloc-nb explain``
+    or a sweep's ``explainers:``), per dataset, when there are any."""
+    if explained.filter(pl.col("explainer") != results.OWN_MAPS).height == 0:
+        return
+    page.heading("Post-hoc explainers on the trained models")
+    for (dataset,), group in explained.group_by("dataset", maintain_order=True):
+        try:
+            chart = plots.explainers_by_level(group)
+        except plots.PlotError as exc:
+            page.note(f"{dataset}: explainer figure not drawn: {exc}")
+            continue
+        html_path, png_path = plots.save_chart(chart, out_dir / "figures" / f"{dataset}_explainers_by_level")
+        page.figure(f"{dataset}: test MaxBoxAccV2 by training level for each explainer (cam: the run's own "
+                    "CAM; each explainer's learning rate chosen on its own D_f score).", png_path, html_path, out_dir)
+        say(f"wrote {png_path}")
 
 
 def _add_tables(page: _Page, out_dir: Path, prefix: str, tables: dict) -> None:

@@ -78,6 +78,7 @@ class RunConfig:
     schedule: str | int = "2epoch"
     backbone: str = "resnet50"
     pretrained: bool = True
+    weights: str | None = None
     image_size: int = 224
     batch_size: int = 32
     per_class: int | None = None
@@ -112,6 +113,8 @@ class RunConfig:
         validate.integer(self.seed, "RunConfig.seed", 0, 2**32 - 1)
         validate.optional_integer(self.num_workers, "RunConfig.num_workers", 0, 1024)
         self.device = validate.device(self.device, "RunConfig.device")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise InatlocError(f"RunConfig.weights: expected a weights file path, got {self.weights!r}")
         if not isinstance(self.method_params, dict):
             raise InatlocError(f"RunConfig.method_params: expected a mapping, got {self.method_params!r}")
         if not self.eval_splits or not all(isinstance(s, str) and s for s in self.eval_splits):
@@ -230,7 +233,8 @@ def build_model_for(config: RunConfig, n_classes: int, pretrained: bool | None =
     method = get_method(config.method, **config.method_params)
     if method.needs_hierarchy:
         method.bind(load_dataset(config.data, config.image_root).hierarchy, config.level)
-    features, n_channels = build_backbone(config.backbone, config.pretrained if pretrained is None else pretrained)
+    pretrained = config.pretrained if pretrained is None else pretrained
+    features, n_channels = build_backbone(config.backbone, pretrained, config.weights if pretrained else None)
     return method.build_model(features, n_channels, n_classes), method
 
 
@@ -315,6 +319,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         dataset, config.level, method=config.method, lr=config.lr, seed=config.seed,
         per_class=config.per_class, schedule=config.schedule, backbone=config.backbone,
         pretrained=config.pretrained, image_size=config.image_size, batch_size=config.batch_size,
+        weights=config.weights,
         device=config.device, num_workers=config.num_workers, method_params=config.method_params,
     )
     n_train = len(learn.dls.train_ds)

@@ -70,7 +70,7 @@ def quiet_validate(learn: Learner) -> None:
 
 
 def test_registry_and_table_a4_defaults():
-    assert set(METHODS) == {"cam", "has", "acol", "spg", "adl", "cutmix"}
+    assert set(METHODS) == {"cam", "has", "acol", "spg", "adl", "cutmix", "multihead", "bridgegap"}
     assert get_method("has").hparams == {"drop_rate": 0.09, "patch_size": 31}
     assert get_method("acol").hparams == {"erase_threshold": 0.79}
     assert get_method("spg").hparams == {"delta_l_b1": 0.02, "delta_h_b1": 0.03, "delta_l_b2": 0.05,

@@ -30,9 +30,12 @@ def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> N
     sched = p.add_mutually_exclusive_group()
     sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3)")
     sched.add_argument("--schedule", choices=("2epoch", "10epoch"), default=default_schedule)
-    p.add_argument("--backbone", default="resnet50", help="resnet50, resnet18 or tinycnn")
+    p.add_argument("--backbone", default="resnet50",
+                   help="resnet50, resnet18, tinycnn, convnext_tiny, deit_small or timm_resnet50")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights instead of ImageNet")
+    p.add_argument("--weights", metavar="PATH",
+                   help="local ImageNet weights file of the backbone (default: the torchvision/timm cache)")
     p.add_argument("--image-size", type=IMAGE_SIZE, default=224, metavar="PX")
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
@@ -47,7 +50,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         data=args.data, image_root=args.image_root,
         schedule=args.epochs if args.epochs is not None else args.schedule,
-        backbone=args.backbone, pretrained=args.pretrained, image_size=args.image_size,
+        backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, image_size=args.image_size,
         seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         allow_split_overlap=args.allow_split_overlap,
     )

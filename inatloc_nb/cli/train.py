@@ -11,7 +11,7 @@ from inatloc_nb.validate import arg_type, integer
 from inatloc_nb.errors import InatlocError
 
 #: Trainable WSOL methods offered on the command line.
-TRAIN_METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix")
+TRAIN_METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix", "bridgegap")
 
 
 def _param(text: str) -> tuple[str, object]:

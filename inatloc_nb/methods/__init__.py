@@ -11,6 +11,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.acol import ACoL
 from inatloc_nb.methods.adl import ADL
 from inatloc_nb.methods.base import WSOLMethod
+from inatloc_nb.methods.bridgegap import BridgeGap
 from inatloc_nb.methods.cam import CAM
 from inatloc_nb.methods.cutmix import CutMix
 from inatloc_nb.methods.has import HaS
@@ -18,7 +19,7 @@ from inatloc_nb.methods.multihead import MultiHead
 from inatloc_nb.methods.spg import SPG
 
 #: Every available method, by the name used in configs and on the command line.
-METHODS: dict[str, type[WSOLMethod]] = {cls.name: cls for cls in (CAM, HaS, ACoL, SPG, ADL, CutMix, MultiHead)}
+METHODS: dict[str, type[WSOLMethod]] = {cls.name: cls for cls in (CAM, HaS, ACoL, SPG, ADL, CutMix, BridgeGap, MultiHead)}
 
 
 def get_method(name: str, **hparams: Any) -> WSOLMethod:
