@@ -120,6 +120,7 @@ def test_chunked_scoring_equals_one_shot(tmp_path):
             np.testing.assert_array_equal(result.correct[d], expected.correct[d])
             np.testing.assert_array_equal(result.image_correct[d], expected.image_correct[d])
         assert result.per_iou == expected.per_iou
+        assert all(v.shape == (70,) and v.dtype == bool for v in result.image_correct.values())  # one bool per image
     np.testing.assert_array_equal(stored.raw[10:40], raw[10:40])
     np.testing.assert_array_equal(stored.raw[-1], raw[-1])
     with pytest.raises(ScoreMapError, match="box arrays"):
