@@ -67,6 +67,7 @@ def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = 
     from inatloc_nb.granularity.labelling import is_mixed
 
     runs = (store.filter((pl.col("status") == "ok") & (pl.col("dataset") == dataset) & (pl.col("method") == method)
+                         & (pl.col("explainer") == "cam")  # the runs' own maps, not post-hoc explainers
                          & pl.col("per_class").is_null() & (pl.col("split") == "val")
                          & (pl.col("level") == pl.col("train_level")))
             .filter(~pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))

@@ -62,7 +62,8 @@ class LevelRuns:
         results_dir = Path(results_dir)
         store = results.collect(results_dir)
         chosen = results.select_learning_rate(store).filter(
-            (pl.col("method") == method) & (pl.col("level") == pl.col("train_level"))
+            (pl.col("method") == method) & (pl.col("explainer") == results.OWN_MAPS)
+            & (pl.col("level") == pl.col("train_level"))
             & (pl.col("per_class").is_null() if per_class is None else pl.col("per_class") == per_class)
         ).sort("seed")
         if chosen.is_empty():
