@@ -1,25 +1,32 @@
-"""The fastai ``Learner`` of one WSOL training run (SPEC section 5).
+"""The fastai ``Learner`` of one WSOL training run (SPEC section 5, docs/protocol.md).
 
 ``build_learner`` assembles data, model, optimiser and schedule the same way for synthetic
-and real datasets; ``train`` runs the schedule. The protocol:
+and real datasets; ``train`` runs the schedule. The protocol (that of the reference WSOL
+code, wsolevaluation, unless an option names the other reading):
 
 - train: squish-resize to ``256 / 224 * image_size``, random crop ``image_size``, horizontal
-  flip p = 0.5; evaluation: squish-resize to ``image_size``; ImageNet mean/std;
+  flip p = 0.5; the last, incomplete training batch is kept; evaluation: squish-resize to
+  ``image_size``; ImageNet mean/std;
 - SGD, Nesterov momentum 0.9, weight decay 1e-5 on every parameter, batch 32;
-- two parameter groups: the backbone (and anything else) at ``lr``, and the classifier at
-  ``10 * lr``. The classifier group is every parameter with a module-path component whose
-  name starts with ``classifier`` (so methods name their extra heads ``classifier_*``);
-- step schedules: ``"2epoch"`` or ``"paper"`` (LR / 10 after epoch 1), ``"10epoch"``
-  (LR / 10 every 3 epochs), or an int N (N epochs, LR / 10 every 3);
+- two parameter groups, at ``lr`` and ``10 * lr`` (``param_groups``). ``lr_groups=
+  "reference"`` (default): the backbone's last stage (ResNet ``layer4``) and the model's
+  linear classifier (the reference's ``fc``; ACoL's branches and SPG's heads and classifier
+  stay at ``lr``); ``lr_groups="classifier"`` (the paper's text): every parameter under a
+  module whose name starts with ``classifier``;
+- step schedules (``Schedule``): ``"2epoch"`` or ``"paper"`` (LR / 10 after epoch 1),
+  ``"10epoch"`` or an int N (LR / 10 every 3 epochs). ``lr_decay="reference"`` (default)
+  decays after 2, 5, 8, ... completed epochs, as the reference's
+  ``adjust_learning_rate(epoch + 1)`` does; ``lr_decay="text"`` after 3, 6, 9, ...;
 - ``seed`` seeds python, numpy and torch when the learner is built and again when training
   starts, so a CPU run is repeatable (for a given ``num_workers``);
-- on CUDA: mixed precision and channels-last.
+- on CUDA: a channels-last model and inputs; training in float32.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +47,7 @@ from fastai.vision.core import imagenet_stats
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.images import clear_worker_errors, fastai_image_block
 from inatloc_nb.models import build_backbone, default_device, prepare_for_device
+from inatloc_nb.protocol import DECAY_EVERY, check_reading
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -58,13 +66,15 @@ class Schedule:
     gamma: float = 0.1
 
     @classmethod
-    def parse(cls, spec: str | int) -> Schedule:
-        """``"2epoch"`` (alias ``"paper"``), ``"10epoch"`` or an int number of epochs (LR / 10
-        every 3 epochs)."""
+    def parse(cls, spec: str | int, lr_decay: str = "reference") -> Schedule:
+        """``"2epoch"`` (alias ``"paper"``: LR / 10 after the first epoch), ``"10epoch"`` or an
+        int number of epochs (LR / 10 every 3 epochs, timed by ``lr_decay``, see
+        ``inatloc_nb.protocol.LR_DECAYS``)."""
+        check_reading("lr_decay", lr_decay)
         if spec in ("2epoch", "paper"):
             return cls(2, (1,))
         if spec == "10epoch":
-            return cls(10, (3, 6, 9))
+            spec = 10
         try:
             epochs = int(spec)
         except (TypeError, ValueError):
@@ -73,7 +83,8 @@ class Schedule:
             ) from None
         if epochs < 1:
             raise InatlocError(f"the number of epochs must be at least 1, got {epochs}")
-        return cls(epochs, tuple(range(3, epochs, 3)))
+        first = DECAY_EVERY - 1 if lr_decay == "reference" else DECAY_EVERY
+        return cls(epochs, tuple(range(first, epochs, DECAY_EVERY)))
 
     def factor(self, epoch: int) -> float:
         """The LR multiplier during (0-based) ``epoch``."""
@@ -107,17 +118,45 @@ class Reseed(Callback):
 
 
 def is_classifier_param(name: str) -> bool:
-    """Whether parameter ``name`` belongs to the 10x-LR classifier group."""
+    """Whether parameter ``name`` is in the 10x group of the ``"classifier"`` reading: a
+    module-path component starts with ``classifier``."""
     return any(part.startswith("classifier") for part in name.split("."))
 
 
-def param_groups(model: torch.nn.Module) -> list[list[torch.nn.Parameter]]:
-    """fastai splitter: ``[backbone and other parameters, classifier parameters]``."""
+def reference_fast_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """Parameter-name prefixes of the 10x group of the ``"reference"`` reading.
+
+    The reference code gives 10x to names containing ``layer4.`` or ``fc.``: the backbone's
+    last stage (the last child of ``model.features``) and the module that plays the
+    reference's ``fc``, named by the model's ``reference_fc`` attribute (``"classifier"``
+    for a CAMNet; None for ACoL and SPG, whose classifiers the reference calls
+    ``classifier_A/B`` and ``SPG_A4``, so they stay at 1x).
+    """
+    features = getattr(model, "features", None)
+    if not isinstance(features, torch.nn.Module) or not list(features.children()):
+        raise InatlocError(f"{type(model).__name__} has no 'features' backbone with stages; "
+                           "use lr_groups='classifier'")
+    last_stage = list(features.named_children())[-1][0]
+    fc = getattr(model, "reference_fc", "classifier")
+    return (f"features.{last_stage}.", *(() if fc is None else (f"{fc}.",)))
+
+
+def param_groups(model: torch.nn.Module, lr_groups: str = "reference") -> list[list[torch.nn.Parameter]]:
+    """fastai splitter: ``[parameters at lr, parameters at 10 lr]`` for the ``lr_groups``
+    reading (``inatloc_nb.protocol.LR_GROUPS``; see the module docstring)."""
+    if check_reading("lr_groups", lr_groups) == "reference":
+        prefixes = reference_fast_prefixes(model)
+
+        def fast(name: str) -> bool:
+            return name.startswith(prefixes)
+    else:
+        fast = is_classifier_param
     groups: list[list[torch.nn.Parameter]] = [[], []]
     for name, param in model.named_parameters():
-        groups[is_classifier_param(name)].append(param)
+        groups[fast(name)].append(param)
     if not groups[1]:
-        raise InatlocError(f"{type(model).__name__} has no parameter under a 'classifier*' module")
+        raise InatlocError(f"{type(model).__name__} has no parameter in the 10x group of "
+                           f"lr_groups={lr_groups!r}")
     return groups
 
 
@@ -189,8 +228,8 @@ def build_dataloaders(
     return block.dataloaders(
         train + valid,
         bs=batch_size,
-        # An incomplete last batch is dropped (as fastai does), unless it is the only one.
-        drop_last=len(train) > batch_size,
+        # The last, incomplete training batch is kept, as the reference code's loader does.
+        drop_last=False,
         num_workers=default_num_workers() if num_workers is None else num_workers,
         device=default_device() if device is None else torch.device(device),
     )
@@ -212,11 +251,15 @@ def build_learner(
     device: torch.device | str | None = None,
     num_workers: int | None = None,
     method_params: dict[str, Any] | None = None,
+    lr_groups: str = "reference",
+    lr_decay: str = "reference",
 ) -> Learner:
     """A fastai Learner for ``method`` trained at ``level`` on ``dataset``'s train split.
 
     ``per_class`` keeps that many training images per class at ``level``
     (``dataset.subsample``, seeded by ``seed``); the ids used are in ``learn.train_ids``.
+    ``lr_groups`` and ``lr_decay`` choose the reading of the 10x group and of the decay
+    timing (``inatloc_nb.protocol``; the reference code's by default).
     Extra attributes: ``learn.method``, ``learn.schedule``, ``learn.level``,
     ``learn.base_lrs``. Train with ``train(learn)``.
     """
@@ -226,7 +269,8 @@ def build_learner(
         method = get_method(method, **(method_params or {}))
     elif method_params:
         raise InatlocError("method_params are only used with a method name")
-    sched = Schedule.parse(schedule)
+    sched = Schedule.parse(schedule, lr_decay)
+    check_reading("lr_groups", lr_groups)
     device = default_device() if device is None else torch.device(device)
     set_seed(seed, reproducible=True)
     train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
@@ -242,7 +286,7 @@ def build_learner(
         loss_func=method.loss_func() or CrossEntropyLossFlat(),
         opt_func=sgd_nesterov,
         lr=lr,
-        splitter=param_groups,
+        splitter=partial(param_groups, lr_groups=lr_groups),
         metrics=accuracy,
         wd_bn_bias=True,
         cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],
@@ -285,6 +329,7 @@ __all__ = [
     "history_rows",
     "is_classifier_param",
     "param_groups",
+    "reference_fast_prefixes",
     "sgd_nesterov",
     "labelled_items",
     "train",

@@ -6,12 +6,14 @@ Backbones (``build_backbone``):
   strides of ``layer3`` and ``layer4`` (and of their downsample branches) set to 1, so a
   224 x 224 input gives 28 x 28 feature maps (the "large feature map" ResNet of the WSOL
   evaluation protocol). Stride changes do not change the weights, so ImageNet weights load
-  unchanged.
+  unchanged. The stages keep torchvision's names (``features.layer4`` ...), which the
+  reference code's LR groups and ADL/SPG placements refer to.
 - ``tinycnn``: three small conv blocks, final map = input / 4; fast on CPU at 32-64 px.
 """
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -26,13 +28,20 @@ UNPRETRAINED = ("tinycnn",)
 
 
 class CAMNet(nn.Module):
-    """``features`` -> global average pooling -> ``classifier`` (``nn.Linear(C, n_classes)``)."""
+    """``features`` -> global average pooling -> ``classifier`` (``nn.Linear(C, n_classes)``).
+
+    The classifier starts as the reference code's re-initialised ``fc``: weights drawn from
+    N(0, 0.01^2), bias 0 (``init_linear``). ``reference_fc`` names the module that plays the
+    reference's ``fc`` for the 10x-LR group (``learner.param_groups``).
+    """
+
+    reference_fc: str | None = "classifier"
 
     def __init__(self, features: nn.Module, n_channels: int, n_classes: int):
         super().__init__()
         self.features = features
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(n_channels, n_classes)
+        self.classifier = init_linear(nn.Linear(n_channels, n_classes))
         self.n_channels = n_channels
         self.n_classes = n_classes
 
@@ -50,6 +59,33 @@ class CAMNet(nn.Module):
         class bias, a per-image constant that normalisation removes, is left out)."""
         weights = self.classifier.weight[class_idx].float()  # (B, C)
         return (weights[:, :, None, None] * feats.float()).mean(1)
+
+
+#: Standard deviation of the reference code's linear-layer initialisation.
+LINEAR_INIT_STD = 0.01
+
+
+def init_linear(layer: nn.Linear) -> nn.Linear:
+    """Weights ~ N(0, ``LINEAR_INIT_STD``^2), bias 0 (the reference's ``initialize_weights``)."""
+    nn.init.normal_(layer.weight, 0.0, LINEAR_INIT_STD)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def init_convs(module: nn.Module, mode: str) -> nn.Module:
+    """Initialise every ``Conv2d`` of ``module`` as the reference's ``initialize_weights``:
+    ``mode="he"`` Kaiming normal (fan out, ReLU gain), ``"xavier"`` Xavier uniform; biases 0."""
+    for conv in module.modules():
+        if isinstance(conv, nn.Conv2d):
+            if mode == "he":
+                nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            elif mode == "xavier":
+                nn.init.xavier_uniform_(conv.weight)
+            else:
+                raise InatlocError(f"unknown init mode {mode!r}; use 'he' or 'xavier'")
+            if conv.bias is not None:
+                nn.init.zeros_(conv.bias)
+    return module
 
 
 def _unit_stride(layer: nn.Module) -> None:
@@ -108,9 +144,8 @@ def _resnet(name: str, pretrained: bool, weights_file: str | Path | None = None)
         net.load_state_dict(load_pretrained(weights) if weights_file is None else load_weights_file(weights_file))
     _unit_stride(net.layer3)
     _unit_stride(net.layer4)
-    features = nn.Sequential(
-        net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
-    )
+    stages = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+    features = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in stages))
     return features, net.fc.in_features
 
 

@@ -65,7 +65,10 @@ class RunConfig:
     ``synth:demo``), generated once into the cache folder (``$INATLOC_NB_CACHE`` or
     ``~/.cache/inatloc-nb``). ``image_root`` defaults to the folder's ``images/``.
     ``method_params`` override the method's Table A4 hyperparameters. ``schedule``:
-    ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``model_run``: a finished species-level
+    ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
+    parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
+    reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
+    (docs/protocol.md). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
     ``allow_split_overlap`` accepts image ids shared by D_w and D_f / D_test (refused by default).
     """
@@ -76,6 +79,8 @@ class RunConfig:
     method_params: dict[str, Any] = field(default_factory=dict)
     lr: float | None = 1e-3
     schedule: str | int = "2epoch"
+    lr_groups: str = "reference"
+    lr_decay: str = "reference"
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: str | None = None
@@ -321,6 +326,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         pretrained=config.pretrained, image_size=config.image_size, batch_size=config.batch_size,
         weights=config.weights,
         device=config.device, num_workers=config.num_workers, method_params=config.method_params,
+        lr_groups=config.lr_groups, lr_decay=config.lr_decay,
     )
     n_train = len(learn.dls.train_ds)
     n_classes = len(dataset.hierarchy.level_names(config.level))

@@ -31,6 +31,7 @@ from inatloc_nb import results, validate
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.granularity.labelling import MIXED_PREFIX, is_mixed, labelling_path, short_name
 from inatloc_nb.io import atomic_write_json, make_temp_dir
+from inatloc_nb.protocol import check_reading
 
 #: WSOL training methods a grid may list.
 METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix", "multihead", "bridgegap")
@@ -43,7 +44,7 @@ LIST_KEYS = ("levels", "methods", "lrs", "seeds", "per_class")
 #: Defaults of the list grid keys a config may omit (``levels`` and ``lrs`` are required).
 LIST_DEFAULTS: dict[str, list] = {"methods": ["cam"], "seeds": [0], "per_class": [None]}
 #: Grid keys that take one value.
-SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size")
+SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay")
 #: Defaults of the scalar grid keys (the paper's protocol).
 SCALAR_DEFAULTS: dict[str, Any] = {
     "schedule": "2epoch",
@@ -51,7 +52,16 @@ SCALAR_DEFAULTS: dict[str, Any] = {
     "pretrained": True,
     "image_size": 224,
     "batch_size": 32,
+    "lr_groups": "reference",
+    "lr_decay": "reference",
 }
+#: An extra grid's ``lrs: selected``: each run takes the learning rate selected on D_f among
+#: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).
+LR_SELECTED = "selected"
+#: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
+#: the ids of runs made before the parameters existed stay the same.
+IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "lr_search": None}
+
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
 _TOP_KEYS = ("name", "datasets", "baselines", "extra", "check_data", "explainers", *LIST_KEYS, *SCALAR_KEYS)
@@ -63,14 +73,25 @@ class ConfigError(InatlocError):
 
 
 @dataclass(frozen=True)
+class LRSearch:
+    """The main-grid runs (learning rates x seeds x subsets) among which an ``lr: selected``
+    run's learning rate is selected."""
+
+    lrs: tuple[float, ...]
+    seeds: tuple[int, ...]
+    per_class: tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
 class RunSpec:
-    """One training (or baseline) run: every parameter of ``02_train_wsol``."""
+    """One training (or baseline) run: every parameter of ``02_train_wsol``; ``lr`` is
+    ``LR_SELECTED`` until :func:`resolve_lr` picks it from the runs of ``lr_search``."""
 
     dataset: str
     data: str
     level: str
     method: str
-    lr: float | None
+    lr: float | str | None
     seed: int
     per_class: int | None
     schedule: str
@@ -78,11 +99,18 @@ class RunSpec:
     pretrained: bool
     image_size: int
     batch_size: int
+    lr_groups: str = "reference"
+    lr_decay: str = "reference"
+    lr_search: LRSearch | None = None
 
     def params(self) -> dict[str, Any]:
-        """The run's identity: every parameter except the data location (see :attr:`run_id`)."""
+        """The run's identity: every parameter except the data location (see :attr:`run_id`)
+        and those at their ``IDENTITY_DEFAULTS`` value."""
         out = dataclasses.asdict(self)
         del out["data"]
+        for key, default in IDENTITY_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
         return out
 
     @property
@@ -95,7 +123,7 @@ class RunSpec:
         """
         canonical = json.dumps(self.params(), sort_keys=True, separators=(",", ":"))
         digest = hashlib.sha1(canonical.encode()).hexdigest()[:10]
-        lr = "none" if self.lr is None else f"{self.lr:g}"
+        lr = "none" if self.lr is None else self.lr if isinstance(self.lr, str) else f"{self.lr:g}"
         n = "all" if self.per_class is None else str(self.per_class)
         prefix = f"{self.dataset}-{short_name(self.level)}-{self.method}-lr{lr}-s{self.seed}-n{n}"
         return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', prefix)}-{digest}"
@@ -105,11 +133,28 @@ class RunSpec:
         finest-level CAM run with the same parameters."""
         return dataclasses.replace(self, method="cam") if self.method == "cam-agg" else None
 
+    def lr_candidates(self) -> tuple[RunSpec, ...]:
+        """For ``lr: selected``: the main-grid runs of the same dataset, level, method and
+        scalar settings over ``lr_search``'s learning rates, seeds and subsets; else none."""
+        if self.lr != LR_SELECTED or self.lr_search is None:
+            return ()
+        search = self.lr_search
+        return tuple(dataclasses.replace(self, lr=lr, seed=seed, per_class=n, lr_search=None)
+                     for lr, seed, n in itertools.product(search.lrs, search.seeds, search.per_class))
+
+    def dependencies(self) -> tuple[RunSpec, ...]:
+        """Every run that must have ended before this one starts: the model it reuses
+        (:meth:`dependency`) and the runs its learning rate is selected from."""
+        dependency = self.dependency()
+        return (*(() if dependency is None else (dependency,)), *self.lr_candidates())
+
     def notebook_parameters(self, out_dir: str | Path, results_dir: str | Path) -> dict[str, Any]:
         """The values injected into the notebook's ``parameters`` cell (``model_run``: the
         folder of :meth:`dependency` under ``results_dir``, or None)."""
+        if self.lr == LR_SELECTED:
+            raise InatlocError(f"run {self.run_id}: resolve its learning rate first (sweep.resolve_lr)")
         out = dataclasses.asdict(self)
-        del out["dataset"]
+        del out["dataset"], out["lr_search"]
         dependency = self.dependency()
         out["model_run"] = None if dependency is None else str(runs_dir(results_dir) / dependency.run_id)
         out["out_dir"] = str(out_dir)
@@ -131,6 +176,9 @@ class Grid:
     pretrained: bool
     image_size: int
     batch_size: int
+    lr_groups: str
+    lr_decay: str
+    lr_search: LRSearch | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +245,8 @@ class SweepConfig:
             if not isinstance(item, dict):
                 raise fail(key, "expected a mapping of grid settings")
             _check_keys(item, ("name", *LIST_KEYS, *SCALAR_KEYS), key, fail)
-            grids.append(_parse_grid(str(item.get("name", f"extra{i}")), item, main, fail, f"{key}."))
+            grids.append(_parse_grid(str(item.get("name", f"extra{i}")), item, main, fail, f"{key}.",
+                                     lr_search_from=main))
         grids.extend(_parse_baselines(raw.get("baselines") or [], main, fail))
         grids = [dataclasses.replace(g, levels=tuple(_resolve_mixed(lv, path) for lv in g.levels)) for g in grids]
         check_images = raw.get("check_data", False)
@@ -289,8 +338,10 @@ def _parse_int(value: Any, key: str, fail: Callable, minimum: int, allow_null: b
     return value
 
 
-def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, prefix: str) -> Grid:
-    """A grid from ``raw``; keys it omits come from ``base`` (or the defaults)."""
+def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, prefix: str,
+                lr_search_from: Grid | None = None) -> Grid:
+    """A grid from ``raw``; keys it omits come from ``base`` (or the defaults). With
+    ``lr_search_from`` (the main grid, for extra grids), ``lrs: selected`` is allowed."""
 
     def listed(key: str, parse: Callable[[Any, str], Any]) -> tuple:
         if key not in raw and base is not None:
@@ -317,6 +368,11 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             return _checked(validate.integer, value, prefix + key, fail, *limits)
         if key == "schedule":
             return str(_checked(validate.schedule, value, prefix + key, fail))
+        if key in ("lr_groups", "lr_decay"):
+            try:
+                return check_reading(key, value)
+            except InatlocError as exc:
+                raise fail(prefix + key, str(exc)) from None
         if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
             raise fail(prefix + key, f"expected a name, got {value!r}")
         return str(value)
@@ -326,6 +382,14 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             raise fail(key, f"expected level names (e.g. species, genus), got {v!r}")
         if is_mixed(v) and v == MIXED_PREFIX:
             raise fail(key, "a mixed level needs a labelling file: mixed:FILE (see inatloc-nb choose-levels)")
+        return v
+
+    def lr(v: Any, key: str) -> float | str:
+        if v != LR_SELECTED:
+            return _parse_lr(v, key, fail)
+        if lr_search_from is None:
+            raise fail(key, f"'{LR_SELECTED}' is for extra grids only: their runs take the lr "
+                       "selected among the main grid's runs")
         return v
 
     def method(v: Any, key: str) -> str:
@@ -338,12 +402,17 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
         name=name,
         levels=listed("levels", level),
         methods=listed("methods", method),
-        lrs=listed("lrs", lambda v, k: _parse_lr(v, k, fail)),
+        lrs=listed("lrs", lr),
         seeds=listed("seeds", lambda v, k: _parse_int(v, k, fail, 0)),
         per_class=listed("per_class", lambda v, k: _parse_int(v, k, fail, 1, allow_null=True)),
         **{key: scalar(key) for key in SCALAR_KEYS},
     )
     _check_backbone(grid, prefix, fail)
+    if LR_SELECTED in grid.lrs:
+        if len(grid.lrs) > 1:
+            raise fail(prefix + "lrs", f"'{LR_SELECTED}' cannot be listed with other learning rates")
+        search = LRSearch(lr_search_from.lrs, lr_search_from.seeds, lr_search_from.per_class)
+        grid = dataclasses.replace(grid, lr_search=search)
     return grid
 
 
@@ -429,7 +498,7 @@ def _parse_baselines(value: Any, main: Grid, fail: Callable) -> list[Grid]:
 
 def expand(config: SweepConfig) -> list[RunSpec]:
     """Every run of the sweep, in config order, each once (grids may overlap); a run another
-    reuses (:meth:`RunSpec.dependency`) is added before it when no grid lists it."""
+    depends on (:meth:`RunSpec.dependencies`) is added before it when no grid lists it."""
     runs: dict[str, RunSpec] = {}
     for dataset, data in config.datasets.items():
         for grid in config.grids:
@@ -441,9 +510,10 @@ def expand(config: SweepConfig) -> list[RunSpec]:
                     method=method, lr=lr, seed=seed,
                     per_class=per_class, schedule=grid.schedule, backbone=grid.backbone,
                     pretrained=grid.pretrained, image_size=grid.image_size, batch_size=grid.batch_size,
+                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay,
+                    lr_search=grid.lr_search if lr == LR_SELECTED else None,
                 )
-                dependency = spec.dependency()
-                if dependency is not None:
+                for dependency in spec.dependencies():
                     runs.setdefault(dependency.run_id, dependency)
                 runs.setdefault(spec.run_id, spec)
     return list(runs.values())
@@ -515,22 +585,28 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
     parent = runs_dir(results_dir)
     parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_dir(f".{run_id}.tmp-", parent)
+    error = selection = None
+    try:
+        spec, selection = resolve_lr(spec, results_dir)
+    except InatlocError as exc:  # recorded as a failed run (lr unknown), retried next sweep
+        spec, error = dataclasses.replace(spec, lr=None), _describe(exc)
     record = {
         "run_id": run_id, "params": spec.params(), "data": spec.data,
         "started_at": _now(), "host": os.uname().nodename,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **({} if selection is None else {"lr_selection": selection}),
     }
     atomic_write_json(tmp / results.RUN_RECORD, record)
     start = time.perf_counter()
-    error = None
-    try:
-        papermill.execute_notebook(
-            str(notebook), str(tmp / NOTEBOOK_NAME),
-            parameters=spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
-            kernel_name=kernel_name, cwd=str(tmp), progress_bar=False,
-        )
-    except Exception as exc:  # the run failed: recorded, the sweep goes on
-        error = _describe(exc)
+    if error is None:
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(tmp / NOTEBOOK_NAME),
+                parameters=spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
+                kernel_name=kernel_name, cwd=str(tmp), progress_bar=False,
+            )
+        except Exception as exc:  # the run failed: recorded, the sweep goes on
+            error = _describe(exc)
     record.update(wall_seconds=time.perf_counter() - start, finished_at=_now())
     if error is None:
         record["status"] = "ok"
@@ -549,6 +625,53 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
         shutil.rmtree(final)
     os.rename(tmp, final)
     return RunOutcome(run_id, record["status"], record["wall_seconds"], None if error is None else error["message"])
+
+
+def resolve_lr(spec: RunSpec, results_dir: str | Path) -> tuple[RunSpec, dict[str, Any] | None]:
+    """``spec`` with a learning rate, and how it was selected (None when it had one).
+
+    For ``lr: selected`` the paper's model selection (``results.select_learning_rate``: best
+    D_f MaxBoxAccV2, ties to the smaller lr) runs over the finished runs of
+    :meth:`RunSpec.lr_candidates` under ``results_dir``; when the main grid has several
+    seeds or subsets, the lr selected most often wins (ties to the smaller). Raises
+    ``InatlocError`` when no candidate has finished with D_f results.
+    """
+    if spec.lr != LR_SELECTED:
+        return spec, None
+    import polars as pl
+
+    candidates = spec.lr_candidates()
+    finished = [c.run_id for c in candidates if is_finished(results_dir, c.run_id)]
+    chosen = (results.select_learning_rate(pl.concat([results.run_results(runs_dir(results_dir) / r)
+                                                      for r in finished]))
+              .filter(pl.col("explainer") == results.OWN_MAPS)  # selected by the runs' own maps
+              if finished else pl.DataFrame())
+    if chosen.is_empty():
+        raise InatlocError(
+            f"run {spec.run_id}: its lr is selected on D_f among the main-grid runs "
+            f"{', '.join(c.run_id for c in candidates)}, but none has finished with D_f ('val') "
+            f"results under {runs_dir(results_dir)}; run the main grid first (the sweep does)")
+    lrs = chosen["lr"].to_list()
+    lr = min(set(lrs), key=lambda v: (-lrs.count(v), v))
+    selection = {"lr": lr, "selected_runs": chosen.filter(pl.col("lr") == lr)["run_id"].to_list(),
+                 "candidates": finished}
+    return dataclasses.replace(spec, lr=lr), selection
+
+
+def _phases(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """``specs`` in waves, each run in a later wave than every run it depends on
+    (:meth:`RunSpec.dependencies`)."""
+    depth: dict[str, int] = {}
+
+    def wave(spec: RunSpec) -> int:
+        if spec.run_id not in depth:
+            depth[spec.run_id] = 1 + max((wave(d) for d in spec.dependencies()), default=-1)
+        return depth[spec.run_id]
+
+    waves: list[list[RunSpec]] = [[] for _ in range(1 + max(map(wave, specs), default=-1))]
+    for spec in specs:
+        waves[wave(spec)].append(spec)
+    return waves
 
 
 def _describe(exc: BaseException) -> dict[str, str]:
@@ -681,8 +804,9 @@ def run_sweep(
         gpus = visible_gpus() if scheduler is None else []
         parallel = max_parallel if max_parallel is not None else max(1, len(gpus))
         args = (results_dir.resolve(), notebook.resolve(), kernel_name)
-        # runs that reuse another run's model (CAM-Agg) start once the others have ended
-        phases = [[s for s in todo if s.dependency() is None], [s for s in todo if s.dependency() is not None]]
+        # runs that reuse another run's model (CAM-Agg) or select their lr among other runs
+        # (lr: selected) start once those have ended
+        phases = _phases(todo)
         pool = _local_pool(parallel, gpus) if executor == "local" else _dask_client(parallel, gpus, scheduler)
         with pool as (submit, as_completed), tqdm(total=len(todo), desc="runs", unit="run",
                                                   disable=not progress) as bar:

@@ -72,7 +72,9 @@ def test_fsl_det_end_to_end(tiny_dataset_dir, tmp_path):
     from inatloc_nb.run import load_dataset
 
     out = tmp_path / "fsl-det"
-    config = RunConfig(data=str(tiny_dataset_dir), method="fsl-det", **{**FAST, "batch_size": 4, "lr": 1e-3})
+    # few proposals: the C4 head runs layer4 on every proposal, slow on CPU
+    config = RunConfig(data=str(tiny_dataset_dir), method="fsl-det", method_params={"proposals": 4},
+                       **{**FAST, "batch_size": 4, "lr": 1e-3})
     run_fsl_det(config, load_dataset(config.data), out, say=lambda _: None, max_iters=2)
     metrics = check_metrics(out, "fsl-det")
     assert len(metrics["train_loss"]) == 1 and np.isfinite(metrics["train_loss"][0])

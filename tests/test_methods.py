@@ -261,12 +261,15 @@ def test_acol_second_branch_sees_erased_features():
 
 def test_spg_mask_follows_thresholds():
     scores = torch.tensor([[[0.01, 0.20, 0.50], [0.29, 0.30, 0.36], [0.37, 0.90, 0.10]]])
-    mask = guidance_mask(scores, low=0.29, high=0.36)
+    mask = guidance_mask(scores, low=0.29, high=0.36, min_foreground=1)
     expected = torch.tensor([[[0, 0, 1], [IGNORE, IGNORE, IGNORE], [1, 1, 0]]])
     assert torch.equal(mask, expected.float())
+    # fewer than 30 pixels (the default) above high: 0.7 x the maximum (0.63) is the threshold
+    expected = torch.tensor([[[0, 0, IGNORE], [IGNORE, IGNORE, IGNORE], [IGNORE, 1, 0]]])
+    assert torch.equal(guidance_mask(scores, low=0.29, high=0.36), expected.float())
     # no pixel above high: 0.7 x the maximum is the foreground threshold
     weak = torch.tensor([[[0.1, 0.2], [0.25, 0.3]]])
-    assert torch.equal(guidance_mask(weak, low=0.15, high=0.5),
+    assert torch.equal(guidance_mask(weak, low=0.15, high=0.5, min_foreground=1),
                        torch.tensor([[[0.0, IGNORE], [1.0, 1.0]]]))
 
 
@@ -291,7 +294,7 @@ def test_spg_heads_are_supervised_by_thresholded_maps():
     attention = net._outputs["attention"]
     b2 = torch.sigmoid(net._outputs["b2"])
     for mask, source, low, high in ((masks["b2"], attention, 0.02, 0.03), (masks["b1"], b2, 0.05, 0.47)):
-        assert mask.shape == (4, 8, 8)
+        assert mask.shape == (4, 32, 32)  # at the input resolution
         assert torch.all(source[mask == 0] < low)
         assert torch.all(mask[source < low] == 0)
         between = (source >= low) & (source <= high)

@@ -50,20 +50,25 @@ def fitted(tiny_dataset):
 def test_schedules_step_the_lr_by_epoch():
     assert [Schedule.parse("2epoch").factor(e) for e in range(2)] == [1, 0.1]
     ten = [Schedule.parse("10epoch").factor(e) for e in range(10)]
-    np.testing.assert_allclose(ten, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
-    assert Schedule.parse(4) == Schedule(4, (3,))
+    np.testing.assert_allclose(ten, [1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001])
+    text = [Schedule.parse("10epoch", lr_decay="text").factor(e) for e in range(10)]
+    np.testing.assert_allclose(text, [1, 1, 1, 0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001])
+    assert Schedule.parse(4) == Schedule(4, (2,))
     assert Schedule.parse("paper") == Schedule.parse("2epoch")
     for bad in ("3epochs", 0):
         with pytest.raises(InatlocError):
             Schedule.parse(bad)
 
 
-def test_classifier_group_gets_ten_times_the_lr(fitted):
+def test_fast_group_gets_ten_times_the_lr(fitted):
     learn, probe = fitted
     model = learn.model
     backbone, head = param_groups(model)
-    assert {id(p) for p in head} == {id(p) for p in model.classifier.parameters()}
-    assert len(backbone) == len(list(model.features.parameters()))
+    fast = [*model.features[-1].parameters(), *model.classifier.parameters()]
+    assert {id(p) for p in head} == {id(p) for p in fast}
+    assert len(backbone) == len(list(model.features[:-1].parameters()))
+    _, classifier_only = param_groups(model, lr_groups="classifier")
+    assert {id(p) for p in classifier_only} == {id(p) for p in model.classifier.parameters()}
     assert is_classifier_param("classifier_b.0.weight") and not is_classifier_param("features.0.0.weight")
     per_epoch = {epoch: lrs for epoch, lrs in probe.lrs}
     np.testing.assert_allclose(per_epoch[0], [0.01, 0.1])

@@ -6,13 +6,15 @@ mask Y (1 inside any box) that follows the image through the usual augmentation 
 random crop, flip) and is reduced to h x w by area averaging (a cell is positive when at least
 half of it lies in a box). The loss is class-balanced per-pixel BCE, positives weighted
 1 / |Y|_0 and negatives 1 / |1 - Y|_0, averaged over the batch. Training uses the ``val``
-split (D_f), the SGD protocol of ``inatloc_nb.learner`` (head at 10x LR) and
-``config.schedule`` ("10epoch" in the paper: 10 epochs, LR / 10 every 3). Score maps are
-evaluated like CAMs on ``config.eval_splits``.
+split (D_f), the SGD protocol of ``inatloc_nb.learner`` (10x-LR groups per
+``config.lr_groups``) and ``config.schedule`` ("10epoch" in the paper: 10 epochs, LR / 10
+every 3, timed per ``config.lr_decay``). Score maps are evaluated like CAMs on
+``config.eval_splits``.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,13 +115,13 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
 
     device = default_device() if config.device is None else torch.device(config.device)
     set_seed(config.seed, reproducible=True)
-    schedule = Schedule.parse(config.schedule)
+    schedule = Schedule.parse(config.schedule, config.lr_decay)
     dls = _dataloaders(dataset, config, device)
     features, n_channels = build_backbone(config.backbone, config.pretrained)
     model = prepare_for_device(SegNet(features, n_channels), device)
     base_lrs = [config.lr, 10 * config.lr]
     learn = Learner(dls, model, loss_func=balanced_bce, opt_func=sgd_nesterov, lr=config.lr,
-                    splitter=param_groups, wd_bn_bias=True,
+                    splitter=partial(param_groups, lr_groups=config.lr_groups), wd_bn_bias=True,
                     cbs=[Reseed(config.seed), StepLR(base_lrs, schedule)])
     n_train = len(dls.train_ds)
     write_params(out, config, dataset, n_train_images=n_train, train_split="val")

@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from inatloc_nb import validate as v
+from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS
 
 #: argparse types of the shared numeric options (the ranges of ``RunConfig``).
 EPOCHS = v.arg_type(v.integer, int, minimum=1)
@@ -28,8 +29,13 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> None:
     """Schedule, backbone, image size, seed, batch, device and ``--out``."""
     sched = p.add_mutually_exclusive_group()
-    sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3)")
+    sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3, see --lr-decay)")
     sched.add_argument("--schedule", choices=("2epoch", "10epoch"), default=default_schedule)
+    p.add_argument("--lr-groups", choices=LR_GROUPS, default="reference",
+                   help="parameters at 10x LR: the reference code's (last backbone stage and fc) "
+                        "or the paper text's (classifier only)")
+    p.add_argument("--lr-decay", choices=LR_DECAYS, default="reference",
+                   help="LR / 10 after epochs 2, 5, 8 (reference code) or 3, 6, 9 (paper text)")
     p.add_argument("--backbone", default="resnet50",
                    help="resnet50, resnet18, tinycnn, convnext_tiny, deit_small or timm_resnet50")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
@@ -50,6 +56,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         data=args.data, image_root=args.image_root,
         schedule=args.epochs if args.epochs is not None else args.schedule,
+        lr_groups=args.lr_groups, lr_decay=args.lr_decay,
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, image_size=args.image_size,
         seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         allow_split_overlap=args.allow_split_overlap,

@@ -9,7 +9,9 @@ is the element-wise maximum of both branches' normalised maps.
 
 Each branch is conv3x3 (C -> C/2) - ReLU - conv3x3 (C/2 -> C/2) - ReLU - conv1x1
 (C/2 -> classes), as in the original ResNet-50 ACoL (2048 -> 1024 -> 1024 -> classes);
-logits are the spatial means of the class maps.
+logits are the spatial means of the class maps. As in the reference code (wsolevaluation),
+the branches start He-initialised (Kaiming normal, fan out) with zero biases and train at
+the backbone's LR (only the backbone's last stage gets 10x; see ``learner.param_groups``).
 """
 from __future__ import annotations
 
@@ -20,15 +22,16 @@ from torch import Tensor, nn
 
 from inatloc_nb.methods.base import WSOLMethod
 from inatloc_nb.methods.guided import GuidedTraining, min_max_normalize
+from inatloc_nb.models import init_convs
 
 
 def _branch(n_channels: int, n_classes: int) -> nn.Sequential:
     hidden = max(1, n_channels // 2)
-    return nn.Sequential(
+    return init_convs(nn.Sequential(
         nn.Conv2d(n_channels, hidden, 3, padding=1), nn.ReLU(),
         nn.Conv2d(hidden, hidden, 3, padding=1), nn.ReLU(),
         nn.Conv2d(hidden, n_classes, 1),
-    )
+    ), "he")
 
 
 def erase_features(features: Tensor, attention: Tensor, threshold: float) -> Tensor:
@@ -39,6 +42,8 @@ def erase_features(features: Tensor, attention: Tensor, threshold: float) -> Ten
 
 class ACoLNet(nn.Module):
     """Backbone with the two complementary classifier branches of ACoL (a guided model)."""
+
+    reference_fc = None  # the reference's classifier_A/B train at 1x
 
     def __init__(self, features: nn.Module, n_channels: int, n_classes: int,
                  erase_threshold: float) -> None:

@@ -6,9 +6,10 @@ either by the *drop mask* (1 where A < ``erase_threshold`` * max A, per image: t
 discriminative region is hidden), with probability ``drop_rate``, or by the *importance
 map* sigmoid(A) otherwise. At evaluation it is the identity.
 
-Placement: one ADL layer after each of the last two top-level stages of the backbone
-(``layer3`` and ``layer4`` of a ResNet, where the original ResNet-50 recipe also puts them;
-the last one acts on the final feature maps).
+Placement (``ADL_POSITIONS``), as the reference code's ResNet-50 (``_ADL_POSITION``): three
+ADL layers, after block 0 of ``layer3`` and after blocks 0 and 2 of ``layer4`` (the last one
+acts on the final feature maps). A backbone without ResNet stages (``tinycnn``) gets one ADL
+layer after each of its last two top-level stages instead.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from torch import Tensor, nn
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.base import WSOLMethod
 
-#: How many of the backbone's last top-level stages get an ADL layer after them.
+#: ResNet stage -> indices of the blocks followed by an ADL layer (the reference's placement).
+ADL_POSITIONS: dict[str, tuple[int, ...]] = {"layer3": (0,), "layer4": (0, 2)}
+#: Backbones without those stages: how many last top-level stages get an ADL layer after them.
 N_ADL_STAGES = 2
 
 
@@ -51,21 +54,36 @@ class AttentionDropout(nn.Module):
 
 
 def insert_adl(features: nn.Module, drop_rate: float, erase_threshold: float) -> list[AttentionDropout]:
-    """Put an ADL layer after each of the last ``N_ADL_STAGES`` children of ``features``.
+    """Insert ADL layers into ``features`` (an ``nn.Sequential``) and return them, in order.
 
-    ``features`` must be an ``nn.Sequential``; each chosen stage ``s`` becomes
-    ``nn.Sequential(s, ADL)``. Returns the inserted layers.
+    When ``features`` has every stage of ``ADL_POSITIONS`` (a ResNet), each such stage is
+    rebuilt as ``nn.Sequential`` of its blocks with an ADL layer after each listed block;
+    otherwise each of the last ``N_ADL_STAGES`` children ``s`` becomes ``nn.Sequential(s, ADL)``.
     """
     if not isinstance(features, nn.Sequential) or len(features) < N_ADL_STAGES:
         raise InatlocError(
             f"method 'adl' needs a backbone that is an nn.Sequential of at least {N_ADL_STAGES} "
             f"stages, got {type(features).__name__}"
         )
-    layers = []
+    stages = dict(features.named_children())
+    layers: list[AttentionDropout] = []
+    if all(name in stages for name in ADL_POSITIONS):
+        for name, positions in ADL_POSITIONS.items():
+            blocks = list(stages[name].children())
+            if max(positions) >= len(blocks):
+                raise InatlocError(f"method 'adl': stage {name} has {len(blocks)} blocks, "
+                                   f"an ADL layer goes after block {max(positions)}")
+            rebuilt: list[nn.Module] = []
+            for index, block in enumerate(blocks):
+                rebuilt.append(block)
+                if index in positions:
+                    layers.append(AttentionDropout(drop_rate, erase_threshold))
+                    rebuilt.append(layers[-1])
+            setattr(features, name, nn.Sequential(*rebuilt))
+        return layers
     for index in range(len(features) - N_ADL_STAGES, len(features)):
-        layer = AttentionDropout(drop_rate, erase_threshold)
-        features[index] = nn.Sequential(features[index], layer)
-        layers.append(layer)
+        layers.append(AttentionDropout(drop_rate, erase_threshold))
+        features[index] = nn.Sequential(features[index], layers[-1])
     return layers
 
 

@@ -1,23 +1,31 @@
 """SPG (Zhang et al., ECCV 2018): self-produced guidance from the network's own maps.
 
-Besides the CAM classifier, three auxiliary heads predict a one-channel foreground map:
-``head_b1`` on the output of the third-last backbone stage, ``head_b2`` on the second-last
-one (they share their last layers, ``head_b_shared``) and ``head_c`` on the final feature
-maps. During training each head is supervised, by per-pixel BCE, with a pixel mask made by
-thresholding another map with a (low, high) pair: pixels above ``high`` are foreground,
-below ``low`` background, in between ignored. As in the reference implementation used by
-the paper (wsolevaluation, which supplies the Table A4 values):
+Besides the CAM classifier, three auxiliary heads predict a one-channel foreground map, laid
+out as in the reference code's ResNet-50 SPG (wsolevaluation):
+
+- ``head_b1`` reads the output of ``layer3`` block 0 (1024 channels), ``head_b2`` the
+  output of ``layer3`` (1024 channels); both end in the shared ``head_b_shared``
+  (conv3x3 - ReLU - conv1x1 to one channel);
+- ``head_c`` reads the final feature maps (2048 -> 512 -> 1).
+
+A backbone without ResNet stages (``tinycnn``) taps the outputs of its third-last and
+second-last top-level stages instead. During training each head is supervised, by per-pixel
+BCE, with a pixel mask made by thresholding another map with a (low, high) pair: pixels
+above ``high`` are foreground, below ``low`` background, in between ignored:
 
 - thresholds B1 (``delta_l_b1``, ``delta_h_b1``) cut the classifier's min-max normalised
-  CAM for the target class (the seed) and supervise ``head_b2``;
+  map for the target class (the seed) and supervise ``head_b2``;
 - thresholds B2 (``delta_l_b2``, ``delta_h_b2``) cut sigmoid(``head_b2``) and supervise
   ``head_b1``;
 - thresholds C (``delta_l_c``, ``delta_h_c``) cut the fused map
   (sigmoid(``head_b1``) + sigmoid(``head_b2``)) / 2 and supervise ``head_c``.
 
-When no pixel of an image exceeds ``high``, 0.7 x its maximum is used instead (the original
-minimum-foreground rule). Masks are made at the final feature-map resolution; the heads'
-maps are resized there bilinearly. The CAM is the classifier's, as for plain CAM.
+As in the reference, every map (the class map and the heads' logits) is first upsampled
+bilinearly to the input resolution (224 x 224 in the protocol), and masks and losses are
+computed there. When fewer than ``MIN_FOREGROUND`` pixels of an image exceed ``high``,
+0.7 x its maximum is the foreground threshold instead. The classifier (the reference's
+1 x 1 ``SPG_A4`` convolution, here the equivalent linear layer on pooled features) and the
+heads start Xavier-uniform with zero biases. The CAM is the classifier's, as for plain CAM.
 """
 from __future__ import annotations
 
@@ -29,19 +37,25 @@ from torch import Tensor, nn
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.base import WSOLMethod
 from inatloc_nb.methods.guided import GuidedTraining, min_max_normalize
-from inatloc_nb.models import CAMNet
+from inatloc_nb.models import CAMNet, init_convs
 
 #: Mask value of ignored pixels.
 IGNORE = -1.0
 #: Fallback foreground threshold, relative to the map's maximum.
 FALLBACK_RATIO = 0.7
+#: Fewest pixels above ``high`` for ``high`` to be the foreground threshold (the reference's 30).
+MIN_FOREGROUND = 30
+#: The ResNet stages SPG's branches tap (``layer3`` block 0 for B1, ``layer3`` for B2).
+RESNET_TAPS = ("layer3", "layer4")
 
 
-def guidance_mask(scores: Tensor, low: float, high: float) -> Tensor:
-    """Pixel targets from ``scores`` (B, h, w): 1 above ``high``, 0 below ``low``, else ``IGNORE``."""
+def guidance_mask(scores: Tensor, low: float, high: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
+    """Pixel targets from ``scores`` (B, h, w): 1 above ``high`` (above ``FALLBACK_RATIO`` x
+    the image's maximum when fewer than ``min_foreground`` pixels exceed ``high``), 0 below
+    ``low`` (which wins over foreground), else ``IGNORE``."""
     peak = scores.flatten(1).max(1).values.view(-1, 1, 1)
-    has_fg = (scores > high).flatten(1).any(1).view(-1, 1, 1)
-    foreground = scores > torch.where(has_fg, torch.full_like(peak, high), peak * FALLBACK_RATIO)
+    enough = ((scores > high).flatten(1).sum(1) >= min_foreground).view(-1, 1, 1)
+    foreground = scores > torch.where(enough, torch.full_like(peak, high), peak * FALLBACK_RATIO)
     mask = torch.full_like(scores, IGNORE)
     mask[foreground] = 1.0
     mask[scores < low] = 0.0
@@ -62,45 +76,63 @@ def _conv_relu(c_in: int, c_out: int) -> list[nn.Module]:
 class SPGNet(CAMNet):
     """CAMNet with SPG's auxiliary guidance heads (a guided model)."""
 
+    reference_fc = None  # the reference's SPG classifier (SPG_A4) trains at 1x
+
     def __init__(self, features: nn.Module, n_channels: int, n_classes: int,
                  thresholds: dict[str, float]) -> None:
         if not isinstance(features, nn.Sequential) or len(features) < 3:
             raise InatlocError("method 'spg' needs a backbone that is an nn.Sequential of at "
                                f"least 3 stages, got {type(features).__name__}")
         super().__init__(features, n_channels, n_classes)
-        c1, c2 = _stage_channels(features)
+        self.resnet_taps = [name for name, _ in features.named_children()][-2:] == list(RESNET_TAPS)
+        c1, c2 = _tap_channels(self)
         self.head_b1 = nn.Sequential(*_conv_relu(c1, c2))
         self.head_b2 = nn.Sequential(*_conv_relu(c2, c2))
         self.head_b_shared = nn.Sequential(*_conv_relu(c2, c2), nn.Conv2d(c2, 1, 1))
         self.head_c = nn.Sequential(*_conv_relu(n_channels, max(1, n_channels // 4)),
                                     nn.Conv2d(max(1, n_channels // 4), 1, 1))
+        for head in (self.head_b1, self.head_b2, self.head_b_shared, self.head_c):
+            init_convs(head, "xavier")
+        nn.init.xavier_uniform_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
         self.thresholds = dict(thresholds)
         self.target: Tensor | None = None
         self._outputs: dict[str, Tensor] = {}
 
+    def taps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The maps branches B1 and B2 read and the final feature maps."""
+        if self.resnet_taps:
+            layer3 = self.features[-2]
+            f1 = layer3[:1](self.features[:-2](x))
+            f2 = layer3[1:](f1)
+        else:
+            f1 = self.features[:-2](x)
+            f2 = self.features[-2](f1)
+        return f1, f2, self.features[-1](f2)
+
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return super().forward(x)
-        f1 = self.features[:-2](x)
-        f2 = self.features[-2](f1)
-        feats = self.features[-1](f2)
+        f1, f2, feats = self.taps(x)
         logits = self.classifier(torch.flatten(self.pool(feats), 1))
-        size = feats.shape[-2:]
+        size = x.shape[-2:]
 
-        def head(out: Tensor) -> Tensor:
-            return F.interpolate(out, size=size, mode="bilinear", align_corners=False)[:, 0]
+        def upsample(maps: Tensor) -> Tensor:
+            return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)[:, 0]
 
         labels = self.target if self.target is not None else logits.argmax(1)
+        cams = self.class_activation_maps(feats.detach(), labels)[:, None]
         self._outputs = {
-            "attention": min_max_normalize(self.class_activation_maps(feats.detach(), labels)),
-            "b1": head(self.head_b_shared(self.head_b1(f1))),
-            "b2": head(self.head_b_shared(self.head_b2(f2))),
-            "c": head(self.head_c(feats)),
+            "attention": min_max_normalize(upsample(cams)),
+            "b1": upsample(self.head_b_shared(self.head_b1(f1))),
+            "b2": upsample(self.head_b_shared(self.head_b2(f2))),
+            "c": upsample(self.head_c(feats)),
         }
         return logits
 
     def guidance_masks(self) -> dict[str, Tensor]:
-        """The pixel masks supervising heads b2, b1 and c for the last training forward pass."""
+        """The pixel masks supervising heads b2, b1 and c for the last training forward pass,
+        at the input resolution."""
         t, out = self.thresholds, self._outputs
         b2 = torch.sigmoid(out["b2"]).detach()
         fused = (torch.sigmoid(out["b1"]).detach() + b2) / 2
@@ -117,15 +149,14 @@ class SPGNet(CAMNet):
 
 
 @torch.no_grad()
-def _stage_channels(features: nn.Sequential) -> tuple[int, int]:
-    """Channels out of the third-last and second-last stages, from a small dry run."""
-    was_training = features.training
-    features.eval()
-    param = next(features.parameters(), None)
+def _tap_channels(net: SPGNet) -> tuple[int, int]:
+    """Channels of the maps branches B1 and B2 read, from a small dry run."""
+    was_training = net.features.training
+    net.features.eval()
+    param = next(net.features.parameters(), None)
     probe = torch.zeros(1, 3, 64, 64, device=None if param is None else param.device)
-    f1 = features[:-2](probe)
-    f2 = features[-2](f1)
-    features.train(was_training)
+    f1, f2, _ = net.taps(probe)
+    net.features.train(was_training)
     return f1.shape[1], f2.shape[1]
 
 

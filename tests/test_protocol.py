@@ -1,0 +1,347 @@
+"""Training parity with the reference WSOL code (wsolevaluation); docs/protocol.md, point by point.
+
+Models are built with ``pretrained=False``: the checks are about structure, parameter groups,
+initialisation and schedules, not weights.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.resnet import Bottleneck
+
+from inatloc_nb import results
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.io import atomic_write_json
+from inatloc_nb.learner import Schedule, StepLR, build_dataloaders, build_learner, param_groups
+from inatloc_nb.methods import get_method
+from inatloc_nb.methods.adl import AttentionDropout
+from inatloc_nb.models import LINEAR_INIT_STD, build_backbone
+from inatloc_nb.sweep import LR_SELECTED, SweepConfig, _phases, execute_run, expand, resolve_lr, runs_dir
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+N_CLASSES = 200  # enough classifier weights for tight init statistics
+REFERENCE_METHODS = ("cam", "has", "cutmix", "adl", "acol", "spg")
+
+
+@pytest.fixture(scope="module")
+def resnets() -> dict[str, nn.Module]:
+    """Every reference method's model on (copies of) one randomly initialised ResNet-50."""
+    torch.manual_seed(0)
+    features, channels = build_backbone("resnet50", pretrained=False)
+    return {name: get_method(name).build_model(copy.deepcopy(features), channels, N_CLASSES)
+            for name in REFERENCE_METHODS}
+
+
+def _top_modules(model: nn.Module, group: list[nn.Parameter]) -> set[str]:
+    """Top-level module names (``features.<stage>`` for the backbone) of ``group``'s parameters."""
+    ids = {id(p) for p in group}
+    names = set()
+    for name, param in model.named_parameters():
+        if id(param) in ids:
+            parts = name.split(".")
+            names.add(".".join(parts[:2]) if parts[0] == "features" else parts[0])
+    return names
+
+
+# --- 1. which parameters get 10x the LR -------------------------------------------------------
+
+
+@pytest.mark.parametrize("method, fast, classifier_reading", [
+    ("cam", {"features.layer4", "classifier"}, {"classifier"}),
+    ("has", {"features.layer4", "classifier"}, {"classifier"}),
+    ("cutmix", {"features.layer4", "classifier"}, {"classifier"}),
+    ("adl", {"features.layer4", "classifier"}, {"classifier"}),
+    ("acol", {"features.layer4"}, {"classifier_a", "classifier_b"}),
+    ("spg", {"features.layer4"}, {"classifier"}),
+])
+def test_ten_x_groups_per_method(resnets, method, fast, classifier_reading):
+    model = resnets[method]
+    slow, fast_params = param_groups(model)
+    assert _top_modules(model, fast_params) == fast
+    assert "features.layer3" in _top_modules(model, slow) and not _top_modules(model, slow) & fast
+    assert len(slow) + len(fast_params) == len(list(model.parameters()))
+    assert _top_modules(model, param_groups(model, lr_groups="classifier")[1]) == classifier_reading
+    with pytest.raises(InatlocError, match="lr_groups"):
+        param_groups(model, lr_groups="head")
+
+
+def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
+    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
+
+    common = dict(lr=0.01, backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
+    for lr_groups in ("reference", "classifier"):
+        learn = build_learner(tiny_dataset, "genus", lr_groups=lr_groups, **common)
+        learn.create_opt()
+        learn.epoch = 0
+        next(cb for cb in learn.cbs if isinstance(cb, StepLR)).before_epoch()
+        assert [h["lr"] for h in learn.opt.hypers] == [0.01, 0.1]
+        fast = learn.opt.param_lists[1]
+        classifier = list(learn.model.classifier.parameters())
+        last_stage = list(learn.model.features[-1].parameters()) if lr_groups == "reference" else []
+        assert {id(p) for p in fast} == {id(p) for p in classifier + last_stage}
+    learn = build_learner(tiny_dataset, "genus", schedule=10, lr_decay="text", **common)
+    assert learn.schedule.milestones == (3, 6, 9)
+    with pytest.raises(InatlocError, match="lr_decay"):
+        build_learner(tiny_dataset, "genus", lr_decay="every3", **common)
+
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    add_training_options(parser, default_schedule="2epoch")
+    required = ["--data", "synth:tiny", "--out", "run"]
+    defaults = config_fields(parser.parse_args(required))
+    assert defaults["lr_groups"] == defaults["lr_decay"] == "reference"
+    chosen = config_fields(parser.parse_args([*required, "--lr-groups", "classifier", "--lr-decay", "text"]))
+    assert (chosen["lr_groups"], chosen["lr_decay"]) == ("classifier", "text")
+
+
+# --- 4. ADL placement --------------------------------------------------------------------------
+
+
+def test_adl_follows_layer3_block0_and_layer4_blocks_0_and_2(resnets):
+    model = resnets["adl"]
+    placed = [name for name, m in model.named_modules() if isinstance(m, AttentionDropout)]
+    assert placed == ["features.layer3.1", "features.layer4.1", "features.layer4.4"]
+    layer3, layer4 = model.features.layer3, model.features.layer4
+    assert [type(m).__name__ for m in layer3] == ["Bottleneck", "AttentionDropout", *["Bottleneck"] * 5]
+    assert [type(m).__name__ for m in layer4] == ["Bottleneck", "AttentionDropout", "Bottleneck", "Bottleneck",
+                                                  "AttentionDropout"]
+    seen = []
+    for name in placed:
+        model.get_submodule(name).register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    model.eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert seen == [1024, 2048, 2048]
+
+
+# --- 5. SPG taps, resolution of masks and losses ------------------------------------------------
+
+
+def test_spg_branches_read_layer3_block0_and_supervise_at_input_resolution(resnets):
+    model = resnets["spg"]
+    assert model.head_b1[0].in_channels == model.head_b2[0].in_channels == 1024
+    assert model.head_b_shared[0].in_channels == 1024 and model.head_c[0].in_channels == 2048
+    taps = {}
+    hooks = [
+        model.features.layer3[0].register_forward_hook(lambda m, i, out: taps.__setitem__("block0", out)),
+        model.head_b1.register_forward_pre_hook(lambda m, args: taps.__setitem__("b1_in", args[0])),
+        model.features.layer3[-1].register_forward_hook(lambda m, i, out: taps.__setitem__("layer3", out)),
+        model.head_b2.register_forward_pre_hook(lambda m, args: taps.__setitem__("b2_in", args[0])),
+        model.features.layer4.register_forward_hook(lambda m, i, out: taps.__setitem__("final", out)),
+    ]
+    x, target = torch.randn(2, 3, 48, 48), torch.tensor([3, 7])
+    model.train()
+    model.target = target
+    model(x)
+    for hook in hooks:
+        hook.remove()
+    assert torch.equal(taps["b1_in"], taps["block0"]) and torch.equal(taps["b2_in"], taps["layer3"])
+    masks = model.guidance_masks()
+    assert all(m.shape == (2, 48, 48) for m in masks.values())
+    with torch.no_grad():  # the c head's loss: BCE of its upsampled logits on the fused-map mask
+        logits_c = F.interpolate(model.head_c(taps["final"]), size=(48, 48), mode="bilinear",
+                                 align_corners=False)[:, 0]
+    torch.testing.assert_close(model._outputs["c"], logits_c)
+    valid = masks["c"] != -1
+    expected = F.binary_cross_entropy_with_logits(logits_c[valid], masks["c"][valid])
+    loss = model.auxiliary_loss(target)
+    assert loss.requires_grad and torch.isfinite(loss)
+    from inatloc_nb.methods.spg import guidance_loss
+
+    torch.testing.assert_close(guidance_loss(model._outputs["c"].detach(), masks["c"]), expected)
+    model.target = None
+
+
+# --- 6. initialisation --------------------------------------------------------------------------
+
+
+def test_linear_classifier_starts_normal_001_with_zero_bias(resnets):
+    for name in ("cam", "adl"):
+        weight = resnets[name].classifier.weight.detach()
+        assert abs(float(weight.mean())) < 1e-4
+        assert float(weight.std()) == pytest.approx(LINEAR_INIT_STD, rel=0.02)
+        fc = resnets[name].classifier
+        assert torch.count_nonzero(fc.bias) == 0
+
+
+def test_acol_heads_are_he_initialised(resnets):
+    convs = [m for branch in (resnets["acol"].classifier_a, resnets["acol"].classifier_b)
+             for m in branch if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 6
+    for conv in convs[:2]:  # the big 3 x 3 convolutions: tight statistics
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        assert float(conv.weight.detach().std()) == pytest.approx(math.sqrt(2 / fan_out), rel=0.02)
+    assert all(torch.count_nonzero(conv.bias) == 0 for conv in convs)
+
+
+def test_spg_heads_and_classifier_are_xavier_initialised(resnets):
+    model = resnets["spg"]
+    layers = [m for head in (model.head_b1, model.head_b2, model.head_b_shared, model.head_c)
+              for m in head if isinstance(m, nn.Conv2d)] + [model.classifier]
+    for layer in layers:
+        weight = layer.weight.detach()
+        receptive = weight[0, 0].numel() if weight.dim() == 4 else 1
+        bound = math.sqrt(6 / ((weight.shape[0] + weight.shape[1]) * receptive))
+        assert float(weight.abs().max()) <= bound
+        if weight.numel() > 100_000:
+            assert float(weight.std()) == pytest.approx(bound / math.sqrt(3), rel=0.02)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+# --- 7. schedule and last batch -----------------------------------------------------------------
+
+
+def _reference_factors(epochs: int, decay_every: int) -> list[float]:
+    """The LR factor per epoch of the reference's loop: ``adjust_learning_rate(epoch + 1)``
+    before each epoch, dividing by 10 when ``(epoch + 1) % decay_every == 0``."""
+    factor, out = 1.0, []
+    for epoch in range(epochs):
+        if (epoch + 1) % decay_every == 0:
+            factor *= 0.1
+        out.append(factor)
+    return out
+
+
+def test_schedule_decays_where_the_reference_loop_does():
+    ten = Schedule.parse("10epoch")
+    assert ten.milestones == (2, 5, 8)
+    np.testing.assert_allclose([ten.factor(e) for e in range(10)], _reference_factors(10, 3))
+    assert Schedule.parse("10epoch", lr_decay="text").milestones == (3, 6, 9)
+    assert Schedule.parse(7).milestones == (2, 5) and Schedule.parse(7, "text").milestones == (3, 6)
+    # 2 epochs, LR / 10 after the first: the reference loop with a decay frequency of 2
+    two = Schedule.parse("2epoch")
+    assert two == Schedule.parse("2epoch", lr_decay="text") == Schedule(2, (1,))
+    np.testing.assert_allclose([two.factor(e) for e in range(2)], _reference_factors(2, 2))
+
+
+def test_last_partial_training_batch_is_kept(tiny_dataset):
+    n = len(tiny_dataset.images("train"))
+    batch_size = 7 if n % 7 else 9
+    assert n % batch_size
+    dls = build_dataloaders(tiny_dataset, "genus", image_size=16, batch_size=batch_size, device="cpu",
+                            num_workers=0)
+    assert not dls.train.drop_last
+    sizes = [len(y) for _, y in dls.train]
+    assert len(sizes) == math.ceil(n / batch_size) and sum(sizes) == n
+
+
+# --- 8. learning rates selected among the main grid ----------------------------------------------
+
+
+def _sweep() -> SweepConfig:
+    return SweepConfig.from_dict({
+        "datasets": {"tiny": "synth:tiny"}, "levels": ["species", "genus"], "methods": ["cam"],
+        "lrs": [0.1, 0.01, 0.001], "backbone": "tinycnn", "pretrained": False,
+        "extra": [{"name": "data-efficiency", "lrs": LR_SELECTED, "per_class": [2], "seeds": [0, 1]}],
+        "baselines": ["cam-agg"],
+    })
+
+
+def _finish(results_dir, spec, val_score: float) -> None:
+    """A finished run folder for ``spec`` as the sweep leaves it, with D_f MaxBoxAccV2 ``val_score``."""
+    folder = runs_dir(results_dir) / spec.run_id
+    block = {"maxboxacc_v2": val_score, "per_iou": {"30": val_score, "50": val_score, "70": val_score},
+             "optimal_threshold": {"30": 0.2, "50": 0.3, "70": 0.4}, "top1": 50.0, "n_images": 10}
+    atomic_write_json(folder / "metrics.json", {**block, "maxboxacc_v2": 40.0, "val": block, "level": spec.level,
+                                                "method": spec.method, "lr": spec.lr, "seed": spec.seed,
+                                                "per_class": spec.per_class, "n_train_images": 20})
+    atomic_write_json(folder / results.RUN_RECORD, {"run_id": spec.run_id, "params": spec.params(),
+                                                    "data": spec.data, "status": "ok"})
+    results.write_run_results(folder)
+
+
+def test_selected_lr_runs_wait_for_and_select_among_the_main_grid(tmp_path):
+    specs = expand(_sweep())
+    selected = [s for s in specs if s.lr == LR_SELECTED]
+    assert len(selected) == 2 * 2  # levels x seeds, per_class 2
+    main = {s.run_id: s for s in specs if s.per_class is None and s.method == "cam" and s.lr != LR_SELECTED}
+    assert len(main) == 2 * 3
+    for spec in selected:
+        assert "lrselected" in spec.run_id
+        candidates = spec.dependencies()
+        assert {c.run_id for c in candidates} <= set(main)
+        assert {(c.level, c.lr) for c in candidates} == {(spec.level, lr) for lr in (0.1, 0.01, 0.001)}
+        with pytest.raises(InatlocError, match="resolve its learning rate"):
+            spec.notebook_parameters(tmp_path, tmp_path)
+    waves = _phases(specs)
+    assert {s.run_id for s in waves[0]} == set(main)
+    assert set(map(id, waves[1])) == set(map(id, selected + [s for s in specs if s.method == "cam-agg"]))
+    # ids of runs at the reference defaults do not depend on the protocol options
+    assert not any({"lr_groups", "lr_decay", "lr_search"} & set(s.params()) for s in main.values())
+
+    # nothing finished: the run is recorded as failed with a clear message
+    outcome = execute_run(selected[0], tmp_path, notebook=tmp_path / "unused.ipynb")
+    assert outcome.status == "failed" and "run the main grid first" in outcome.error
+    record = json.loads((runs_dir(tmp_path) / selected[0].run_id / results.RUN_RECORD).read_text())
+    assert record["params"]["lr"] is None
+
+    scores = {("species", 0.1): 30.0, ("species", 0.01): 55.0, ("species", 0.001): 55.0,
+              ("genus", 0.1): 61.0, ("genus", 0.01): 20.0}  # genus at 0.001 never finished
+    for spec in main.values():
+        if (spec.level, spec.lr) in scores:
+            _finish(tmp_path, spec, scores[spec.level, spec.lr])
+    for spec in selected:
+        resolved, selection = resolve_lr(spec, tmp_path)
+        expected = 0.001 if spec.level == "species" else 0.1  # a tie goes to the smaller lr
+        assert resolved.lr == selection["lr"] == expected and resolved.run_id != spec.run_id
+        assert resolved.per_class == 2 and resolved.seed == spec.seed
+        params = resolved.notebook_parameters(tmp_path / "out", tmp_path)
+        assert params["lr"] == expected and "lr_search" not in params
+        assert params["lr_groups"] == params["lr_decay"] == "reference"
+    assert resolve_lr(next(iter(main.values())), tmp_path)[1] is None
+
+
+def test_selected_lr_and_protocol_options_are_validated():
+    base = {"datasets": {"tiny": "synth:tiny"}, "levels": ["species"], "lrs": [0.01], "backbone": "tinycnn",
+            "pretrained": False}
+    with pytest.raises(InatlocError, match="extra grids only"):
+        SweepConfig.from_dict({**base, "lrs": LR_SELECTED})
+    with pytest.raises(InatlocError, match="cannot be listed"):
+        SweepConfig.from_dict({**base, "extra": [{"lrs": [LR_SELECTED, 0.1]}]})
+    with pytest.raises(InatlocError, match="extra grids only"):
+        SweepConfig.from_dict({**base, "baselines": {"cam-agg": {"lrs": LR_SELECTED}}})
+    with pytest.raises(InatlocError, match="lr_groups"):
+        SweepConfig.from_dict({**base, "lr_groups": "heads"})
+    config = SweepConfig.from_dict({**base, "extra": [{"name": "text", "lr_groups": "classifier",
+                                                       "lr_decay": "text"}]})
+    reference, text = expand(config)
+    assert (text.lr_groups, text.lr_decay) == ("classifier", "text") and text.run_id != reference.run_id
+    assert text.params()["lr_groups"] == "classifier"
+
+
+# --- 9. FSL-Det ---------------------------------------------------------------------------------
+
+
+def test_fsl_det_is_a_single_map_c4_faster_rcnn_with_the_tf_schedule():
+    from inatloc_nb.baselines.fsl_det import build_detector, detector_size, top_box, warmup_cosine
+    from inatloc_nb.run import RunConfig
+
+    assert detector_size(RunConfig(data="synth:tiny")) == 640
+    model = build_detector(96, pretrained=False)
+    assert model.backbone.out_channels == 1024 and isinstance(model.backbone, nn.Sequential)
+    assert not any("fpn" in name for name, _ in model.named_modules())
+    assert model.rpn.anchor_generator.sizes == ((64, 128, 256, 512),)
+    assert model.rpn.anchor_generator.aspect_ratios == ((0.5, 1.0, 2.0),)
+    assert model.roi_heads.box_roi_pool.output_size == (14, 14)
+    assert sum(isinstance(m, Bottleneck) for m in model.roi_heads.box_head.modules()) == 3  # layer4
+    assert model.transform.min_size == (96,) and model.transform.max_size == 96
+    assert model.rpn._post_nms_top_n == {"training": 300, "testing": 300}
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 64
+
+    factors = [warmup_cosine(step, 100) for step in range(101)]
+    assert factors[0] == pytest.approx(1 / 3, rel=1e-3) and factors[8] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factors[:8], factors[1:9]))
+    assert all(a > b for a, b in zip(factors[8:100], factors[9:101])) and factors[100] == pytest.approx(0.0)
+
+    detections = {"boxes": torch.tensor([[0.0, 0.0, 64.0, 32.0], [1.0, 1.0, 2.0, 2.0]]),
+                  "scores": torch.tensor([0.9, 0.1])}
+    assert top_box(detections, (128, 64)).tolist() == [[0, 0, 111, 111]]
