@@ -51,6 +51,8 @@ METHOD_LABELS = {
 NOT_BY_LEVEL = ("center", "fsl-seg", "fsl-det")
 _DEEPEST_ONLY = re.compile(r"c(\d+)$")
 _PER_IOU = re.compile(r"maxboxacc_(\d+)$")
+#: Run columns a mean over seeds keeps as text for its tooltip: column -> name in the chart data.
+_RUN_DETAILS = {"lr": "lr", "run_id": "runs"}
 
 
 class PlotError(InatlocError):
@@ -111,11 +113,21 @@ def _full_data(table: pl.DataFrame) -> pl.DataFrame:
 
 
 def _mean_over_seeds(table: pl.DataFrame, keys: Sequence[str], value: str) -> pl.DataFrame:
+    """Mean, std and count of ``value`` per ``keys``, with the learning rates and run ids behind
+    each mean (as text, for tooltips) when the table has them."""
+    details = [pl.col(column).drop_nulls().unique().sort().cast(pl.String).str.join(", ").alias(name)
+               for column, name in _RUN_DETAILS.items() if column in table.columns and column not in keys]
     return table.group_by(list(keys)).agg(
         pl.col(value).mean().alias(value),
         pl.col(value).std().fill_null(0.0).alias(f"{value}_std"),
         pl.len().alias("n_seeds"),
+        *details,
     )
+
+
+def _detail_tooltips(table: pl.DataFrame) -> list[alt.Tooltip]:
+    """Tooltips for the :func:`_mean_over_seeds` run details ``table`` holds."""
+    return [alt.Tooltip(f"{name}:N") for name in _RUN_DETAILS.values() if name in table.columns]
 
 
 def _metric_by_level(table: pl.DataFrame, value: str, title: str, figure: str) -> alt.Chart:
@@ -131,7 +143,8 @@ def _metric_by_level(table: pl.DataFrame, value: str, title: str, figure: str) -
             x=_level_axis(means),
             y=alt.Y(f"{value}:Q", title=title, scale=alt.Scale(zero=False)),
             color=alt.Color("Method:N", title="method"),
-            tooltip=["Method", "level", alt.Tooltip(f"{value}:Q", format=".1f"), "n_seeds"],
+            tooltip=["Method", "level", alt.Tooltip(f"{value}:Q", format=".1f"), "n_seeds",
+                     *_detail_tooltips(means)],
         )
         .properties(title=figure, width=320, height=240)
     )
@@ -158,7 +171,8 @@ def explainers_by_level(table: pl.DataFrame) -> alt.FacetChart:
             x=_level_axis(means),
             y=alt.Y("maxboxacc_v2:Q", title="MaxBoxAccV2 (%)", scale=alt.Scale(zero=False)),
             color=alt.Color("explainer:N", title="explainer"),
-            tooltip=["Method", "explainer", "level", alt.Tooltip("maxboxacc_v2:Q", format=".1f"), "n_seeds"],
+            tooltip=["Method", "explainer", "level", alt.Tooltip("maxboxacc_v2:Q", format=".1f"), "n_seeds",
+                     *_detail_tooltips(means)],
         )
         .properties(width=280, height=220)
         .facet(column=alt.Column("Method:N", title=None))
@@ -186,6 +200,7 @@ def data_efficiency(table: pl.DataFrame, method: str = "cam") -> alt.Chart:
         runs.group_by("level", "per_class").agg(pl.col("n_train_images").mean()),
         on=["level", "per_class"], nulls_equal=True,
     ).with_columns(
+        pl.lit(method_label(method)).alias("Method"),
         pl.when(pl.col("per_class").is_null()).then(pl.lit("all of D_w"))
         .otherwise(pl.lit("per-category subsample")).alias("training set"),
         (pl.col("maxboxacc_v2") - pl.col("maxboxacc_v2_std")).alias("low"),
@@ -201,7 +216,8 @@ def data_efficiency(table: pl.DataFrame, method: str = "cam") -> alt.Chart:
             y=alt.Y("maxboxacc_v2:Q", title="MaxBoxAccV2 (%)", scale=alt.Scale(zero=False)),
             shape=alt.Shape("training set:N", scale=alt.Scale(
                 domain=["all of D_w", "per-category subsample"], range=["circle", "square"])),
-            tooltip=["level", "per_class", "n_train_images", alt.Tooltip("maxboxacc_v2:Q", format=".1f"), "n_seeds"],
+            tooltip=["Method", "level", "per_class", "n_train_images", alt.Tooltip("maxboxacc_v2:Q", format=".1f"),
+                     "n_seeds", *_detail_tooltips(points)],
         ),
     ]
     baseline = points.filter(pl.col("per_class").is_null() & (pl.col("level") == order[0]))
@@ -265,6 +281,8 @@ def per_iou_by_level(table: pl.DataFrame, method: str = "cam") -> alt.HConcatCha
     base = alt.Chart(long).mark_line(point=True).encode(
         x=alt.X("level:N", sort=order, title="training level"),
         color=alt.Color("IoU threshold:N"),
+        tooltip=["level", "IoU threshold", alt.Tooltip("maxboxacc:Q", format=".1f"),
+                 alt.Tooltip("relative:Q", format=".3f")],
     ).properties(width=300, height=240)
     return alt.hconcat(
         base.encode(y=alt.Y("maxboxacc:Q", title="MaxBoxAcc (%)")).properties(title="absolute"),
@@ -282,8 +300,9 @@ def seed_spread(table: pl.DataFrame, method: str = "cam") -> alt.LayerChart:
         raise PlotError(f"{figure}: no {method_label(method)} run trained on all of D_w")
     x = _level_axis(runs)
     y = alt.Y("maxboxacc_v2:Q", title="MaxBoxAccV2 (%)", scale=alt.Scale(zero=False))
-    dots = alt.Chart(runs.select("level", "seed", "maxboxacc_v2")).mark_circle(size=60, opacity=0.7).encode(
-        x=x, y=y, tooltip=["level", "seed", alt.Tooltip("maxboxacc_v2:Q", format=".2f")]
+    shown = [c for c in ("run_id", "level", "lr", "seed", "n_train_images") if c in runs.columns]
+    dots = alt.Chart(runs.select(*shown, "maxboxacc_v2")).mark_circle(size=60, opacity=0.7).encode(
+        x=x, y=y, tooltip=[*shown, alt.Tooltip("maxboxacc_v2:Q", format=".2f")]
     )
     mean = alt.Chart(runs.group_by("level").agg(pl.col("maxboxacc_v2").mean())).mark_tick(
         color="orange", thickness=2, size=30
@@ -345,6 +364,7 @@ def box_area_cdf(fractions: pl.DataFrame) -> alt.Chart:
             x=alt.X("fraction:Q", title="box area / image area"),
             y=alt.Y("cdf:Q", title="fraction of boxes", scale=alt.Scale(domain=[0, 1])),
             color=alt.Color("dataset:N"),
+            tooltip=["dataset", alt.Tooltip("fraction:Q", format=".2f"), alt.Tooltip("cdf:Q", format=".3f")],
         )
         .properties(title=figure, width=320, height=240)
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from inatloc_nb.chart_display import VEGALITE5_MIME_TYPE
+
 pytestmark = pytest.mark.slow
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
@@ -30,6 +32,7 @@ def _execute(name: str, out: Path, **parameters) -> nbformat.NotebookNode:
     papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(out), parameters=parameters,
                                kernel_name="python3", cwd=str(out.parent), progress_bar=False)
     nb = nbformat.read(out, as_version=4)
+    nbformat.validate(nb)  # chart outputs included
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in nb.cells)
@@ -77,6 +80,7 @@ def test_train_notebook_writes_a_run_folder(sweep_results):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
     assert _mime_types(nb).count("image/png") == 2  # the learning curve and the CAM grid
+    assert _mime_types(nb).count(VEGALITE5_MIME_TYPE) == 1  # the learning curve, interactive
 
 
 def test_results_notebook_on_a_sweep(sweep_results, tmp_path):
@@ -84,6 +88,7 @@ def test_results_notebook_on_a_sweep(sweep_results, tmp_path):
     figures = nb.cells[-1].outputs
     drawn = [o for o in figures if "image/png" in o.get("data", {})]
     assert len(drawn) == 7  # Fig. 3 left/right, 4, 5 (medians, components), A3, A4
+    assert all(VEGALITE5_MIME_TYPE in o["data"] for o in drawn)  # interactive in JupyterLab, PNG elsewhere
     assert "Fig. 3 (left)" in json.dumps(figures)
 
 
@@ -93,8 +98,10 @@ def test_tutorial_notebook(tiny_dataset_dir, tmp_path):
     for level in ("species", "phylum"):
         assert (tmp_path / "runs" / level / "metrics.json").is_file()
     assert _mime_types(nb).count("image/png") == 2  # the CAMs of both levels, the chart by level
+    assert _mime_types(nb).count(VEGALITE5_MIME_TYPE) == 1
 
 
 def test_dataset_overview_notebook(tiny_dataset_dir, tmp_path):
     nb = _execute("01_dataset_overview", tmp_path / "01.ipynb", data=str(tiny_dataset_dir), compare=["cub"])
     assert _mime_types(nb).count("image/png") == 2  # Fig. A7 and Fig. A6
+    assert _mime_types(nb).count(VEGALITE5_MIME_TYPE) == 2

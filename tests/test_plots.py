@@ -206,3 +206,53 @@ def test_report_on_empty_folder_fails_clearly(tmp_path):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     with pytest.raises(report.ReportError, match="no run folders"):
         report.build_report(tmp_path, tmp_path / "out", progress=False)
+
+
+def _tooltip_fields(spec: dict) -> set[str]:
+    """Fields shown on hover anywhere in a chart spec (layers, facets and concatenations included)."""
+    found: set[str] = set()
+    for key, node in spec.items():
+        if key == "encoding" and "tooltip" in node:
+            tips = node["tooltip"]
+            found |= {tip["field"] for tip in (tips if isinstance(tips, list) else [tips])}
+        elif key != "datasets" and isinstance(node, dict):
+            found |= _tooltip_fields(node)
+        elif key != "datasets" and isinstance(node, list):
+            found |= set().union(*(_tooltip_fields(n) for n in node if isinstance(n, dict)))
+    return found
+
+
+def test_figures_name_runs_levels_lrs_and_values_on_hover(best):
+    by_level = {"Method", "level", "n_seeds", "lr", "runs"}
+    assert _tooltip_fields(plots.localization_by_level(best).to_dict()) == by_level | {"maxboxacc_v2"}
+    assert _tooltip_fields(plots.classification_by_level(best).to_dict()) == by_level | {"top1"}
+    assert _tooltip_fields(plots.data_efficiency(best).to_dict()) == by_level | {
+        "per_class", "n_train_images", "maxboxacc_v2"}
+    assert _tooltip_fields(plots.seed_spread(best).to_dict()) == {
+        "run_id", "level", "lr", "seed", "n_train_images", "maxboxacc_v2"}
+    assert _tooltip_fields(plots.per_iou_by_level(best).to_dict()) == {"level", "IoU threshold", "maxboxacc",
+                                                                     "relative"}
+    # the hovered values: the selected lr and the three seeds' runs behind a mean
+    family = next(r for r in _chart_rows(plots.localization_by_level(best))
+                  if r["Method"] == "CAM" and r["level"] == "family")
+    cam = best.filter((pl.col("method") == "cam") & (pl.col("level") == "family") & pl.col("per_class").is_null())
+    assert family["lr"] == "0.01" and family["runs"].split(", ") == sorted(cam["run_id"])
+
+
+def test_notebook_chart_output_is_valid_nbformat_and_vega_lite_5(best):
+    import base64
+
+    import nbformat
+    import vl_convert as vlc
+
+    from inatloc_nb import chart_display
+
+    bundle = chart_display.notebook_bundle(plots.seed_spread(best).to_dict())
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        "chart", outputs=[nbformat.v4.new_output("display_data", data=bundle)])])
+    nbformat.validate(nb)  # altair's own mimetype (application/vnd.vegalite.v6.json) fails this
+    spec = bundle[chart_display.VEGALITE5_MIME_TYPE]
+    assert spec["$schema"] == chart_display.VEGALITE5_SCHEMA and "tooltip" in spec["layer"][0]["encoding"]
+    assert vlc.vegalite_to_vega(spec, vl_version="5.8")["marks"]  # compiles with a Vega-Lite 5
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert bundle["text/plain"] == "<chart: Spread over retrainings (CAM)>"
