@@ -4,7 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from inatloc_nb import validate as v
+from inatloc_nb.cli.run_options import BATCH_SIZE, DEVICE
 from inatloc_nb.explainers import EXPLAINERS
+
+#: Score-CAM's masked images per forward pass.
+SCORE_BATCH = v.arg_type(v.integer, int, minimum=1, maximum=65536)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="finished run folder")
     p.add_argument("--explainer", required=True, choices=tuple(EXPLAINERS))
-    p.add_argument("--batch-size", type=int, help="images per batch (default: the run's)")
-    p.add_argument("--score-batch", type=int, default=64,
+    p.add_argument("--batch-size", type=BATCH_SIZE, help="images per batch (default: the run's)")
+    p.add_argument("--score-batch", type=SCORE_BATCH, default=64,
                    help="Score-CAM: masked images per forward pass (default 64)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="recompute even when already explained")
     p.set_defaults(func=run)
 
@@ -32,12 +37,9 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from inatloc_nb.cli.run_options import print_metrics
-    from inatloc_nb.errors import InatlocError
     from inatloc_nb.explainers import explain_dir, explain_run, is_explained
 
-    for name, value in (("--batch-size", args.batch_size), ("--score-batch", args.score_batch)):
-        if value is not None and value < 1:
-            raise InatlocError(f"{name} must be at least 1, got {value}")
+    v.device_available(args.device, "--device")
     if is_explained(args.run_dir, args.explainer) and not args.force:
         path = explain_dir(args.run_dir, args.explainer) / "metrics.json"
         print(f"already explained: {path} (use --force to recompute)")
