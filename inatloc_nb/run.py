@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from inatloc_nb import validate
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text, make_temp_dir
+from inatloc_nb.protocol import check_reading
 
 if TYPE_CHECKING:
     from torch import nn
@@ -109,6 +110,8 @@ class RunConfig:
         if self.lr is not None:
             self.lr = validate.positive_float(self.lr, "RunConfig.lr")
         self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
+        for name in ("lr_groups", "lr_decay"):
+            check_reading(name, getattr(self, name))
         for name in ("pretrained", "allow_split_overlap"):
             if not isinstance(getattr(self, name), bool):
                 raise InatlocError(f"RunConfig.{name}: expected true or false, got {getattr(self, name)!r}")

@@ -76,6 +76,7 @@ def test_ten_x_groups_per_method(resnets, method, fast, classifier_reading):
 
 def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
     from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
+    from inatloc_nb.run import RunConfig
 
     common = dict(lr=0.01, backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
     for lr_groups in ("reference", "classifier"):
@@ -92,6 +93,9 @@ def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
     assert learn.schedule.milestones == (3, 6, 9)
     with pytest.raises(InatlocError, match="lr_decay"):
         build_learner(tiny_dataset, "genus", lr_decay="every3", **common)
+    for option in ("lr_groups", "lr_decay"):
+        with pytest.raises(InatlocError, match=option):
+            RunConfig(data="synth:tiny", **{option: "head"})
 
     parser = argparse.ArgumentParser()
     add_data_options(parser)
