@@ -19,7 +19,8 @@ code, wsolevaluation, unless an option names the other reading):
   ``adjust_learning_rate(epoch + 1)`` does; ``lr_decay="text"`` after 3, 6, 9, ...;
 - ``seed`` seeds python, numpy and torch when the learner is built and again when training
   starts, so a CPU run is repeatable (for a given ``num_workers``);
-- on CUDA: a channels-last model and inputs; training in float32.
+- on CUDA: channels-last model and inputs and float16 mixed precision (fastai's
+  ``Learner.to_channelslast``); on CPU float32.
 """
 from __future__ import annotations
 
