@@ -132,6 +132,11 @@ def test_sweep_explainers_key_scores_finished_runs_once(trained_run, tiny_datase
     before = (explain_dir(folder, "scorecam") / "metrics.json").stat().st_mtime_ns
     assert explain_runs(config, specs, tmp_path, say=lambda _: None) == []  # nothing left to do
     assert (explain_dir(folder, "scorecam") / "metrics.json").stat().st_mtime_ns == before
+    shutil.rmtree(explain_dir(folder, "layercam"))
+    (folder / "model.pth").write_bytes(b"damaged")
+    failures = explain_runs(config, specs, tmp_path, say=lambda _: None)
+    assert len(failures) == 1 and failures[0].startswith(f"{specs[0].run_id}: layercam: ") and "model.pth" in failures[0]
+    assert sorted(set(results.collect(tmp_path)["explainer"])) == ["cam", "scorecam"]
 
 
 def test_sweep_rejects_unknown_explainers():
