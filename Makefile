@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_DIR ?= demo_output
 
-.PHONY: env demo test lab clean
+.PHONY: env demo beyond test lab clean
 
 env: $(STAMP)
 
@@ -18,6 +18,19 @@ $(STAMP): pyproject.toml
 
 demo: env
 	$(BIN)/inatloc-nb demo --out $(DEMO_DIR)
+
+# Single level vs mixed labelling vs multi-head on two synthetic worlds (docs/granularity.md).
+# configs/beyond.yaml reads its mixed labellings from $(BEYOND_DIR).
+BEYOND_DIR := demo_output/beyond
+beyond: env
+	$(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR) --grid main --grid multihead
+	for world in demo wide; do \
+	  $(BIN)/inatloc-nb choose-levels $(BEYOND_DIR) --dataset $$world --out $(BEYOND_DIR)/mixed-$$world.csv || exit 1; \
+	done
+	$(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR)
+	$(BIN)/papermill notebooks/05_choosing_granularity.ipynb $(BEYOND_DIR)/05_choosing_granularity.ipynb \
+	  -p results_dir $(abspath $(BEYOND_DIR)) --cwd notebooks
+	$(BIN)/inatloc-nb report $(BEYOND_DIR) --out $(BEYOND_DIR)/report
 
 test: env
 	$(BIN)/python -m pytest -q tests

@@ -393,7 +393,8 @@ def granularity_comparison(table: pl.DataFrame) -> alt.FacetChart:
     :func:`inatloc_nb.granularity.selection.comparison_table`."""
     figure = "Choosing the granularity"
     table = _require(table, ["dataset", "strategy", "mean", "std"], figure, results=False)
-    table = table.with_columns(low=pl.col("mean") - pl.col("std").fill_nan(0), high=pl.col("mean") + pl.col("std").fill_nan(0))
+    table = table.fill_nan(None)  # one seed has no std; NaN is not valid JSON
+    table = table.with_columns(low=pl.col("mean") - pl.col("std").fill_null(0), high=pl.col("mean") + pl.col("std").fill_null(0))
     base = alt.Chart().encode(y=alt.Y("strategy:N", title=None, sort=None))
     bars = base.mark_bar(color="#4c78a8").encode(
         x=alt.X("mean:Q", title="D_test MaxBoxAccV2 (%), mean over seeds", scale=alt.Scale(zero=False)),
