@@ -207,6 +207,15 @@ def test_comparison_and_selection_tables(granularity_results):
     assert agreement["picked"][0] in {"species", "order", "phylum"}
 
 
+def test_report_has_a_granularity_section(granularity_results, tmp_path):
+    from inatloc_nb.report import build_report
+
+    page = build_report(granularity_results, tmp_path / "report", progress=False).read_text(encoding="utf-8")
+    assert "Choosing the granularity: single level, mixed labelling, multi-head" in page
+    assert (tmp_path / "report" / "tables" / "granularity_comparison.csv").is_file()
+    assert (tmp_path / "report" / "figures" / "granularity_comparison.png").is_file()
+
+
 @pytest.mark.slow
 def test_choosing_granularity_notebook(granularity_results, tmp_path):
     import nbformat
