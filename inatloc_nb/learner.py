@@ -19,43 +19,46 @@ code, wsolevaluation, unless an option names the other reading):
   ``adjust_learning_rate(epoch + 1)`` does; ``lr_decay="text"`` after 3, 6, 9, ...;
 - ``seed`` seeds python, numpy and torch when the learner is built and again when training
   starts, so a CPU run is repeatable (for a given ``num_workers``);
-- on CUDA: channels-last model and inputs and float16 mixed precision (fastai's
-  ``Learner.to_channelslast``); on CPU float32.
+- device switches (``inatloc_nb.device``): on CUDA by default mixed precision (bfloat16
+  autocast where supported, else float16 with loss scaling) and channels-last model and
+  inputs; on CPU float32 and contiguous; ``torch.compile`` of the backbone stages on request.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import fastai.callback.progress  # noqa: F401  (registers fastai's progress bars as a default callback)
 import torch
 from fastai.callback.core import Callback
-from fastai.data.block import CategoryBlock, DataBlock
 from fastai.data.core import DataLoaders
-from fastai.data.transforms import IndexSplitter, Normalize
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import set_seed
-from fastai.vision.augment import FlipItem, RandomCrop, Resize, ResizeMethod
-from fastai.vision.core import imagenet_stats
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.images import clear_worker_errors, fastai_image_block
-from inatloc_nb.models import build_backbone, default_device, prepare_for_device
+from inatloc_nb.images import clear_worker_errors
+from inatloc_nb.device import apply_settings, prepare_model, resolve_settings
+from inatloc_nb.models import build_backbone, default_device
 from inatloc_nb.protocol import DECAY_EVERY, check_reading
+from inatloc_nb.pipeline import (  # noqa: F401  (public here too)
+    TRAIN_RESIZE_RATIO,
+    default_num_workers,
+    open_prepared,
+    protocol_dataloaders,
+    protocol_item_tfms,
+)
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.methods import WSOLMethod
 
-#: Ratio of the training resize to the crop size (256 / 224 at the paper's resolution).
-TRAIN_RESIZE_RATIO = 256 / 224
 
 
 @dataclass(frozen=True)
@@ -168,12 +171,6 @@ def sgd_nesterov(params: Any, lr: float) -> OptimWrapper:
     )
 
 
-def default_num_workers() -> int:
-    """Data-loading worker processes: with a GPU, the CPU count (at most 8); on CPU-only
-    machines none, since decoding in the main process leaves every core to the model."""
-    return min(8, os.cpu_count() or 1) if torch.cuda.is_available() else 0
-
-
 def labelled_items(
     dataset: WSOLDataset, split: str, level: str, image_ids: Sequence[str] | None = None
 ) -> list[list]:
@@ -181,18 +178,6 @@ def labelled_items(
     tuples element-wise, so items are lists)."""
     names = dataset.hierarchy.level_names(level)
     return [[path, names[y]] for path, y in dataset.items(split, level, image_ids)]
-
-
-def protocol_item_tfms(image_size: int) -> list:
-    """The protocol's item transforms (SPEC §5): training resizes to 256/224 of
-    ``image_size`` then crops ``image_size`` at random and flips with p = 0.5; evaluation
-    resizes to ``image_size``."""
-    train_resize = Resize(round(TRAIN_RESIZE_RATIO * image_size), method=ResizeMethod.Squish)
-    train_resize.split_idx = 0
-    eval_resize = Resize(image_size, method=ResizeMethod.Squish)
-    eval_resize.split_idx = 1
-    # Resize and RandomCrop share order 1; the (stable) sort keeps resize first.
-    return [train_resize, eval_resize, RandomCrop(image_size), FlipItem(0.5)]
 
 
 def build_dataloaders(
@@ -203,11 +188,15 @@ def build_dataloaders(
     train_ids: Sequence[str] | None = None,
     device: torch.device | str | None = None,
     num_workers: int | None = None,
+    prepared: str | Path | None = None,
 ) -> DataLoaders:
-    """Train (``train`` split, or ``train_ids`` of it) and valid (``val``) loaders at ``level``.
+    """Train (``train`` split, or ``train_ids`` of it) and valid (``val``) loaders at ``level``
+    (``inatloc_nb.pipeline.protocol_dataloaders``).
 
     Labels are the class names of ``dataset.hierarchy.level_names(level)`` in class-index
-    order, so the loaders' vocab index equals the dataset's integer label.
+    order, so the loaders' vocab index equals the dataset's integer label. ``prepared``: the
+    cache root of a prepared copy (``inatloc_nb.pipeline.prepare_dataset``) holding every
+    split of the dataset, read instead of decoding the original images.
     """
     missing = [s for s in ("train", "val") if s not in dataset.splits]
     if missing:
@@ -217,22 +206,11 @@ def build_dataloaders(
     if len(train) < 2:
         raise InatlocError(f"dataset {dataset.name!r}: {len(train)} training image(s) at level {level!r}; "
                            "batch normalisation needs at least 2")
-    block = DataBlock(
-        blocks=(fastai_image_block(dataset.image_root),
-                CategoryBlock(vocab=list(dataset.hierarchy.level_names(level)), sort=False)),
-        get_x=itemgetter(0),
-        get_y=itemgetter(1),
-        splitter=IndexSplitter(range(len(train), len(train) + len(valid))),
-        item_tfms=protocol_item_tfms(image_size),
-        batch_tfms=[Normalize.from_stats(*imagenet_stats)],
-    )
-    return block.dataloaders(
-        train + valid,
-        bs=batch_size,
-        # The last, incomplete training batch is kept, as the reference code's loader does.
-        drop_last=False,
-        num_workers=default_num_workers() if num_workers is None else num_workers,
-        device=default_device() if device is None else torch.device(device),
+    copy = None if prepared is None else open_prepared(prepared, dataset, image_size)
+    # The last, incomplete training batch is kept, as the reference code's loader does.
+    return protocol_dataloaders(
+        train, valid, dataset.hierarchy.level_names(level), image_size, batch_size,
+        default_device() if device is None else device, num_workers, dataset.image_root, copy,
     )
 
 
@@ -254,6 +232,10 @@ def build_learner(
     method_params: dict[str, Any] | None = None,
     lr_groups: str = "reference",
     lr_decay: str = "reference",
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+    prepared: str | Path | None = None,
 ) -> Learner:
     """A fastai Learner for ``method`` trained at ``level`` on ``dataset``'s train split.
 
@@ -261,8 +243,10 @@ def build_learner(
     (``dataset.subsample``, seeded by ``seed``); the ids used are in ``learn.train_ids``.
     ``lr_groups`` and ``lr_decay`` choose the reading of the 10x group and of the decay
     timing (``inatloc_nb.protocol``; the reference code's by default).
+    ``amp``, ``channels_last``, ``compile``: device switches (``inatloc_nb.device``; None =
+    the device's default); ``prepared``: cache root of a prepared copy (``build_dataloaders``).
     Extra attributes: ``learn.method``, ``learn.schedule``, ``learn.level``,
-    ``learn.base_lrs``. Train with ``train(learn)``.
+    ``learn.base_lrs``, ``learn.device_settings``. Train with ``train(learn)``.
     """
     from inatloc_nb.methods import get_method
 
@@ -272,14 +256,15 @@ def build_learner(
         raise InatlocError("method_params are only used with a method name")
     sched = Schedule.parse(schedule, lr_decay)
     check_reading("lr_groups", lr_groups)
-    device = default_device() if device is None else torch.device(device)
+    settings = resolve_settings(device, amp, channels_last, compile)
+    device = torch.device(settings.device)
     set_seed(seed, reproducible=True)
     train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
-    dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers)
+    dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers, prepared)
     method.bind(dataset.hierarchy, level)
     features, n_channels = build_backbone(backbone, pretrained, weights)
     n_classes = len(dataset.hierarchy.level_names(level))
-    model = prepare_for_device(method.build_model(features, n_channels, n_classes), device)
+    model = prepare_model(method.build_model(features, n_channels, n_classes), settings)
     base_lrs = [lr, 10 * lr]
     learn = Learner(
         dls,
@@ -293,8 +278,7 @@ def build_learner(
         cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],
     )
     learn.recorder.train_metrics = True
-    if device.type == "cuda":
-        learn.to_channelslast()
+    apply_settings(learn, settings)
     learn.method, learn.schedule, learn.level, learn.base_lrs = method, sched, level, base_lrs
     learn.train_ids = train_ids
     return learn

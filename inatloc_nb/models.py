@@ -193,10 +193,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def prepare_for_device(model: nn.Module, device: torch.device | str) -> nn.Module:
-    """Move ``model`` to ``device``; on CUDA also switch it to channels-last memory format."""
-    device = torch.device(device)
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def prepare_for_device(
+    model: nn.Module, device: torch.device | str, channels_last: bool | None = None, compile: bool = False
+) -> nn.Module:
+    """Move ``model`` to ``device``, in channels-last memory format (default: on CUDA), its
+    backbone stages compiled when ``compile`` (``inatloc_nb.device.prepare_model``)."""
+    from inatloc_nb.device import prepare_model, resolve_settings
+
+    return prepare_model(model, resolve_settings(device, amp=False, channels_last=channels_last, compile=compile))

@@ -69,8 +69,13 @@ class RunConfig:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
     parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
     reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
-    (docs/protocol.md). ``model_run``: a finished species-level
+    (docs/protocol.md). ``select_epoch``: ``"best"`` (the reference's, default) scores the
+    model of the epoch (0 = before training) with the best D_f MaxBoxAccV2, ``"last"`` the
+    model after the last epoch (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
+    ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
+    (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
+    (``inatloc-nb prepare``), read instead of the original images.
     ``allow_split_overlap`` accepts image ids shared by D_w and D_f / D_test (refused by default).
     """
 
@@ -82,6 +87,7 @@ class RunConfig:
     schedule: str | int = "2epoch"
     lr_groups: str = "reference"
     lr_decay: str = "reference"
+    select_epoch: str = "best"
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: str | None = None
@@ -94,6 +100,10 @@ class RunConfig:
     model_run: str | None = None
     num_workers: int | None = None
     device: str | None = None
+    amp: bool | None = None
+    channels_last: bool | None = None
+    compile: bool | None = None
+    prepared: str | None = None
     allow_split_overlap: bool = False
 
     def __post_init__(self) -> None:
@@ -110,7 +120,7 @@ class RunConfig:
         if self.lr is not None:
             self.lr = validate.positive_float(self.lr, "RunConfig.lr")
         self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
-        for name in ("lr_groups", "lr_decay"):
+        for name in ("lr_groups", "lr_decay", "select_epoch"):
             check_reading(name, getattr(self, name))
         for name in ("pretrained", "allow_split_overlap"):
             if not isinstance(getattr(self, name), bool):
@@ -123,6 +133,12 @@ class RunConfig:
         self.device = validate.device(self.device, "RunConfig.device")
         if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
             raise InatlocError(f"RunConfig.weights: expected a weights file path, got {self.weights!r}")
+        for name in ("amp", "channels_last", "compile"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise InatlocError(f"RunConfig.{name}: expected true, false or null (device default), "
+                                   f"got {getattr(self, name)!r}")
+        if self.prepared is not None and (not isinstance(self.prepared, str) or not self.prepared):
+            raise InatlocError(f"RunConfig.prepared: expected a cache folder path, got {self.prepared!r}")
         if not isinstance(self.method_params, dict):
             raise InatlocError(f"RunConfig.method_params: expected a mapping, got {self.method_params!r}")
         if not self.eval_splits or not all(isinstance(s, str) and s for s in self.eval_splits):
@@ -319,6 +335,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     from inatloc_nb.baselines.runfolder import analysis_frame
     from inatloc_nb.cam import extract_cams, score_cams
+    from inatloc_nb.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.learner import build_learner, history_rows, train
 
     out = Path(out_dir)
@@ -329,7 +346,8 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         pretrained=config.pretrained, image_size=config.image_size, batch_size=config.batch_size,
         weights=config.weights,
         device=config.device, num_workers=config.num_workers, method_params=config.method_params,
-        lr_groups=config.lr_groups, lr_decay=config.lr_decay,
+        lr_groups=config.lr_groups, lr_decay=config.lr_decay, amp=config.amp,
+        channels_last=config.channels_last, compile=config.compile, prepared=config.prepared,
     )
     n_train = len(learn.dls.train_ds)
     n_classes = len(dataset.hierarchy.level_names(config.level))
@@ -337,14 +355,23 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         "config": config.to_dict(), "dataset": dataset.name, "n_classes": n_classes,
         "n_train_images": n_train, "train_image_ids": learn.train_ids,
         "method_hparams": learn.method.hparams, "device": str(learn.dls.device),
+        "device_settings": learn.device_settings.to_dict(), "num_workers": learn.dls.train.fake_l.num_workers,
         "versions": package_versions(),
     })
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "
         f"{learn.schedule.epochs} epochs, lr {config.lr:g})")
+    selector = EpochSelect(dataset, config.level) if config.select_epoch == "best" else None
     start = time.perf_counter()
-    train(learn)
-    train_s = time.perf_counter() - start
+    if selector is None:
+        train(learn)
+    else:
+        with learn.added_cbs(selector):
+            train(learn)
+        say(f"selected epoch {selector.selected_epoch} of {learn.schedule.epochs} "
+            f"(D_f MaxBoxAccV2 per epoch: {', '.join(f'{v:.1f}' for v in selector.scores)})")
+    select_s = 0.0 if selector is None else selector.seconds
+    train_s = time.perf_counter() - start - select_s
     with atomic_path(out / "model.pth") as tmp:
         torch.save(learn.model.state_dict(), tmp)
     atomic_write_text(out / "history.csv", pl.DataFrame(history_rows(learn)).write_csv())
@@ -354,15 +381,20 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     timings: dict[str, Any] = {
         "train_seconds": train_s,
         "train_images_per_s": n_train * learn.schedule.epochs / train_s,
+        "select_epoch_seconds": select_s,
     }
     for split in config.eval_splits:
-        say(f"extracting CAMs of {split}")
-        start = time.perf_counter()
-        cams = extract_cams(learn, dataset, split, config.level)
-        cam_s = time.perf_counter() - start
+        if selector is not None and split == SELECT_SPLIT:  # the selected epoch's, already scored
+            cams, result, cam_s = selector.best_cams, selector.best_result, selector.best_cam_seconds
+        else:
+            say(f"extracting CAMs of {split}")
+            start = time.perf_counter()
+            cams, result = extract_cams(learn, dataset, split, config.level), None
+            cam_s = time.perf_counter() - start
         cams.save(out / "cams" / f"{split}.npz")
-        say(f"scoring {split}")
-        result = score_cams(cams, dataset)
+        if result is None:
+            say(f"scoring {split}")
+            result = score_cams(cams, dataset)
         metrics[split] = _split_metrics(result, cams)
         analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
@@ -373,7 +405,8 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     summary = metrics.pop("test", {})
     summary.update(metrics)
     summary.update(level=config.level, method=config.method, lr=config.lr, seed=config.seed,
-                   per_class=config.per_class, n_train_images=n_train)
+                   per_class=config.per_class, n_train_images=n_train, select_epoch=config.select_epoch)
+    summary.update({"selected_epoch": learn.schedule.epochs} if selector is None else selector.summary())
     atomic_write_json(out / "metrics.json", summary)
     say(f"done: {out}")
     return summary

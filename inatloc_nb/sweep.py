@@ -44,7 +44,8 @@ LIST_KEYS = ("levels", "methods", "lrs", "seeds", "per_class")
 #: Defaults of the list grid keys a config may omit (``levels`` and ``lrs`` are required).
 LIST_DEFAULTS: dict[str, list] = {"methods": ["cam"], "seeds": [0], "per_class": [None]}
 #: Grid keys that take one value.
-SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay")
+SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay",
+               "select_epoch")
 #: Defaults of the scalar grid keys (the paper's protocol).
 SCALAR_DEFAULTS: dict[str, Any] = {
     "schedule": "2epoch",
@@ -54,17 +55,27 @@ SCALAR_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr_groups": "reference",
     "lr_decay": "reference",
+    "select_epoch": "best",
 }
 #: An extra grid's ``lrs: selected``: each run takes the learning rate selected on D_f among
 #: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).
 LR_SELECTED = "selected"
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
 #: the ids of runs made before the parameters existed stay the same.
-IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "lr_search": None}
-
+IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "select_epoch": "best",
+                                     "lr_search": None}
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
-_TOP_KEYS = ("name", "datasets", "baselines", "extra", "check_data", "explainers", *LIST_KEYS, *SCALAR_KEYS)
+#: Sweep execution keys (``runs_per_gpu``, ``gpu_memory_per_run_gb``): how runs share GPUs.
+EXECUTION_KEYS = ("runs_per_gpu", "gpu_memory_per_run_gb")
+#: GPU memory assumed per run when packing several runs on a GPU, in GiB: an upper estimate
+#: for ResNet-50 at batch 32 and 224 px with mixed precision, to be replaced by a measured
+#: figure (benchmarks/bench_training.py reports the peak; docs/cost_model.md).
+DEFAULT_GPU_MEMORY_PER_RUN_GB = 16.0
+#: ``inatloc_nb.pipeline.WORKERS_ENV`` (not imported: the pipeline module loads fastai)
+LOADER_WORKERS_ENV = "INATLOC_NB_LOADER_WORKERS"
+_TOP_KEYS = ("name", "datasets", "baselines", "extra", "check_data", "explainers", *EXECUTION_KEYS,
+             *LIST_KEYS, *SCALAR_KEYS)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -101,6 +112,7 @@ class RunSpec:
     batch_size: int
     lr_groups: str = "reference"
     lr_decay: str = "reference"
+    select_epoch: str = "best"
     lr_search: LRSearch | None = None
 
     def params(self) -> dict[str, Any]:
@@ -178,6 +190,7 @@ class Grid:
     batch_size: int
     lr_groups: str
     lr_decay: str
+    select_epoch: str
     lr_search: LRSearch | None = None
 
 
@@ -193,6 +206,10 @@ class SweepConfig:
     #: ``explainers:``: post-hoc explainers scored on every finished trained run (``cam``, the
     #: runs' own maps, is always there)
     explainers: tuple[str, ...] = ()
+    #: ``runs_per_gpu``: runs executed at once on each GPU (``run_sweep``)
+    runs_per_gpu: int = 1
+    #: ``gpu_memory_per_run_gb``: GPU memory one run needs, checked before packing runs
+    gpu_memory_per_run_gb: float = DEFAULT_GPU_MEMORY_PER_RUN_GB
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -252,8 +269,12 @@ class SweepConfig:
         check_images = raw.get("check_data", False)
         if not isinstance(check_images, bool):
             raise fail("check_data", f"expected true or false, got {check_images!r}")
+        runs_per_gpu = _checked(validate.integer, raw.get("runs_per_gpu", 1), "runs_per_gpu", fail, 1, 64)
+        memory = _checked(validate.positive_float, raw.get("gpu_memory_per_run_gb", DEFAULT_GPU_MEMORY_PER_RUN_GB),
+                          "gpu_memory_per_run_gb", fail)
         return cls(name=str(name), datasets=datasets, grids=tuple(grids), path=path, check_images=check_images,
-                   explainers=_parse_explainers(raw.get("explainers") or [], fail))
+                   explainers=_parse_explainers(raw.get("explainers") or [], fail),
+                   runs_per_gpu=runs_per_gpu, gpu_memory_per_run_gb=memory)
 
 
     def select_grids(self, names: Sequence[str]) -> SweepConfig:
@@ -291,14 +312,6 @@ def _parse_datasets(value: Any, path: Path | None, fail: Callable) -> dict[str, 
             source = str(folder.resolve())
         out[str(name)] = source
     return out
-
-
-def _checked(check: Callable, value: Any, key: str, fail: Callable, *limits: Any) -> Any:
-    """``check(value, ...)`` from :mod:`inatloc_nb.validate`, its error re-raised at ``key``."""
-    try:
-        return check(value, "", *limits)
-    except InatlocError as exc:
-        raise fail(key, str(exc).removeprefix(": ")) from None
 
 
 def _resolve_mixed(level: str, path: Path | None) -> str:
@@ -368,7 +381,7 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             return _checked(validate.integer, value, prefix + key, fail, *limits)
         if key == "schedule":
             return str(_checked(validate.schedule, value, prefix + key, fail))
-        if key in ("lr_groups", "lr_decay"):
+        if key in ("lr_groups", "lr_decay", "select_epoch"):
             try:
                 return check_reading(key, value)
             except InatlocError as exc:
@@ -510,7 +523,7 @@ def expand(config: SweepConfig) -> list[RunSpec]:
                     method=method, lr=lr, seed=seed,
                     per_class=per_class, schedule=grid.schedule, backbone=grid.backbone,
                     pretrained=grid.pretrained, image_size=grid.image_size, batch_size=grid.batch_size,
-                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay,
+                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay, select_epoch=grid.select_epoch,
                     lr_search=grid.lr_search if lr == LR_SELECTED else None,
                 )
                 for dependency in spec.dependencies():
@@ -699,21 +712,61 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(count)]
 
 
-def _pin_gpu(gpus: Any) -> None:
-    """Pool initializer: take one GPU id from the queue for this worker process."""
+def gpu_slots(gpus: Sequence[str], n_workers: int) -> list[str]:
+    """The GPU of each of ``n_workers`` worker processes: round-robin over ``gpus``, so
+    ``len(gpus) * k`` workers put ``k`` runs on every GPU."""
+    if not gpus:
+        return []
+    return [gpus[i % len(gpus)] for i in range(n_workers)]
+
+
+def free_gpu_memory(gpus: Sequence[str]) -> dict[str, int]:
+    """Free memory in bytes of each visible GPU (``torch.cuda.mem_get_info``), by id."""
+    import torch
+
+    return {gpu: torch.cuda.mem_get_info(index)[0] for index, gpu in enumerate(gpus)}
+
+
+def fit_runs_per_gpu(requested: int, free: Mapping[str, int], per_run_gb: float,
+                     say: Callable[[str], None] = print) -> int:
+    """How many runs to pack on each GPU: ``requested``, lowered (with a message) to what the
+    GPU with the least free memory holds at ``per_run_gb`` GiB a run. Raises ``InatlocError``
+    when a GPU cannot hold even one run."""
+    need = per_run_gb * 2**30
+    gpu, least = min(free.items(), key=lambda kv: kv[1])
+    fits = int(least // need)
+    if fits < 1:
+        raise InatlocError(f"GPU {gpu} has {least / 2**30:.1f} GiB free, a run needs about {per_run_gb:g} GiB "
+                           "(gpu_memory_per_run_gb): free the GPU or lower gpu_memory_per_run_gb")
+    if fits < requested:
+        say(f"runs_per_gpu {requested} lowered to {fits}: GPU {gpu} has {least / 2**30:.1f} GiB free and a run "
+            f"needs about {per_run_gb:g} GiB (gpu_memory_per_run_gb)")
+    return min(requested, fits)
+
+
+def _pin_gpu(gpus: Any, loader_workers: int | None = None) -> None:
+    """Pool initializer: take one GPU id from the queue for this worker process and fix the
+    data-loading workers of its runs to their share of the cores."""
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus.get()
+    if loader_workers is not None:
+        os.environ[LOADER_WORKERS_ENV] = str(loader_workers)
 
 
-def _pin_dask_worker_gpu(gpus: list[str], dask_worker: Any = None) -> str:
-    """Run on each worker of a local Dask cluster: worker ``i`` gets GPU ``i``."""
+def _pin_dask_worker_gpu(gpus: list[str], loader_workers: int | None = None, dask_worker: Any = None) -> str:
+    """Run on each worker of a local Dask cluster: worker ``i`` gets GPU ``gpu_slots[i]``
+    and its share of the cores for data loading."""
     gpu = gpus[int(dask_worker.name) % len(gpus)]
     os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    if loader_workers is not None:
+        os.environ[LOADER_WORKERS_ENV] = str(loader_workers)
     return gpu
 
 
 @contextmanager
-def _local_pool(max_parallel: int, gpus: list[str]) -> Iterator[tuple[Callable, Callable]]:
-    """``(submit, as_completed)`` of a pool of spawned worker processes, one GPU each."""
+def _local_pool(max_parallel: int, gpus: list[str], loader_workers: int | None = None
+                ) -> Iterator[tuple[Callable, Callable]]:
+    """``(submit, as_completed)`` of a pool of spawned worker processes, each pinned to a GPU
+    of ``gpu_slots`` (several workers share a GPU when ``max_parallel`` exceeds the GPUs)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -721,9 +774,9 @@ def _local_pool(max_parallel: int, gpus: list[str]) -> Iterator[tuple[Callable, 
     init: dict[str, Any] = {}
     if gpus:
         queue = ctx.Queue()
-        for i in range(max_parallel):  # more workers than GPUs share them round-robin
-            queue.put(gpus[i % len(gpus)])
-        init = {"initializer": _pin_gpu, "initargs": (queue,)}
+        for gpu in gpu_slots(gpus, max_parallel):
+            queue.put(gpu)
+        init = {"initializer": _pin_gpu, "initargs": (queue, loader_workers)}
     pool = ProcessPoolExecutor(max_parallel, mp_context=ctx, **init)
     try:
         yield pool.submit, as_completed
@@ -734,7 +787,8 @@ def _local_pool(max_parallel: int, gpus: list[str]) -> Iterator[tuple[Callable, 
 
 
 @contextmanager
-def _dask_client(max_parallel: int, gpus: list[str], scheduler: str | None) -> Iterator[tuple[Callable, Callable]]:
+def _dask_client(max_parallel: int, gpus: list[str], scheduler: str | None, loader_workers: int | None = None
+                 ) -> Iterator[tuple[Callable, Callable]]:
     """``(submit, as_completed)`` on the cluster at ``scheduler`` or a new ``LocalCluster``."""
     from distributed import Client, LocalCluster, as_completed
 
@@ -745,7 +799,7 @@ def _dask_client(max_parallel: int, gpus: list[str], scheduler: str | None) -> I
                                dashboard_address=None)
         client = Client(cluster)
         if gpus:
-            client.run(_pin_dask_worker_gpu, gpus)
+            client.run(_pin_dask_worker_gpu, gpus, loader_workers)
 
     def submit(fn: Callable, spec: RunSpec, *args: Any) -> Any:
         return client.submit(fn, spec, *args, key=f"run-{spec.run_id}", pure=False)
@@ -767,11 +821,16 @@ def run_sweep(
     progress: bool = True,
     notebook: str | Path | None = None,
     kernel_name: str = "python3",
+    runs_per_gpu: int | None = None,
 ) -> SweepSummary:
     """Execute every unfinished run of ``config`` and consolidate the results store.
 
-    ``executor="local"``: a pool of ``max_parallel`` worker processes (default: one per
-    visible GPU, each pinned to its GPU, or 1 without GPUs). ``executor="dask"``: a
+    ``executor="local"``: a pool of ``max_parallel`` worker processes (default:
+    ``runs_per_gpu`` per visible GPU, each pinned to its GPU round-robin, or 1 without GPUs).
+    ``runs_per_gpu`` (default: the config's ``runs_per_gpu``) above 1 packs runs on each GPU:
+    it is lowered, with a message, to what the GPU with the least free memory holds at the
+    config's ``gpu_memory_per_run_gb``. With GPUs, each run's data loading gets its share of
+    the cores (``inatloc_nb.pipeline.workers_per_run``). ``executor="dask"``: a
     ``LocalCluster`` of ``max_parallel`` single-threaded worker processes, or the existing
     cluster at ``scheduler`` (its workers must see ``results_dir`` and the notebook at the
     same paths). Returns the counts; ``results_dir/results.parquet`` holds the store.
@@ -779,6 +838,8 @@ def run_sweep(
     ``if __name__ == "__main__":`` guard.
     """
     from tqdm.auto import tqdm
+
+    from inatloc_nb import pipeline
 
     if executor not in ("local", "dask"):
         raise InatlocError(f"unknown executor {executor!r}; use 'local' or 'dask'")
@@ -789,6 +850,9 @@ def run_sweep(
         raise InatlocError(f"training notebook not found: {notebook} (pass the notebook path explicitly)")
     if max_parallel is not None and max_parallel < 1:
         raise InatlocError(f"max_parallel must be at least 1, got {max_parallel}")
+    runs_per_gpu = config.runs_per_gpu if runs_per_gpu is None else runs_per_gpu
+    if runs_per_gpu < 1:
+        raise InatlocError(f"runs_per_gpu must be at least 1, got {runs_per_gpu}")
     check_data(config)
     results_dir = Path(results_dir)
     specs = expand(config)
@@ -802,12 +866,18 @@ def run_sweep(
                       {"name": config.name, "config": None if config.path is None else str(config.path.resolve())})
     if todo:
         gpus = visible_gpus() if scheduler is None else []
-        parallel = max_parallel if max_parallel is not None else max(1, len(gpus))
+        if gpus and runs_per_gpu > 1 and max_parallel is None:
+            runs_per_gpu = fit_runs_per_gpu(runs_per_gpu, free_gpu_memory(gpus), config.gpu_memory_per_run_gb, say)
+        parallel = max_parallel if max_parallel is not None else max(1, len(gpus) * runs_per_gpu)
+        loader_workers = pipeline.workers_per_run(pipeline.available_cores(), parallel) if gpus else None
+        if gpus:
+            say(f"{parallel} runs at once on GPU(s) {', '.join(gpus)}, {loader_workers} data-loading workers each")
         args = (results_dir.resolve(), notebook.resolve(), kernel_name)
         # runs that reuse another run's model (CAM-Agg) or select their lr among other runs
         # (lr: selected) start once those have ended
         phases = _phases(todo)
-        pool = _local_pool(parallel, gpus) if executor == "local" else _dask_client(parallel, gpus, scheduler)
+        pool = (_local_pool(parallel, gpus, loader_workers) if executor == "local"
+                else _dask_client(parallel, gpus, scheduler, loader_workers))
         with pool as (submit, as_completed), tqdm(total=len(todo), desc="runs", unit="run",
                                                   disable=not progress) as bar:
             for phase in filter(None, phases):
@@ -844,13 +914,13 @@ def check_data(config: SweepConfig) -> None:
         if not data.startswith("synth:") and not Path(data).is_dir():
             where = config.path or "<config>"
             raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
+    if config.check_images:
+        _check_images(config)
     for spec in expand(config):
         if is_mixed(spec.level) and not labelling_path(spec.level).is_file():
             raise ConfigError(f"{config.path or '<config>'}: levels: no labelling file {labelling_path(spec.level)} "
                               f"for dataset {spec.dataset!r} (write it with inatloc-nb choose-levels)")
     _check_levels(config)
-    if config.check_images:
-        _check_images(config)
 
 
 def dataset_levels(data: str) -> tuple[str, ...]:
@@ -870,7 +940,7 @@ def _check_levels(config: SweepConfig) -> None:
     for name, data in config.datasets.items():
         levels = dataset_levels(data)
         for grid in config.grids:
-            unknown = [lv for lv in grid.levels if not lv.startswith("mixed:") and lv not in levels]
+            unknown = [lv for lv in grid.levels if not is_mixed(lv) and lv not in levels]
             if unknown:
                 raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
                                   f"dataset {name!r} (its levels: {', '.join(levels)})")

@@ -21,7 +21,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--scheduler", default=None,
                         help="address of an existing Dask scheduler, e.g. tcp://host:8786 (implies --executor dask)")
     parser.add_argument("--max-parallel", type=arg_type(integer, int, minimum=1), default=None,
-                        help="runs at once (default: one per GPU, or 1 on CPU)")
+                        help="runs at once (default: --runs-per-gpu per GPU, or 1 on CPU)")
+    parser.add_argument("--runs-per-gpu", type=arg_type(integer, int, minimum=1, maximum=64), default=None,
+                        metavar="N", help="runs packed on each GPU (default: the config's runs_per_gpu, "
+                        "else 1); lowered to what free GPU memory holds")
     parser.add_argument("--notebook", default=None,
                         help="training notebook (default: notebooks/02_train_wsol.ipynb of this repository)")
     parser.add_argument("--grid", action="append", default=None, metavar="NAME",
@@ -45,5 +48,5 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     executor = "dask" if args.scheduler else args.executor
     summary = run_sweep(config, args.results, executor=executor, scheduler=args.scheduler,
-                        max_parallel=args.max_parallel, notebook=args.notebook)
+                        max_parallel=args.max_parallel, notebook=args.notebook, runs_per_gpu=args.runs_per_gpu)
     return 1 if summary.failed else 0
