@@ -69,9 +69,7 @@ class RunConfig:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
     parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
     reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
-    (docs/protocol.md). ``select_epoch``: ``"best"`` (the reference's, default) scores the
-    model of the epoch (0 = before training) with the best D_f MaxBoxAccV2, ``"last"`` the
-    model after the last epoch (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
+    (docs/protocol.md). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
     ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
     (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
@@ -87,7 +85,6 @@ class RunConfig:
     schedule: str | int = "2epoch"
     lr_groups: str = "reference"
     lr_decay: str = "reference"
-    select_epoch: str = "best"
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: str | None = None
@@ -120,7 +117,7 @@ class RunConfig:
         if self.lr is not None:
             self.lr = validate.positive_float(self.lr, "RunConfig.lr")
         self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
-        for name in ("lr_groups", "lr_decay", "select_epoch"):
+        for name in ("lr_groups", "lr_decay"):
             check_reading(name, getattr(self, name))
         for name in ("pretrained", "allow_split_overlap"):
             if not isinstance(getattr(self, name), bool):
@@ -131,14 +128,14 @@ class RunConfig:
         validate.integer(self.seed, "RunConfig.seed", 0, 2**32 - 1)
         validate.optional_integer(self.num_workers, "RunConfig.num_workers", 0, 1024)
         self.device = validate.device(self.device, "RunConfig.device")
-        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
-            raise InatlocError(f"RunConfig.weights: expected a weights file path, got {self.weights!r}")
         for name in ("amp", "channels_last", "compile"):
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise InatlocError(f"RunConfig.{name}: expected true, false or null (device default), "
                                    f"got {getattr(self, name)!r}")
         if self.prepared is not None and (not isinstance(self.prepared, str) or not self.prepared):
             raise InatlocError(f"RunConfig.prepared: expected a cache folder path, got {self.prepared!r}")
+        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
+            raise InatlocError(f"RunConfig.weights: expected a weights file path, got {self.weights!r}")
         if not isinstance(self.method_params, dict):
             raise InatlocError(f"RunConfig.method_params: expected a mapping, got {self.method_params!r}")
         if not self.eval_splits or not all(isinstance(s, str) and s for s in self.eval_splits):
@@ -335,7 +332,6 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     from inatloc_nb.baselines.runfolder import analysis_frame
     from inatloc_nb.cam import extract_cams, score_cams
-    from inatloc_nb.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.learner import build_learner, history_rows, train
 
     out = Path(out_dir)
@@ -361,17 +357,9 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "
         f"{learn.schedule.epochs} epochs, lr {config.lr:g})")
-    selector = EpochSelect(dataset, config.level) if config.select_epoch == "best" else None
     start = time.perf_counter()
-    if selector is None:
-        train(learn)
-    else:
-        with learn.added_cbs(selector):
-            train(learn)
-        say(f"selected epoch {selector.selected_epoch} of {learn.schedule.epochs} "
-            f"(D_f MaxBoxAccV2 per epoch: {', '.join(f'{v:.1f}' for v in selector.scores)})")
-    select_s = 0.0 if selector is None else selector.seconds
-    train_s = time.perf_counter() - start - select_s
+    train(learn)
+    train_s = time.perf_counter() - start
     with atomic_path(out / "model.pth") as tmp:
         torch.save(learn.model.state_dict(), tmp)
     atomic_write_text(out / "history.csv", pl.DataFrame(history_rows(learn)).write_csv())
@@ -381,20 +369,15 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     timings: dict[str, Any] = {
         "train_seconds": train_s,
         "train_images_per_s": n_train * learn.schedule.epochs / train_s,
-        "select_epoch_seconds": select_s,
     }
     for split in config.eval_splits:
-        if selector is not None and split == SELECT_SPLIT:  # the selected epoch's, already scored
-            cams, result, cam_s = selector.best_cams, selector.best_result, selector.best_cam_seconds
-        else:
-            say(f"extracting CAMs of {split}")
-            start = time.perf_counter()
-            cams, result = extract_cams(learn, dataset, split, config.level), None
-            cam_s = time.perf_counter() - start
+        say(f"extracting CAMs of {split}")
+        start = time.perf_counter()
+        cams = extract_cams(learn, dataset, split, config.level)
+        cam_s = time.perf_counter() - start
         cams.save(out / "cams" / f"{split}.npz")
-        if result is None:
-            say(f"scoring {split}")
-            result = score_cams(cams, dataset)
+        say(f"scoring {split}")
+        result = score_cams(cams, dataset)
         metrics[split] = _split_metrics(result, cams)
         analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
@@ -405,8 +388,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     summary = metrics.pop("test", {})
     summary.update(metrics)
     summary.update(level=config.level, method=config.method, lr=config.lr, seed=config.seed,
-                   per_class=config.per_class, n_train_images=n_train, select_epoch=config.select_epoch)
-    summary.update({"selected_epoch": learn.schedule.epochs} if selector is None else selector.summary())
+                   per_class=config.per_class, n_train_images=n_train)
     atomic_write_json(out / "metrics.json", summary)
     say(f"done: {out}")
     return summary

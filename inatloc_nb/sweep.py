@@ -44,8 +44,7 @@ LIST_KEYS = ("levels", "methods", "lrs", "seeds", "per_class")
 #: Defaults of the list grid keys a config may omit (``levels`` and ``lrs`` are required).
 LIST_DEFAULTS: dict[str, list] = {"methods": ["cam"], "seeds": [0], "per_class": [None]}
 #: Grid keys that take one value.
-SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay",
-               "select_epoch")
+SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay")
 #: Defaults of the scalar grid keys (the paper's protocol).
 SCALAR_DEFAULTS: dict[str, Any] = {
     "schedule": "2epoch",
@@ -55,15 +54,14 @@ SCALAR_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr_groups": "reference",
     "lr_decay": "reference",
-    "select_epoch": "best",
 }
 #: An extra grid's ``lrs: selected``: each run takes the learning rate selected on D_f among
 #: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).
 LR_SELECTED = "selected"
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
 #: the ids of runs made before the parameters existed stay the same.
-IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "select_epoch": "best",
-                                     "lr_search": None}
+IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "lr_search": None}
+
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
 #: Sweep execution keys (``runs_per_gpu``, ``gpu_memory_per_run_gb``): how runs share GPUs.
@@ -112,7 +110,6 @@ class RunSpec:
     batch_size: int
     lr_groups: str = "reference"
     lr_decay: str = "reference"
-    select_epoch: str = "best"
     lr_search: LRSearch | None = None
 
     def params(self) -> dict[str, Any]:
@@ -190,7 +187,6 @@ class Grid:
     batch_size: int
     lr_groups: str
     lr_decay: str
-    select_epoch: str
     lr_search: LRSearch | None = None
 
 
@@ -314,6 +310,14 @@ def _parse_datasets(value: Any, path: Path | None, fail: Callable) -> dict[str, 
     return out
 
 
+def _checked(check: Callable, value: Any, key: str, fail: Callable, *limits: Any) -> Any:
+    """``check(value, ...)`` from :mod:`inatloc_nb.validate`, its error re-raised at ``key``."""
+    try:
+        return check(value, "", *limits)
+    except InatlocError as exc:
+        raise fail(key, str(exc).removeprefix(": ")) from None
+
+
 def _resolve_mixed(level: str, path: Path | None) -> str:
     """A ``mixed:FILE`` level with FILE made absolute (relative to the YAML file's folder);
     other levels unchanged. FILE may hold ``{dataset}``, replaced per dataset by ``expand``."""
@@ -381,7 +385,7 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             return _checked(validate.integer, value, prefix + key, fail, *limits)
         if key == "schedule":
             return str(_checked(validate.schedule, value, prefix + key, fail))
-        if key in ("lr_groups", "lr_decay", "select_epoch"):
+        if key in ("lr_groups", "lr_decay"):
             try:
                 return check_reading(key, value)
             except InatlocError as exc:
@@ -523,7 +527,7 @@ def expand(config: SweepConfig) -> list[RunSpec]:
                     method=method, lr=lr, seed=seed,
                     per_class=per_class, schedule=grid.schedule, backbone=grid.backbone,
                     pretrained=grid.pretrained, image_size=grid.image_size, batch_size=grid.batch_size,
-                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay, select_epoch=grid.select_epoch,
+                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay,
                     lr_search=grid.lr_search if lr == LR_SELECTED else None,
                 )
                 for dependency in spec.dependencies():
@@ -914,13 +918,13 @@ def check_data(config: SweepConfig) -> None:
         if not data.startswith("synth:") and not Path(data).is_dir():
             where = config.path or "<config>"
             raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
-    if config.check_images:
-        _check_images(config)
     for spec in expand(config):
         if is_mixed(spec.level) and not labelling_path(spec.level).is_file():
             raise ConfigError(f"{config.path or '<config>'}: levels: no labelling file {labelling_path(spec.level)} "
                               f"for dataset {spec.dataset!r} (write it with inatloc-nb choose-levels)")
     _check_levels(config)
+    if config.check_images:
+        _check_images(config)
 
 
 def dataset_levels(data: str) -> tuple[str, ...]:
@@ -940,7 +944,7 @@ def _check_levels(config: SweepConfig) -> None:
     for name, data in config.datasets.items():
         levels = dataset_levels(data)
         for grid in config.grids:
-            unknown = [lv for lv in grid.levels if not is_mixed(lv) and lv not in levels]
+            unknown = [lv for lv in grid.levels if not lv.startswith("mixed:") and lv not in levels]
             if unknown:
                 raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
                                   f"dataset {name!r} (its levels: {', '.join(levels)})")
