@@ -194,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backbone", default="resnet50")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=200 if gpu else 2, help="timed training batches")
+    p.add_argument("--steps", type=int, default=200 if gpu else 1, help="timed training batches")
     p.add_argument("--warmup", type=int, default=20 if gpu else 1, help="untimed first batches")
     p.add_argument("--images", type=int, help="training images to generate (default: enough for the batches)")
     p.add_argument("--eval-images", type=int, default=5000 if gpu else 32, help="images whose CAMs are extracted")
