@@ -55,6 +55,9 @@ PREFETCH_FACTOR = 4
 #: Environment variable fixing the number of loader workers (a sweep packing several runs on
 #: a machine sets it in each run's process so the runs share the cores).
 WORKERS_ENV = "INATLOC_NB_LOADER_WORKERS"
+#: Environment variable naming the prepared-copy cache root of runs whose config gives none
+#: (a sweep's ``prepared:`` sets it for its runs).
+PREPARED_ENV = "INATLOC_NB_PREPARED"
 #: Version of the prepared-copy layout (``prepared.json``).
 PREPARED_VERSION = 1
 _PREPARED_INDEX = "prepared.json"
@@ -376,6 +379,7 @@ class PreparedImages:
 __all__ = [
     "MAX_WORKERS",
     "PREFETCH_FACTOR",
+    "PREPARED_ENV",
     "PreparedImages",
     "EvalResize",
     "TRAIN_RESIZE_RATIO",

@@ -73,7 +73,8 @@ class RunConfig:
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
     ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
     (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
-    (``inatloc-nb prepare``), read instead of the original images.
+    (``inatloc-nb prepare``), read instead of the original images; when None,
+    ``$INATLOC_NB_PREPARED`` (set by a sweep's ``prepared:``) is used if set.
     ``allow_split_overlap`` accepts image ids shared by D_w and D_f / D_test (refused by default).
     """
 
@@ -333,9 +334,11 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     from inatloc_nb.baselines.runfolder import analysis_frame
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.learner import build_learner, history_rows, train
+    from inatloc_nb.pipeline import PREPARED_ENV
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    prepared = config.prepared or os.environ.get(PREPARED_ENV) or None
     learn = build_learner(
         dataset, config.level, method=config.method, lr=config.lr, seed=config.seed,
         per_class=config.per_class, schedule=config.schedule, backbone=config.backbone,
@@ -343,7 +346,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         weights=config.weights,
         device=config.device, num_workers=config.num_workers, method_params=config.method_params,
         lr_groups=config.lr_groups, lr_decay=config.lr_decay, amp=config.amp,
-        channels_last=config.channels_last, compile=config.compile, prepared=config.prepared,
+        channels_last=config.channels_last, compile=config.compile, prepared=prepared,
     )
     n_train = len(learn.dls.train_ds)
     n_classes = len(dataset.hierarchy.level_names(config.level))
@@ -352,6 +355,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         "n_train_images": n_train, "train_image_ids": learn.train_ids,
         "method_hparams": learn.method.hparams, "device": str(learn.dls.device),
         "device_settings": learn.device_settings.to_dict(), "num_workers": learn.dls.train.fake_l.num_workers,
+        "prepared": prepared,
         "versions": package_versions(),
     })
 

@@ -65,13 +65,15 @@ IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "refe
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
 #: Sweep execution keys (``runs_per_gpu``, ``gpu_memory_per_run_gb``): how runs share GPUs.
-EXECUTION_KEYS = ("runs_per_gpu", "gpu_memory_per_run_gb")
+EXECUTION_KEYS = ("runs_per_gpu", "gpu_memory_per_run_gb", "prepared")
 #: GPU memory assumed per run when packing several runs on a GPU, in GiB: an upper estimate
 #: for ResNet-50 at batch 32 and 224 px with mixed precision, to be replaced by a measured
 #: figure (benchmarks/bench_training.py reports the peak; docs/cost_model.md).
 DEFAULT_GPU_MEMORY_PER_RUN_GB = 16.0
 #: ``inatloc_nb.pipeline.WORKERS_ENV`` (not imported: the pipeline module loads fastai)
 LOADER_WORKERS_ENV = "INATLOC_NB_LOADER_WORKERS"
+#: ``inatloc_nb.pipeline.PREPARED_ENV``: the prepared-copy cache root the sweep's runs read
+PREPARED_ENV = "INATLOC_NB_PREPARED"
 _TOP_KEYS = ("name", "datasets", "baselines", "extra", "check_data", "explainers", *EXECUTION_KEYS,
              *LIST_KEYS, *SCALAR_KEYS)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -206,6 +208,8 @@ class SweepConfig:
     runs_per_gpu: int = 1
     #: ``gpu_memory_per_run_gb``: GPU memory one run needs, checked before packing runs
     gpu_memory_per_run_gb: float = DEFAULT_GPU_MEMORY_PER_RUN_GB
+    #: ``prepared``: cache root of prepared copies (``inatloc-nb prepare``) the runs read
+    prepared: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -270,7 +274,8 @@ class SweepConfig:
                           "gpu_memory_per_run_gb", fail)
         return cls(name=str(name), datasets=datasets, grids=tuple(grids), path=path, check_images=check_images,
                    explainers=_parse_explainers(raw.get("explainers") or [], fail),
-                   runs_per_gpu=runs_per_gpu, gpu_memory_per_run_gb=memory)
+                   runs_per_gpu=runs_per_gpu, gpu_memory_per_run_gb=memory,
+                   prepared=_parse_prepared(raw.get("prepared"), path, fail))
 
 
     def select_grids(self, names: Sequence[str]) -> SweepConfig:
@@ -316,6 +321,34 @@ def _checked(check: Callable, value: Any, key: str, fail: Callable, *limits: Any
         return check(value, "", *limits)
     except InatlocError as exc:
         raise fail(key, str(exc).removeprefix(": ")) from None
+
+
+def _parse_prepared(value: Any, path: Path | None, fail: Callable) -> str | None:
+    """``prepared:``: a cache folder of prepared copies, relative to the YAML file's folder."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise fail("prepared", f"expected the cache folder of `inatloc-nb prepare --out`, got {value!r}")
+    folder = Path(value).expanduser()
+    if not folder.is_absolute() and path is not None:
+        folder = path.parent / folder
+    return str(folder.resolve())
+
+
+@contextmanager
+def _environment(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables (inherited by worker processes and notebook kernels
+    started meanwhile), restoring the previous values afterwards."""
+    before = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _resolve_mixed(level: str, path: Path | None) -> str:
@@ -834,7 +867,9 @@ def run_sweep(
     ``runs_per_gpu`` (default: the config's ``runs_per_gpu``) above 1 packs runs on each GPU:
     it is lowered, with a message, to what the GPU with the least free memory holds at the
     config's ``gpu_memory_per_run_gb``. With GPUs, each run's data loading gets its share of
-    the cores (``inatloc_nb.pipeline.workers_per_run``). ``executor="dask"``: a
+    the cores (``inatloc_nb.pipeline.workers_per_run``). The config's ``prepared`` cache
+    reaches the runs as ``$INATLOC_NB_PREPARED`` (local pool and local Dask cluster; workers
+    of an existing cluster need it in their own environment). ``executor="dask"``: a
     ``LocalCluster`` of ``max_parallel`` single-threaded worker processes, or the existing
     cluster at ``scheduler`` (its workers must see ``results_dir`` and the notebook at the
     same paths). Returns the counts; ``results_dir/results.parquet`` holds the store.
@@ -882,8 +917,9 @@ def run_sweep(
         phases = _phases(todo)
         pool = (_local_pool(parallel, gpus, loader_workers) if executor == "local"
                 else _dask_client(parallel, gpus, scheduler, loader_workers))
-        with pool as (submit, as_completed), tqdm(total=len(todo), desc="runs", unit="run",
-                                                  disable=not progress) as bar:
+        prepared = {PREPARED_ENV: config.prepared} if config.prepared else {}
+        with _environment(prepared), pool as (submit, as_completed), tqdm(
+                total=len(todo), desc="runs", unit="run", disable=not progress) as bar:
             for phase in filter(None, phases):
                 futures = {submit(execute_run, spec, *args): spec for spec in phase}
                 for future in as_completed(futures):

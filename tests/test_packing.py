@@ -92,3 +92,44 @@ def test_run_sweep_packs_runs_on_fake_gpus(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError):
         sweep.run_sweep(config, tmp_path / "out", progress=False, runs_per_gpu=1)
     assert pools[-1] == (2, ["3", "5"], 8)
+
+
+def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_dataset_dir):
+    """``prepared:`` is resolved next to the YAML file, set as $INATLOC_NB_PREPARED while the
+    pool runs (and restored), and read by ``run_experiment`` when the run config has none."""
+    import yaml
+
+    from inatloc_nb.run import RunConfig, run_experiment
+
+    assert sweep.PREPARED_ENV == pipeline.PREPARED_ENV
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "prepared": "cache"}))
+    config = SweepConfig.from_yaml(path)
+    assert config.prepared == str((tmp_path / "cache").resolve())
+    with pytest.raises(ConfigError, match="prepared"):
+        SweepConfig.from_dict({**BASE, "prepared": 3})
+
+    monkeypatch.delenv(pipeline.PREPARED_ENV, raising=False)
+    seen = []
+
+    class FakePool:
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            seen.append(os.environ.get(pipeline.PREPARED_ENV))
+            raise RuntimeError("stop before running")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(sweep, "_local_pool", FakePool)
+    with pytest.raises(RuntimeError, match="stop before running"):
+        sweep.run_sweep(config, tmp_path / "out", progress=False)
+    assert seen == [config.prepared] and pipeline.PREPARED_ENV not in os.environ
+
+    monkeypatch.setenv(pipeline.PREPARED_ENV, str(tmp_path / "empty-cache"))
+    run = RunConfig(data=str(tiny_dataset_dir), level="genus", backbone="tinycnn", pretrained=False,
+                    image_size=32, batch_size=8, num_workers=0, device="cpu")
+    with pytest.raises(InatlocError, match="inatloc-nb prepare"):
+        run_experiment(run, tmp_path / "run", say=lambda *_: None)
