@@ -81,7 +81,7 @@ def test_registry_and_table_a4_defaults():
 
 
 def test_unknown_method_or_hyperparameter_lists_valid_ones():
-    with pytest.raises(InatlocError, match="valid: acol, adl, cam, cutmix, has, spg"):
+    with pytest.raises(InatlocError, match="valid: acol, adl, bridgegap, cam, cutmix, has, multihead, spg"):
         get_method("gradcam")
     with pytest.raises(InatlocError, match="rate.*valid: drop_rate, patch_size"):
         get_method("has", rate=0.1)
