@@ -3,14 +3,13 @@
 A :class:`WSOLDataset` comes from a Choe-format folder (:meth:`WSOLDataset.from_folder`) or
 from the real metadata shipped in the project's ``data/`` folder (:func:`load_shipped`:
 ``"cub"``, ``"ilsvrc"``, ``"inatloc500"``; the folder can be moved with the environment
-variable ``INATLOC_NB_DATA``).
+variable ``INATLOC_NB_DATA``; :mod:`inatloc_nb.shipped`).
 
 Finest-level labels are leaf indices of ``hierarchy`` (``hierarchy.leaves`` order); every
 coarser label is derived from the hierarchy, so all levels stay consistent.
 """
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
@@ -19,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from inatloc_nb import imagenet, inaturalist
 from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.metadata import SplitMetadata, class_names_file, read_class_names, read_split
+from inatloc_nb.metadata import IMAGE_IDS, SplitMetadata, class_names_file, read_class_names, read_split
+from inatloc_nb.shipped import read_shipped
 from inatloc_nb.taxonomy import Hierarchy
 
 SPLITS = ("train", "val", "test")
@@ -28,11 +29,6 @@ SPLITS = ("train", "val", "test")
 RANKS = ("species", "genus", "family", "order", "class", "phylum", "kingdom")
 SHIPPED = ("cub", "ilsvrc", "inatloc500")
 _MAX_LISTED = 20
-
-
-def data_dir() -> Path:
-    """The folder of shipped metadata: ``$INATLOC_NB_DATA`` or the repository's ``data/``."""
-    return Path(os.environ.get("INATLOC_NB_DATA") or Path(__file__).resolve().parents[1] / "data")
 
 
 class WSOLDataset:
@@ -351,14 +347,8 @@ def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path 
     """
     if name not in SHIPPED:
         raise InatlocError(f"unknown shipped dataset {name!r}; choose from {list(SHIPPED)}")
-    folder = data_dir()
-    paths = {part: folder / f"{name}_{part}.parquet" for part in ("images", "boxes", "classes")}
-    for path in paths.values():
-        if not path.is_file():
-            raise MetadataError("shipped metadata file not found (set INATLOC_NB_DATA to the data folder)", path)
-    images = pl.read_parquet(paths["images"])
-    boxes = pl.read_parquet(paths["boxes"])
-    class_names = pl.read_parquet(paths["classes"]).sort("label")["name"].to_list()
+    images, boxes, classes = (read_shipped(f"{name}_{part}.parquet") for part in ("images", "boxes", "classes"))
+    class_names = classes.sort("label")["name"].to_list()
     splits = {}
     for split in SPLITS:
         part = images.filter(pl.col("split") == split)
@@ -368,13 +358,9 @@ def load_shipped(name: str, with_hierarchy: bool = True, image_root: str | Path 
                 boxes.filter(pl.col("split") == split).drop("split"),
                 "wh" if part["width"].null_count() == 0 else None)
     if with_hierarchy and name == "ilsvrc":
-        from inatloc_nb import imagenet
-
         hierarchy = imagenet.ilsvrc_hierarchy()  # classes are named by their wnid; 73 are excluded (App. C)
         class_names = imagenet.ilsvrc_classes()["wnid"].to_list()
     elif with_hierarchy:
-        from inatloc_nb import inaturalist
-
         hierarchy = inaturalist.cub_hierarchy() if name == "cub" else inaturalist.inatloc500_hierarchy()
         if name == "cub":  # CUB classes are named by their leaf (species); unmapped ones stay excluded
             class_names = [hierarchy.leaves[k] if k >= 0 else c
@@ -391,8 +377,6 @@ def open_split(path: str | Path, split: str | None = None) -> tuple[WSOLDataset,
     is read alone, flat, with class names from its parent's ``class_names.txt`` when present;
     ``split`` must then be None or the folder's name. Returns ``(dataset, split name)``.
     """
-    from inatloc_nb.metadata import IMAGE_IDS
-
     path = Path(path)
     if (path / IMAGE_IDS).is_file():
         if split is not None and split != path.name:

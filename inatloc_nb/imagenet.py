@@ -23,6 +23,7 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb.errors import HierarchyError, MetadataError
+from inatloc_nb.shipped import shipped_path
 from inatloc_nb.taxonomy import Hierarchy, dag_to_tree
 
 __all__ = [
@@ -204,12 +205,7 @@ def ilsvrc_label_to_leaf() -> np.ndarray:
 
 
 def _shipped_table() -> pl.DataFrame:
-    from inatloc_nb.data import data_dir
-
-    path = data_dir() / HIERARCHY_FILE
-    if not path.is_file():
-        raise MetadataError("ImageNet hierarchy not found (set INATLOC_NB_DATA to the data folder, or "
-                            "regenerate it with data/build_ilsvrc_hierarchy.py)", path)
+    path = shipped_path(HIERARCHY_FILE, "ImageNet hierarchy", ", or regenerate it with data/build_ilsvrc_hierarchy.py")
     table = pl.read_parquet(path)
     if dict(table.schema) != _TABLE_SCHEMA:
         raise MetadataError(f"expected columns {_TABLE_SCHEMA}, found {dict(table.schema)}", path)

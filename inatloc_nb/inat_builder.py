@@ -38,6 +38,7 @@ import polars as pl
 from inatloc_nb.build import write_dataset
 from inatloc_nb.errors import InatlocError, MetadataError
 from inatloc_nb.io import atomic_write_json
+from inatloc_nb.shipped import data_dir, read_shipped
 
 __all__ = ["TAXON_LEVELS", "BuildSummary", "stream_coco", "read_inat21", "read_inat17_boxes", "single_instance",
            "choose_species", "build_inat", "compare_with_inatloc500", "inatloc500_species"]
@@ -440,8 +441,6 @@ def compare_with_inatloc500(images: pl.DataFrame) -> pl.DataFrame | None:
     over the species both share: ``same`` (in the shipped list of the same split) and
     ``in_shipped`` (in the shipped val or test list); None when they share no species.
     """
-    from inatloc_nb.data import data_dir
-
     path = data_dir() / "inatloc500_images.parquet"
     if not path.is_file():
         return None
@@ -465,9 +464,4 @@ def compare_with_inatloc500(images: pl.DataFrame) -> pl.DataFrame | None:
 
 def inatloc500_species() -> list[str]:
     """The 500 iNatLoc500 species (shipped class list)."""
-    from inatloc_nb.data import data_dir
-
-    path = data_dir() / "inatloc500_classes.parquet"
-    if not path.is_file():
-        raise MetadataError("shipped iNatLoc500 class list not found", path)
-    return pl.read_parquet(path).sort("label")["name"].to_list()
+    return read_shipped("inatloc500_classes.parquet", "shipped iNatLoc500 class list").sort("label")["name"].to_list()

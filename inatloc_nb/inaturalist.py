@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb.errors import HierarchyError, InatlocError, MetadataError
+from inatloc_nb.shipped import read_shipped
 from inatloc_nb.taxonomy import Hierarchy
 
 __all__ = [
@@ -178,12 +179,8 @@ def _check_lineage(resolved: pl.DataFrame, columns: Iterable[str]) -> None:
 
 @cache
 def _inatloc500_resolved() -> pl.DataFrame:
-    from inatloc_nb.data import load_shipped
-
-    dataset = load_shipped("inatloc500", with_hierarchy=False)
-    paths = pl.concat([dataset.images(split)["image_id"] for split in dataset.splits])
-    species = species_from_paths(paths)
-    leaves = dataset.hierarchy.leaves
+    species = species_from_paths(read_shipped("inatloc500_images.parquet")["image_id"])
+    leaves = read_shipped("inatloc500_classes.parquet").sort("label")["name"].to_list()
     missing = sorted(set(leaves) ^ set(species["species"]))
     if missing:
         raise MetadataError(f"iNatLoc500 class names and image paths disagree on species {missing[:5]}")
@@ -226,12 +223,8 @@ def cub_classes(paper_filter: bool = True) -> pl.DataFrame:
     that no other CUB class maps to; classes sharing a species are all excluded (188 kept).
     ``paper_filter`` also drops :data:`CUB_AMBIGUOUS_NAMES` (184 kept, as in App. C).
     """
-    from inatloc_nb.data import data_dir
-
-    path = data_dir() / "cub_inat_mapping.parquet"
-    if not path.is_file():
-        raise MetadataError("CUB to iNaturalist mapping not found (set INATLOC_NB_DATA to the data folder)", path)
-    mapping = pl.read_parquet(path).sort("cub_category").with_row_index("label")
+    mapping = read_shipped("cub_inat_mapping.parquet", "CUB to iNaturalist mapping")
+    mapping = mapping.sort("cub_category").with_row_index("label")
     mapping = mapping.with_columns(pl.col("label").cast(pl.Int64))
     unmapped = (pl.col("inat_taxon_id") < 0) | (pl.col("scientific_name") == "Unknown")
     shared = pl.col("scientific_name").is_duplicated() | pl.col("inat_taxon_id").is_duplicated()
