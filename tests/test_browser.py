@@ -1,9 +1,11 @@
-"""``04_explorer`` in a real JupyterLab, driven by headless Chromium (Playwright).
+"""``04_explorer`` and ``03_results`` in a real JupyterLab, driven by headless Chromium (Playwright).
 
-JupyterLab runs on a free localhost port without a token, on a folder holding a copy of the
-notebook pointed at the test results folder; the test runs all cells, waits for the widgets,
-moves the threshold slider and checks the picture and the summary are redrawn without any
-error output. A screenshot is left in ``test-artifacts/explorer.png``.
+JupyterLab runs on a free localhost port without a token, on a folder holding a copy of a
+notebook pointed at the test results folder. The explorer test runs all cells, waits for the
+widgets, moves the threshold slider and checks the picture and the summary are redrawn without
+any error output; the results test checks the altair figures are drawn by JupyterLab's own
+Vega-Lite renderer (offline) and show a tooltip on hover. Screenshots are left in
+``test-artifacts/``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -27,7 +30,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "04_explorer.ipynb"
+RESULTS_NOTEBOOK = REPO / "notebooks" / "03_results.ipynb"
 ARTIFACT = REPO / "test-artifacts" / "explorer.png"
+CHARTS_ARTIFACT = REPO / "test-artifacts" / "results-charts.png"
 FAILURE_ARTIFACT = ARTIFACT.with_name("explorer-failure.png")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -57,12 +62,26 @@ def _free_port() -> int:
 @pytest.fixture()
 def lab(explorer_results: Path, tmp_path: Path) -> Iterator[str]:
     """URL of a JupyterLab serving a copy of ``04_explorer`` aimed at the results fixture."""
+    with _serve(NOTEBOOK, explorer_results, tmp_path) as url:
+        yield url
+
+
+@pytest.fixture()
+def results_lab(explorer_results: Path, tmp_path: Path) -> Iterator[str]:
+    """URL of a JupyterLab serving a copy of ``03_results`` aimed at the results fixture."""
+    with _serve(RESULTS_NOTEBOOK, explorer_results, tmp_path) as url:
+        yield url
+
+
+@contextmanager
+def _serve(notebook: Path, results_dir: Path, tmp_path: Path) -> Iterator[str]:
+    """Run JupyterLab on a copy of ``notebook`` with ``results_dir`` injected; yield the notebook's URL."""
     root, home = tmp_path / "lab", tmp_path / "home"
     root.mkdir()
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nb = nbformat.read(notebook, as_version=4)
     at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"results_dir = {str(explorer_results)!r}"))
-    nbformat.write(nb, root / NOTEBOOK.name)
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"results_dir = {str(results_dir)!r}"))
+    nbformat.write(nb, root / notebook.name)
     for name, values in LAB_SETTINGS.items():
         path = home / "settings" / f"{name}.jupyterlab-settings"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +109,7 @@ def lab(explorer_results: Path, tmp_path: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     pytest.fail(f"JupyterLab did not answer in {TIMEOUT} s:\n{(tmp_path / 'lab.log').read_text()}")
                 time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}/lab/tree/{NOTEBOOK.name}?reset"
+        yield f"http://127.0.0.1:{port}/lab/tree/{notebook.name}?reset"
     finally:
         server.terminate()
         try:
@@ -175,6 +194,53 @@ def test_explorer_notebook_renders_and_reacts_in_jupyterlab(lab: str) -> None:
             page.screenshot(path=str(ARTIFACT))
         except Exception:
             page.screenshot(path=str(FAILURE_ARTIFACT))
+            raise
+        finally:
+            browser.close()
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium executable (chromium) found on this machine")
+def test_results_charts_are_interactive_in_jupyterlab(results_lab: str) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=TIMEOUT * 1000)
+    CHARTS_ARTIFACT.parent.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(TIMEOUT * 1000)
+        requests: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        try:
+            page.goto(results_lab)
+            page.wait_for_selector(".jp-Notebook .jp-Cell")
+            expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
+            _run_all_cells(page)
+            expect(page.locator(".jp-CodeCell .jp-InputPrompt").last).to_have_text(EXECUTED)
+
+            # every figure of the notebook, drawn by vega-embed as SVG (the PNG is only the fallback)
+            charts = page.locator(".jp-OutputArea .vega-embed")
+            expect(charts).to_have_count(7)  # Fig. 3 left/right, 4, 5 (medians, components), A3, A4
+            for i in range(7):
+                expect(charts.nth(i).locator("svg.marks")).to_be_visible()
+            expect(page.locator('.jp-OutputArea-output[data-mime-type="image/png"]')).to_have_count(0)
+            for message in ("Error displaying", "Javascript Error", "Error loading"):
+                assert page.get_by_text(message).count() == 0, message
+
+            # hovering a point of Fig. 3 (left) shows its tooltip: method, level, score, seeds, lr, runs
+            point = charts.first.locator("g.mark-symbol path").first
+            point.scroll_into_view_if_needed()
+            point.hover()
+            tooltip = page.locator("#vg-tooltip-element")
+            expect(tooltip).to_have_class(re.compile(r"\bvisible\b"))
+            for field in ("Method", "level", "maxboxacc_v2", "n_seeds", "lr", "runs"):
+                expect(tooltip).to_contain_text(field)
+            expect(tooltip).to_contain_text("CAM")
+            page.screenshot(path=str(CHARTS_ARTIFACT))
+            assert all(url.startswith("http://127.0.0.1") or url.startswith("data:") for url in requests), \
+                [url for url in requests if not url.startswith("http://127.0.0.1")]
+        except Exception:
+            page.screenshot(path=str(CHARTS_ARTIFACT.with_name("results-charts-failure.png")))
             raise
         finally:
             browser.close()
