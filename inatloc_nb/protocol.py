@@ -16,14 +16,18 @@ LR_GROUPS = ("reference", "classifier")
 #: 8, ... completed epochs, as ``adjust_learning_rate(epoch + 1)`` does) or ``"text"``
 #: (the paper's "every 3 epochs": after 3, 6, 9, ...).
 LR_DECAYS = ("reference", "text")
+#: Which epoch's model a run scores: ``"best"`` (the reference: D_f MaxBoxAccV2 is measured
+#: before training and after every epoch, the earliest best epoch is restored) or ``"last"``
+#: (the model after the last epoch).
+SELECT_EPOCHS = ("best", "last")
 #: Epochs between two LR decays of the multi-epoch schedules.
 DECAY_EVERY = 3
 
 
 def check_reading(option: str, value: str) -> str:
-    """``value`` when it is a valid choice of ``option`` (``"lr_groups"`` or ``"lr_decay"``),
-    else ``InatlocError`` listing the choices."""
-    choices = {"lr_groups": LR_GROUPS, "lr_decay": LR_DECAYS}[option]
+    """``value`` when it is a valid choice of ``option`` (``"lr_groups"``, ``"lr_decay"`` or
+    ``"select_epoch"``), else ``InatlocError`` listing the choices."""
+    choices = {"lr_groups": LR_GROUPS, "lr_decay": LR_DECAYS, "select_epoch": SELECT_EPOCHS}[option]
     if value not in choices:
         raise InatlocError(f"unknown {option} {value!r}; use one of {', '.join(choices)}")
     return value

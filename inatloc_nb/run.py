@@ -5,17 +5,22 @@ that its presence means the run finished)::
 
     params.json        the RunConfig, the number of classes, the training image ids when
                        subsampled, library versions and the device
-    model.pth          the trained model's state dict (``load_run_model`` rebuilds it)
+    model.pth          the scored model's state dict (``load_run_model`` rebuilds it): with
+                       ``select_epoch="best"`` that of the epoch with the best D_f MaxBoxAccV2
+                       (``inatloc_nb.epoch_select``), else the last epoch's
     history.csv        per-epoch train/valid loss and accuracy (valid = D_f at the
                        training level): the learning curve
     cams/<split>.npz   ``CamSet`` of every evaluated split (raw float32 CAMs at the network's
                        resolution, compressed; ``inatloc_nb.cam``)
     analysis.parquet   per image: ``image_id, split, box_area_ratio, gt_activation_ratio,
                        n_components`` at the split's optimal threshold for IoU 0.5
-    timings.json       training and CAM-extraction images/s and seconds
+    timings.json       training and CAM-extraction images/s and seconds, and the seconds
+                       spent scoring D_f between epochs (``select_epoch_seconds``)
     metrics.json       D_test: ``maxboxacc_v2``, ``per_iou``, ``optimal_threshold``, ``top1``,
                        ``n_images``; run identity: ``level``, ``method``, ``lr``, ``seed``,
-                       ``per_class``, ``n_train_images``; the same metric keys for every
+                       ``per_class``, ``n_train_images``; ``select_epoch``, ``selected_epoch``
+                       and, with ``"best"``, ``val_maxboxacc_v2_per_epoch`` /
+                       ``val_top1_per_epoch``; the same metric keys for every
                        other evaluated split under its name (``"val"`` = D_f)
 
 Baseline methods (``BASELINES``) are delegated to ``inatloc_nb.baselines.run_baseline``.
@@ -69,7 +74,9 @@ class RunConfig:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
     parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
     reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
-    (docs/protocol.md). ``model_run``: a finished species-level
+    (docs/protocol.md). ``select_epoch``: ``"best"`` (the reference's, default) scores the
+    model of the epoch (0 = before training) with the best D_f MaxBoxAccV2, ``"last"`` the
+    model after the last epoch (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
     ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
     (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
@@ -86,6 +93,7 @@ class RunConfig:
     schedule: str | int = "2epoch"
     lr_groups: str = "reference"
     lr_decay: str = "reference"
+    select_epoch: str = "best"
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: str | None = None
@@ -118,7 +126,7 @@ class RunConfig:
         if self.lr is not None:
             self.lr = validate.positive_float(self.lr, "RunConfig.lr")
         self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
-        for name in ("lr_groups", "lr_decay"):
+        for name in ("lr_groups", "lr_decay", "select_epoch"):
             check_reading(name, getattr(self, name))
         for name in ("pretrained", "allow_split_overlap"):
             if not isinstance(getattr(self, name), bool):
@@ -333,6 +341,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     from inatloc_nb.baselines.runfolder import analysis_frame
     from inatloc_nb.cam import extract_cams, score_cams
+    from inatloc_nb.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.learner import build_learner, history_rows, train
     from inatloc_nb.pipeline import PREPARED_ENV
 
@@ -361,9 +370,17 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "
         f"{learn.schedule.epochs} epochs, lr {config.lr:g})")
+    selector = EpochSelect(dataset, config.level) if config.select_epoch == "best" else None
     start = time.perf_counter()
-    train(learn)
-    train_s = time.perf_counter() - start
+    if selector is None:
+        train(learn)
+    else:
+        with learn.added_cbs(selector):
+            train(learn)
+        say(f"selected epoch {selector.selected_epoch} of {learn.schedule.epochs} "
+            f"(D_f MaxBoxAccV2 per epoch: {', '.join(f'{v:.1f}' for v in selector.scores)})")
+    select_s = 0.0 if selector is None else selector.seconds
+    train_s = time.perf_counter() - start - select_s
     with atomic_path(out / "model.pth") as tmp:
         torch.save(learn.model.state_dict(), tmp)
     atomic_write_text(out / "history.csv", pl.DataFrame(history_rows(learn)).write_csv())
@@ -373,15 +390,20 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     timings: dict[str, Any] = {
         "train_seconds": train_s,
         "train_images_per_s": n_train * learn.schedule.epochs / train_s,
+        "select_epoch_seconds": select_s,
     }
     for split in config.eval_splits:
-        say(f"extracting CAMs of {split}")
-        start = time.perf_counter()
-        cams = extract_cams(learn, dataset, split, config.level)
-        cam_s = time.perf_counter() - start
+        if selector is not None and split == SELECT_SPLIT:  # the selected epoch's, already scored
+            cams, result, cam_s = selector.best_cams, selector.best_result, selector.best_cam_seconds
+        else:
+            say(f"extracting CAMs of {split}")
+            start = time.perf_counter()
+            cams, result = extract_cams(learn, dataset, split, config.level), None
+            cam_s = time.perf_counter() - start
         cams.save(out / "cams" / f"{split}.npz")
-        say(f"scoring {split}")
-        result = score_cams(cams, dataset)
+        if result is None:
+            say(f"scoring {split}")
+            result = score_cams(cams, dataset)
         metrics[split] = _split_metrics(result, cams)
         analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
@@ -392,7 +414,8 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     summary = metrics.pop("test", {})
     summary.update(metrics)
     summary.update(level=config.level, method=config.method, lr=config.lr, seed=config.seed,
-                   per_class=config.per_class, n_train_images=n_train)
+                   per_class=config.per_class, n_train_images=n_train, select_epoch=config.select_epoch)
+    summary.update({"selected_epoch": learn.schedule.epochs} if selector is None else selector.summary())
     atomic_write_json(out / "metrics.json", summary)
     say(f"done: {out}")
     return summary

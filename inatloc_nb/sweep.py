@@ -44,7 +44,8 @@ LIST_KEYS = ("levels", "methods", "lrs", "seeds", "per_class")
 #: Defaults of the list grid keys a config may omit (``levels`` and ``lrs`` are required).
 LIST_DEFAULTS: dict[str, list] = {"methods": ["cam"], "seeds": [0], "per_class": [None]}
 #: Grid keys that take one value.
-SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay")
+SCALAR_KEYS = ("schedule", "backbone", "pretrained", "image_size", "batch_size", "lr_groups", "lr_decay",
+               "select_epoch")
 #: Defaults of the scalar grid keys (the paper's protocol).
 SCALAR_DEFAULTS: dict[str, Any] = {
     "schedule": "2epoch",
@@ -54,13 +55,15 @@ SCALAR_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr_groups": "reference",
     "lr_decay": "reference",
+    "select_epoch": "best",
 }
 #: An extra grid's ``lrs: selected``: each run takes the learning rate selected on D_f among
 #: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).
 LR_SELECTED = "selected"
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
 #: the ids of runs made before the parameters existed stay the same.
-IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "lr_search": None}
+IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "select_epoch": "best",
+                                     "lr_search": None}
 
 #: File name of the executed notebook inside a run folder.
 NOTEBOOK_NAME = "02_train_wsol.ipynb"
@@ -112,6 +115,7 @@ class RunSpec:
     batch_size: int
     lr_groups: str = "reference"
     lr_decay: str = "reference"
+    select_epoch: str = "best"
     lr_search: LRSearch | None = None
 
     def params(self) -> dict[str, Any]:
@@ -189,6 +193,7 @@ class Grid:
     batch_size: int
     lr_groups: str
     lr_decay: str
+    select_epoch: str
     lr_search: LRSearch | None = None
 
 
@@ -418,7 +423,7 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
             return _checked(validate.integer, value, prefix + key, fail, *limits)
         if key == "schedule":
             return str(_checked(validate.schedule, value, prefix + key, fail))
-        if key in ("lr_groups", "lr_decay"):
+        if key in ("lr_groups", "lr_decay", "select_epoch"):
             try:
                 return check_reading(key, value)
             except InatlocError as exc:
@@ -560,7 +565,7 @@ def expand(config: SweepConfig) -> list[RunSpec]:
                     method=method, lr=lr, seed=seed,
                     per_class=per_class, schedule=grid.schedule, backbone=grid.backbone,
                     pretrained=grid.pretrained, image_size=grid.image_size, batch_size=grid.batch_size,
-                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay,
+                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay, select_epoch=grid.select_epoch,
                     lr_search=grid.lr_search if lr == LR_SELECTED else None,
                 )
                 for dependency in spec.dependencies():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 
@@ -17,7 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from inatloc_nb import results
+from fastai.callback.core import Callback
+
+from inatloc_nb import cam, results
+from inatloc_nb.epoch_select import EpochSelect
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_json
 from inatloc_nb.learner import Schedule, StepLR, build_dataloaders, build_learner, param_groups
@@ -349,3 +353,124 @@ def test_fsl_det_is_a_single_map_c4_faster_rcnn_with_the_tf_schedule():
     detections = {"boxes": torch.tensor([[0.0, 0.0, 64.0, 32.0], [1.0, 1.0, 2.0, 2.0]]),
                   "scores": torch.tensor([0.9, 0.1])}
     assert top_box(detections, (128, 64)).tolist() == [[0, 0, 111, 111]]
+
+
+# --- 10. model selection within a run: the best D_f epoch ------------------------------------------
+
+
+class _Snapshots(Callback):
+    """Copies of the weights at each of EpochSelect's evaluations (runs right after it)."""
+
+    order = EpochSelect.order + 1
+
+    def before_fit(self) -> None:
+        self.states = [self._copy()]
+
+    def after_epoch(self) -> None:
+        self.states.append(self._copy())
+
+    def _copy(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+
+
+def _same_weights(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+def _selected(tiny_dataset, scripted: list[float] | None, monkeypatch) -> tuple[EpochSelect, _Snapshots, nn.Module]:
+    """Train 2 epochs with EpochSelect; ``scripted`` replaces the measured MaxBoxAccV2 per evaluation."""
+    if scripted is not None:
+        real, values = cam.score_cams, iter(scripted)
+        monkeypatch.setattr(cam, "score_cams", lambda *a, **k: dataclasses.replace(real(*a, **k), mean=next(values)))
+    learn = build_learner(tiny_dataset, "genus", lr=0.05, schedule=2, backbone="tinycnn", pretrained=False,
+                          image_size=32, batch_size=16, num_workers=0)
+    select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
+    with learn.added_cbs([select, snaps]):
+        learn.fit(2)
+    return select, snaps, learn.model
+
+
+def test_epoch_select_scores_epochs_0_to_E_and_restores_the_best(tiny_dataset, monkeypatch):
+    select, snaps, model = _selected(tiny_dataset, None, monkeypatch)
+    assert len(select.scores) == len(select.top1) == len(snaps.states) == 3
+    assert select.selected_epoch == int(np.argmax(select.scores))  # argmax: the first maximum
+    assert _same_weights(model, snaps.states[select.selected_epoch])
+    # each score is that of the weights at that moment, through the one evaluation path
+    for epoch in (0, 2):
+        model.load_state_dict(snaps.states[epoch])
+        again = cam.score_cams(cam.extract_cams(model, tiny_dataset, "val", "genus", image_size=32, num_workers=0),
+                               tiny_dataset)
+        assert again.mean == pytest.approx(select.scores[epoch])
+    assert select.best_result.mean == select.scores[select.selected_epoch]
+
+
+@pytest.mark.parametrize("scripted, expected", [([50.0, 70.0, 70.0], 1), ([80.0, 60.0, 80.0], 0)])
+def test_epoch_select_ties_go_to_the_earliest_epoch_and_epoch_0_competes(tiny_dataset, monkeypatch,
+                                                                         scripted, expected):
+    select, snaps, model = _selected(tiny_dataset, scripted, monkeypatch)
+    assert select.scores == scripted and select.selected_epoch == expected
+    assert _same_weights(model, snaps.states[expected]) and not _same_weights(model, snaps.states[2])
+    assert select.summary()["val_maxboxacc_v2_per_epoch"] == scripted
+
+
+@pytest.mark.parametrize("method", ["acol", "spg"])
+def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
+    learn = build_learner(tiny_dataset, "genus", method=method, lr=0.01, schedule=1, backbone="tinycnn",
+                          pretrained=False, image_size=32, batch_size=16, num_workers=0)
+    select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
+    with learn.added_cbs([select, snaps]):
+        learn.fit(1)
+    assert len(select.scores) == 2 and select.selected_epoch == int(np.argmax(select.scores))
+    assert _same_weights(learn.model, snaps.states[select.selected_epoch])
+    direct = cam.score_cams(cam.extract_cams(learn, tiny_dataset, "val", "genus"), tiny_dataset)
+    assert direct.mean == pytest.approx(select.scores[select.selected_epoch])
+
+
+def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dataset_dir):
+    from inatloc_nb.run import RunConfig, run_experiment
+
+    common = dict(data=str(tiny_dataset_dir), level="genus", lr=0.05, schedule=2, backbone="tinycnn",
+                  pretrained=False, image_size=32, batch_size=16, num_workers=0)
+    best = run_experiment(RunConfig(**common), tmp_path / "best", say=lambda _: None)
+    last = run_experiment(RunConfig(**common, select_epoch="last"), tmp_path / "last", say=lambda _: None)
+    on_disk = json.loads((tmp_path / "best" / "metrics.json").read_text())
+    assert on_disk == json.loads(json.dumps(best)) and on_disk["select_epoch"] == "best"
+    scores = on_disk["val_maxboxacc_v2_per_epoch"]
+    assert len(scores) == len(on_disk["val_top1_per_epoch"]) == 3
+    assert on_disk["selected_epoch"] == int(np.argmax(scores))
+    assert on_disk["val"]["maxboxacc_v2"] == pytest.approx(max(scores))  # the reused D_f CAMs of that epoch
+    assert on_disk["val"]["top1"] == pytest.approx(on_disk["val_top1_per_epoch"][on_disk["selected_epoch"]])
+    assert (last["select_epoch"], last["selected_epoch"]) == ("last", 2)
+    assert "val_maxboxacc_v2_per_epoch" not in last
+    # evaluating between epochs leaves training unchanged: the last epoch's weights are the same
+    weights = {name: torch.load(tmp_path / name / "model.pth", weights_only=True) for name in ("best", "last")}
+    same = all(torch.equal(weights["best"][k], v) for k, v in weights["last"].items())
+    assert same == (on_disk["selected_epoch"] == 2)
+    if on_disk["selected_epoch"] == 2:
+        assert best["maxboxacc_v2"] == last["maxboxacc_v2"]
+
+
+def test_select_epoch_option_in_config_command_line_and_sweep():
+    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
+    from inatloc_nb.run import RunConfig
+    from inatloc_nb.sweep import ConfigError
+
+    assert RunConfig(data="synth:tiny").select_epoch == "best"
+    with pytest.raises(InatlocError, match="select_epoch.*best, last"):
+        RunConfig(data="synth:tiny", select_epoch="middle")
+    parser = argparse.ArgumentParser()
+    add_data_options(parser)
+    add_training_options(parser, default_schedule="2epoch")
+    required = ["--data", "synth:tiny", "--out", "run"]
+    assert config_fields(parser.parse_args(required))["select_epoch"] == "best"
+    assert config_fields(parser.parse_args([*required, "--select-epoch", "last"]))["select_epoch"] == "last"
+
+    grid = {"datasets": {"tiny": "synth:tiny"}, "levels": ["genus"], "lrs": [0.01], "backbone": "tinycnn",
+            "pretrained": False}
+    default, = expand(SweepConfig.from_dict(grid))
+    last, = expand(SweepConfig.from_dict({**grid, "select_epoch": "last"}))
+    assert "select_epoch" not in default.params()  # ids of runs made before the option stay the same
+    assert last.params()["select_epoch"] == "last" and last.run_id != default.run_id
+    assert last.notebook_parameters("out", "results")["select_epoch"] == "last"
+    with pytest.raises(ConfigError, match="select_epoch"):
+        SweepConfig.from_dict({**grid, "select_epoch": "first"})

@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from inatloc_nb import validate as v
-from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS
+from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS, SELECT_EPOCHS
 
 #: argparse types of the shared numeric options (the ranges of ``RunConfig``).
 EPOCHS = v.arg_type(v.integer, int, minimum=1)
@@ -36,6 +36,9 @@ def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> N
                         "or the paper text's (classifier only)")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="reference",
                    help="LR / 10 after epochs 2, 5, 8 (reference code) or 3, 6, 9 (paper text)")
+    p.add_argument("--select-epoch", choices=SELECT_EPOCHS, default="best",
+                   help="score the epoch (0 = before training) with the best D_f MaxBoxAccV2 "
+                        "(reference code) or the model after the last epoch")
     p.add_argument("--backbone", default="resnet50",
                    help="resnet50, resnet18, tinycnn, convnext_tiny, deit_small or timm_resnet50")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
@@ -65,7 +68,7 @@ def config_fields(args: argparse.Namespace) -> dict[str, Any]:
     return dict(
         data=args.data, image_root=args.image_root,
         schedule=args.epochs if args.epochs is not None else args.schedule,
-        lr_groups=args.lr_groups, lr_decay=args.lr_decay,
+        lr_groups=args.lr_groups, lr_decay=args.lr_decay, select_epoch=args.select_epoch,
         backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, image_size=args.image_size,
         seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
         amp=args.amp, channels_last=args.channels_last, compile=args.compile, prepared=args.prepared,
