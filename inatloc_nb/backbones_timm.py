@@ -36,6 +36,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.surgery import unit_stride
 
 #: Backbone name -> (timm model name, creation arguments).
 TIMM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -116,8 +117,6 @@ def _create(name: str, pretrained: bool, weights: str | Path | None) -> nn.Modul
 def build_timm_backbone(name: str, pretrained: bool = True,
                         weights: str | Path | None = None) -> tuple[nn.Module, int]:
     """The feature extractor ``name`` (see ``TIMM_BACKBONES``) and its number of channels."""
-    from inatloc_nb.models import _unit_stride as unit_stride
-
     if name not in TIMM_MODELS:
         raise InatlocError(f"unknown timm backbone {name!r}; choose one of {', '.join(TIMM_BACKBONES)}")
     model = _create(name, pretrained, weights)

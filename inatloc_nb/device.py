@@ -25,11 +25,15 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.models import default_device
 
 if TYPE_CHECKING:
     from fastai.learner import Learner
     from torch import nn
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @dataclass(frozen=True)

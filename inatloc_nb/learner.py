@@ -42,8 +42,8 @@ from fastai.torch_core import set_seed
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.images import clear_worker_errors
-from inatloc_nb.device import apply_settings, prepare_model, resolve_settings
-from inatloc_nb.models import build_backbone, default_device
+from inatloc_nb.device import apply_settings, default_device, prepare_model, resolve_settings
+from inatloc_nb.models import build_backbone
 from inatloc_nb.protocol import DECAY_EVERY, check_reading
 from inatloc_nb.pipeline import (  # noqa: F401  (public here too)
     TRAIN_RESIZE_RATIO,

@@ -19,7 +19,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from inatloc_nb.backbones_timm import TIMM_BACKBONES, build_timm_backbone
+from inatloc_nb.device import default_device, prepare_model, resolve_settings
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.surgery import unit_stride
 
 #: Backbone names accepted by ``build_backbone``.
 BACKBONES = ("resnet50", "resnet18", "tinycnn", "convnext_tiny", "deit_small", "timm_resnet50")
@@ -88,13 +91,6 @@ def init_convs(module: nn.Module, mode: str) -> nn.Module:
     return module
 
 
-def _unit_stride(layer: nn.Module) -> None:
-    """Set every strided convolution of ``layer`` (main path and downsample) to stride 1."""
-    for module in layer.modules():
-        if isinstance(module, nn.Conv2d) and module.stride != (1, 1):
-            module.stride = (1, 1)
-
-
 def weights_path(weights) -> Path:
     """Where torch looks for a torchvision weights file: ``$TORCH_HOME/hub/checkpoints/<file>``."""
     from urllib.parse import urlparse
@@ -142,8 +138,8 @@ def _resnet(name: str, pretrained: bool, weights_file: str | Path | None = None)
     net = ctor(weights=None)
     if pretrained:
         net.load_state_dict(load_pretrained(weights) if weights_file is None else load_weights_file(weights_file))
-    _unit_stride(net.layer3)
-    _unit_stride(net.layer4)
+    unit_stride(net.layer3)
+    unit_stride(net.layer4)
     stages = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
     features = nn.Sequential(OrderedDict((name, getattr(net, name)) for name in stages))
     return features, net.fc.in_features
@@ -173,8 +169,6 @@ def build_backbone(name: str, pretrained: bool = True,
     ``weights`` is a local weights file to load instead of the library's cache. ``tinycnn``
     has none and rejects ``pretrained=True``.
     """
-    from inatloc_nb.backbones_timm import TIMM_BACKBONES, build_timm_backbone
-
     if weights is not None and not pretrained:
         raise InatlocError(f"backbone {name!r}: a weights file ({weights}) was given with pretrained=False")
     if name in TIMM_BACKBONES:
@@ -188,16 +182,9 @@ def build_backbone(name: str, pretrained: bool = True,
     raise InatlocError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def prepare_for_device(
     model: nn.Module, device: torch.device | str, channels_last: bool | None = None, compile: bool = False
 ) -> nn.Module:
     """Move ``model`` to ``device``, in channels-last memory format (default: on CUDA), its
     backbone stages compiled when ``compile`` (``inatloc_nb.device.prepare_model``)."""
-    from inatloc_nb.device import prepare_model, resolve_settings
-
     return prepare_model(model, resolve_settings(device, amp=False, channels_last=channels_last, compile=compile))

@@ -93,7 +93,7 @@ def default_num_workers(device: torch.device | str | None = None) -> int:
     """
     import torch
 
-    from inatloc_nb.models import default_device
+    from inatloc_nb.device import default_device
 
     fixed = os.environ.get(WORKERS_ENV)
     if fixed:

@@ -98,14 +98,15 @@ def build_detector(size: int, pretrained: bool, proposals: int = DEFAULTS["propo
     from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
     from torchvision.ops import MultiScaleRoIAlign
 
-    from inatloc_nb.models import _unit_stride, load_pretrained
+    from inatloc_nb.models import load_pretrained
+    from inatloc_nb.surgery import unit_stride
 
     net = resnet50(weights=None)
     if pretrained:
         net.load_state_dict(load_pretrained(ResNet50_Weights.IMAGENET1K_V1))
     trunk = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3)
     trunk.out_channels = 1024
-    _unit_stride(net.layer4)
+    unit_stride(net.layer4)
     box_head = nn.Sequential(nn.MaxPool2d(2, 2), net.layer4, nn.AdaptiveAvgPool2d(1), nn.Flatten())
     return FasterRCNN(
         trunk, num_classes=None, min_size=size, max_size=size,
@@ -224,7 +225,7 @@ def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
     from fastprogress.fastprogress import progress_bar
 
     from inatloc_nb.metrics.boxacc import BoxAccuracy
-    from inatloc_nb.models import default_device
+    from inatloc_nb.device import default_device
 
     device = default_device() if config.device is None else torch.device(config.device)
     set_seed(config.seed, reproducible=True)

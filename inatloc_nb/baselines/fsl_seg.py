@@ -111,7 +111,8 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
 
     from inatloc_nb.cam import CamSet, score_cams
     from inatloc_nb.learner import Reseed, Schedule, StepLR, param_groups, sgd_nesterov
-    from inatloc_nb.models import build_backbone, default_device, prepare_for_device
+    from inatloc_nb.device import default_device
+    from inatloc_nb.models import build_backbone, prepare_for_device
 
     device = default_device() if config.device is None else torch.device(config.device)
     set_seed(config.seed, reproducible=True)
