@@ -98,29 +98,23 @@ def best_iou_curves(
     """(B, T) best IoU per map and threshold; maps in [0, 1], boxes validated.
 
     Work is spread over ``n_jobs`` threads (default: all cores); the result does not
-    depend on it.
+    depend on it. Each chunk of maps is quantised where it is scored, while it is in cache.
     """
-    q = quantize(score_maps)
-    cutoffs = threshold_cutoffs(q, thresholds)
-    out = np.empty((len(q), len(thresholds)), dtype=np.float64)
+    out = np.empty((len(score_maps), len(thresholds)), dtype=np.float64)
 
     def run(start: int) -> None:
-        stop = min(start + _CHUNK, len(q))
+        stop = min(start + _CHUNK, len(score_maps))
+        q = np.ascontiguousarray(quantize(score_maps[start:stop]))
+        cutoffs = threshold_cutoffs(q, thresholds)
         if largest_only:
             for b in range(start, stop):
-                out[b] = _largest_contour_best_iou(q[b], cutoffs[b], gt_boxes[b])
+                out[b] = _largest_contour_best_iou(q[b - start], cutoffs[b - start], gt_boxes[b])
             return
         chunk_gt = gt_boxes[start:stop]
         gt_start = np.concatenate([[0], np.cumsum([len(g) for g in chunk_gt])]).astype(np.int64)
-        batch_best_iou(
-            np.ascontiguousarray(q[start:stop]),
-            np.ascontiguousarray(cutoffs[start:stop]),
-            np.concatenate(chunk_gt).astype(np.int64),
-            gt_start,
-            out[start:stop],
-        )
+        batch_best_iou(q, cutoffs, np.concatenate(chunk_gt).astype(np.int64), gt_start, out[start:stop])
 
-    starts = range(0, len(q), _CHUNK)
+    starts = range(0, len(score_maps), _CHUNK)
     workers = min(n_jobs or os.cpu_count() or 1, len(starts))
     if workers <= 1:
         for s in starts:
