@@ -3,7 +3,7 @@
 The 1000 ILSVRC classes are WordNet noun synsets (``wnid`` = ``"n"`` + the 8-digit offset in
 ``data.noun``); their label order is the sorted wnids. Following every hypernym pointer
 (``@`` and instance hypernyms ``@i``) up to ``entity`` (n00001740) gives a DAG in which 75
-synsets have several parents. :func:`inatloc_nb.taxonomy.dag_to_tree` turns it into a tree
+synsets have several parents. :func:`inatloc_nb.dag.dag_to_tree` turns it into a tree
 with App. C's greedy procedure (multi-parent nodes visited in sorted wnid order, candidate
 parents in sorted order, ties to the first): 927 of the 1000 classes stay leaves, as the
 paper reports; the 73 others lose every path to the root and are excluded (the "filtered"
@@ -24,7 +24,8 @@ import polars as pl
 
 from inatloc_nb.errors import HierarchyError, MetadataError
 from inatloc_nb.shipped import shipped_path
-from inatloc_nb.taxonomy import Hierarchy, dag_to_tree
+from inatloc_nb.dag import dag_to_tree
+from inatloc_nb.taxonomy import Hierarchy
 
 __all__ = [
     "WORDNET_ROOT", "HIERARCHY_FILE", "read_wordnet_nouns", "read_synsets", "imagenet_dag",
@@ -118,7 +119,7 @@ def hierarchy_table(classes: Sequence[str], nouns: dict[str, tuple[str, tuple[st
 
     Columns ``node`` (wnid), ``name`` (first WordNet lemma), ``parent`` (null for the root and
     for excluded classes) and ``label`` (class index in ``classes`` order, null for inner
-    nodes). Built with :func:`imagenet_dag` and :func:`inatloc_nb.taxonomy.dag_to_tree`.
+    nodes). Built with :func:`imagenet_dag` and :func:`inatloc_nb.dag.dag_to_tree`.
     """
     classes = list(classes)
     dag = imagenet_dag(classes, nouns)

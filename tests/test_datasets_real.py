@@ -11,7 +11,7 @@ from PIL import Image
 from inatloc_nb import aircraft, imagenet
 from inatloc_nb.data import WSOLDataset, load_shipped
 from inatloc_nb.errors import HierarchyError, MetadataError
-from inatloc_nb.taxonomy import dag_to_tree
+from inatloc_nb.dag import dag_to_tree
 
 # --------------------------------------------------------------------------- DAG -> tree
 

@@ -6,7 +6,9 @@ import polars as pl
 import pytest
 
 from inatloc_nb.errors import HierarchyError, InatlocError
-from inatloc_nb.taxonomy import Hierarchy, dag_to_tree, level_statistics
+from inatloc_nb.dag import dag_to_tree
+from inatloc_nb.level_stats import level_statistics
+from inatloc_nb.taxonomy import Hierarchy
 
 LEVELS = ["species", "genus", "family"]
 

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from inatloc_nb.data import WSOLDataset, load_shipped
     from inatloc_nb.errors import InatlocError
-    from inatloc_nb.taxonomy import level_statistics
+    from inatloc_nb.level_stats import level_statistics
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
