@@ -215,7 +215,8 @@ def run_results(run_dir: str | Path) -> pl.DataFrame:
         rows += _explainer_rows(run_dir, {**base, "n_train_images": n_train}, params["level"])
     else:
         error = _read_json(run_dir / "error.json")
-        rows = [{**base, "error": error.get("message") if isinstance(error, Mapping) else None}]
+        rows = [{**base, "explainer": OWN_MAPS,
+                 "error": error.get("message") if isinstance(error, Mapping) else None}]
     return pl.DataFrame(rows, schema=SCHEMA, strict=False).select(list(SCHEMA))
 
 
