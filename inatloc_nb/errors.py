@@ -29,3 +29,7 @@ class HierarchyError(InatlocError):
 
 class ScoreMapError(InatlocError):
     """Score maps that cannot be evaluated (non-finite, wrong shape, out of range, missing)."""
+
+
+class PlotError(InatlocError):
+    """A table or run folder that cannot be drawn (empty, or without what a figure needs)."""
