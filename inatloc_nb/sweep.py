@@ -29,7 +29,7 @@ from typing import Any
 
 from inatloc_nb import results, validate
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.granularity.labelling import MIXED_PREFIX, is_mixed, labelling_path, short_name
+from inatloc_nb.labelling import MIXED_PREFIX, is_mixed, labelling_path, short_name
 from inatloc_nb.io import atomic_write_json, make_temp_dir
 from inatloc_nb.protocol import check_reading
 

@@ -34,6 +34,7 @@ import polars as pl
 
 from inatloc_nb.dag import check_rooted
 from inatloc_nb.errors import HierarchyError
+from inatloc_nb.labelling import is_mixed, labelling_path, read_labelling
 
 _DEEPEST_ONLY = re.compile(r"c(\d+)")
 
@@ -436,9 +437,7 @@ class Hierarchy:
             return self._paths[:, self._named[level]]
         if level == self.root_level:
             return self._paths[:, 0]
-        if level.startswith("mixed:"):  # a per-category labelling file (inatloc_nb.granularity)
-            from inatloc_nb.granularity.labelling import labelling_path, read_labelling
-
+        if is_mixed(level):  # a per-category labelling file (inatloc_nb.labelling)
             chosen = read_labelling(labelling_path(level), self)
             return np.array([self._node_index[node] for node in chosen], dtype=np.int64)
         match = _DEEPEST_ONLY.fullmatch(level)

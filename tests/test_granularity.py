@@ -13,7 +13,7 @@ import torch
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.granularity.choose import category_scores, choose_levels
-from inatloc_nb.granularity.labelling import read_labelling, write_labelling
+from inatloc_nb.labelling import read_labelling, write_labelling
 
 pytest_plugins = ["fixtures_results"]
 

@@ -32,7 +32,7 @@ def _run(args: argparse.Namespace) -> int:
     from inatloc_nb.granularity.choose import DEFAULT_PRIOR, category_scores, choose_levels
     from inatloc_nb import results
     from inatloc_nb.granularity.evidence import run_evidence, sweep_dataset
-    from inatloc_nb.granularity.labelling import write_labelling
+    from inatloc_nb.labelling import write_labelling
     from inatloc_nb.io import atomic_write_text
 
     evidence = run_evidence(args.results, args.dataset, args.schedule)

@@ -64,7 +64,7 @@ def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = 
     """The finished single-level runs (one row each: ``run_id, level, seed, data``) of
     ``dataset`` trained with ``method`` on all of D_w at a named level (no mixed labelling),
     for one ``schedule``. Without ``schedule``, the runs must share one (else the error lists them)."""
-    from inatloc_nb.granularity.labelling import is_mixed
+    from inatloc_nb.labelling import is_mixed
 
     runs = (store.filter((pl.col("status") == "ok") & (pl.col("dataset") == dataset) & (pl.col("method") == method)
                          & (pl.col("explainer") == "cam")  # the runs' own maps, not post-hoc explainers

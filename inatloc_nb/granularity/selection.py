@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.granularity.labelling import is_mixed, labelling_path
+from inatloc_nb.labelling import is_mixed, labelling_path
 
 #: Name of the per-head scores a multi-head run folder caches.
 HEADS_FILE = "heads.parquet"

@@ -24,13 +24,10 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_text
-
-if TYPE_CHECKING:
-    from inatloc_nb.taxonomy import Hierarchy
 
 #: Prefix of a level naming a mixed labelling file.
 MIXED_PREFIX = "mixed:"
@@ -40,6 +37,22 @@ COLUMNS = ("category", "node", "level")
 
 class LabellingError(InatlocError):
     """An invalid mixed labelling; the message names the file and line."""
+
+
+class Tree(Protocol):
+    """What a labelling is checked against: the parts of ``inatloc_nb.taxonomy.Hierarchy`` it
+    reads (a hierarchy resolves its own ``mixed:FILE`` levels with :func:`read_labelling`)."""
+
+    leaves: tuple[str, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]: ...
+
+    def ancestors(self, node: str) -> tuple[str, ...]: ...
+
+    def is_ancestor(self, a: str, b: str) -> bool: ...
+
+    def node_level(self, node: str) -> str | None: ...
 
 
 def is_mixed(level: str) -> bool:
@@ -59,7 +72,7 @@ def short_name(level: str) -> str:
     return f"mixed-{labelling_path(level).stem}" if is_mixed(level) else level
 
 
-def read_labelling(path: str | Path, hierarchy: Hierarchy) -> tuple[str, ...]:
+def read_labelling(path: str | Path, hierarchy: Tree) -> tuple[str, ...]:
     """The chosen node of every leaf, in ``hierarchy.leaves`` order, validated.
 
     Raises :class:`LabellingError` naming the file and line for: a missing file or header,
@@ -121,7 +134,7 @@ def read_labelling(path: str | Path, hierarchy: Hierarchy) -> tuple[str, ...]:
     return tuple(chosen[leaf][0] for leaf in hierarchy.leaves)
 
 
-def write_labelling(path: str | Path, hierarchy: Hierarchy, nodes: Mapping[str, str]) -> Path:
+def write_labelling(path: str | Path, hierarchy: Tree, nodes: Mapping[str, str]) -> Path:
     """Write ``{category: node}`` (every leaf) as a labelling file, atomically; validated by
     reading it back."""
     rows = ["category,node,level"]
