@@ -71,24 +71,26 @@ class Schedule:
 
     @classmethod
     def parse(cls, spec: str | int, lr_decay: str = "reference") -> Schedule:
-        """``"2epoch"`` (alias ``"paper"``: LR / 10 after the first epoch), ``"10epoch"`` or an
-        int number of epochs (LR / 10 every 3 epochs, timed by ``lr_decay``, see
+        """``"2epoch"`` (alias ``"paper"``: LR / 10 after the first epoch), ``"10epoch"``, an
+        int number of epochs (LR / 10 every 3 epochs) or ``"E/D"`` (E epochs, LR / 10 every D
+        epochs, e.g. ``"50/15"`` for CUB); the decays are timed by ``lr_decay`` (see
         ``inatloc_nb.protocol.LR_DECAYS``)."""
         check_reading("lr_decay", lr_decay)
         if spec in ("2epoch", "paper"):
             return cls(2, (1,))
         if spec == "10epoch":
             spec = 10
+        epochs_text, _, every_text = str(spec).partition("/")
         try:
-            epochs = int(spec)
-        except (TypeError, ValueError):
+            epochs, every = int(epochs_text), int(every_text or DECAY_EVERY)
+        except ValueError:
             raise InatlocError(
-                f"unknown schedule {spec!r}; use '2epoch', '10epoch' or a number of epochs"
+                f"unknown schedule {spec!r}; use '2epoch', '10epoch', a number of epochs or 'E/D'"
             ) from None
-        if epochs < 1:
-            raise InatlocError(f"the number of epochs must be at least 1, got {epochs}")
-        first = DECAY_EVERY - 1 if lr_decay == "reference" else DECAY_EVERY
-        return cls(epochs, tuple(range(first, epochs, DECAY_EVERY)))
+        if epochs < 1 or every < 1:
+            raise InatlocError(f"schedule {spec!r}: epochs and the decay interval must be at least 1")
+        first = every - 1 if lr_decay == "reference" else every
+        return cls(epochs, tuple(range(first, epochs, every)))
 
     def factor(self, epoch: int) -> float:
         """The LR multiplier during (0-based) ``epoch``."""

@@ -19,7 +19,7 @@ from inatloc_nb.errors import InatlocError
 #: Allowed ranges, shared by every entry point: ``(minimum, maximum)`` (``None``: unbounded).
 IMAGE_SIZE_RANGE = (16, 4096)
 BATCH_SIZE_RANGE = (1, 65536)
-#: Named learning-rate schedules (any integer number of epochs >= 1 is also accepted).
+#: Named learning-rate schedules (a number of epochs >= 1, or ``"E/D"``, is also accepted).
 SCHEDULES = ("2epoch", "paper", "10epoch")
 #: Device strings: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
 DEVICE_PATTERN = re.compile(r"cpu|cuda(:\d+)?|mps")
@@ -53,13 +53,19 @@ def positive_float(value: Any, name: str) -> float:
 
 
 def schedule(value: Any, name: str) -> str | int:
-    """``"2epoch"``, ``"paper"``, ``"10epoch"`` or a number of epochs >= 1 (an int or a digit
-    string); returned unchanged."""
+    """``"2epoch"``, ``"paper"``, ``"10epoch"``, a number of epochs >= 1 (an int or a digit
+    string), or ``"E/D"``: E epochs, LR / 10 every D epochs (``"50/15"``: Choe et al.'s CUB
+    schedule); returned unchanged."""
     if isinstance(value, str) and value in SCHEDULES:
+        return value
+    if isinstance(value, str) and (every := re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)):
+        integer(int(every[1]), f"{name} (epochs)", 1)
+        integer(int(every[2]), f"{name} (epochs between LR decays)", 1)
         return value
     epochs = int(value) if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()) else value
     if isinstance(epochs, bool) or not isinstance(epochs, int):
-        raise InatlocError(f"{name}: expected {', '.join(SCHEDULES)} or a number of epochs >= 1, got {value!r}")
+        raise InatlocError(f"{name}: expected {', '.join(SCHEDULES)}, a number of epochs >= 1 or "
+                          f"'EPOCHS/DECAY_EVERY' (e.g. '50/15'), got {value!r}")
     integer(epochs, f"{name} (epochs)", 1)
     return value
 

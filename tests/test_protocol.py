@@ -20,7 +20,7 @@ from torchvision.models.resnet import Bottleneck
 
 from fastai.callback.core import Callback
 
-from inatloc_nb import cam, results
+from inatloc_nb import cam, results, validate
 from inatloc_nb.epoch_select import EpochSelect
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_json
@@ -229,6 +229,16 @@ def test_schedule_decays_where_the_reference_loop_does():
     two = Schedule.parse("2epoch")
     assert two == Schedule.parse("2epoch", lr_decay="text") == Schedule(2, (1,))
     np.testing.assert_allclose([two.factor(e) for e in range(2)], _reference_factors(2, 2))
+    # "E/D": Choe et al.'s CUB schedule, 50 epochs with a decay frequency of 15
+    cub = Schedule.parse("50/15")
+    np.testing.assert_allclose([cub.factor(e) for e in range(50)], _reference_factors(50, 15))
+    assert Schedule.parse("50/15", "text").milestones == (15, 30, 45)
+
+
+@pytest.mark.parametrize("bad", ["50/0", "0/15", "50/x", "/15"])
+def test_decay_interval_schedules_are_validated(bad):
+    with pytest.raises(InatlocError, match="schedule"):
+        validate.schedule(bad, "schedule")
 
 
 def test_last_partial_training_batch_is_kept(tiny_dataset):

@@ -30,7 +30,9 @@ def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> N
     """Schedule, backbone, image size, seed, batch, device and ``--out``."""
     sched = p.add_mutually_exclusive_group()
     sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3, see --lr-decay)")
-    sched.add_argument("--schedule", choices=("2epoch", "10epoch"), default=default_schedule)
+    sched.add_argument("--schedule", type=v.arg_type(v.schedule), default=default_schedule,
+                       help="2epoch, 10epoch, a number of epochs, or E/D: E epochs with LR / 10 "
+                            "every D (e.g. 50/15)")
     p.add_argument("--lr-groups", choices=LR_GROUPS, default="reference",
                    help="parameters at 10x LR: the reference code's (last backbone stage and fc) "
                         "or the paper text's (classifier only)")
