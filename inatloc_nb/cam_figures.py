@@ -58,7 +58,7 @@ def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict
     from inatloc_nb.cam import CamSet
     from inatloc_nb.metrics.boxacc import contour_boxes
     from inatloc_nb.metrics.scoremaps import EVAL_SIZE
-    from inatloc_nb.run import RunConfig, load_dataset
+    from inatloc_nb.run_config import RunConfig, load_dataset
     from inatloc_nb.widgets.render import binarize
 
     run_dir = Path(run_dir)

@@ -155,7 +155,9 @@ def explain_run(
     """
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.run import _split_metrics, load_dataset, load_run_model
+    from inatloc_nb.baselines.runfolder import split_metrics
+    from inatloc_nb.run_config import load_dataset
+    from inatloc_nb.run_model import load_run_model
 
     run_dir = Path(run_dir)
     out = explain_dir(run_dir, name)
@@ -180,7 +182,7 @@ def explain_run(
             )
             seconds = time.perf_counter() - start
             cams.save(out / "cams" / f"{split}.npz")
-            metrics[split] = _split_metrics(score_cams(cams, dataset), cams)
+            metrics[split] = split_metrics(score_cams(cams, dataset), cams.top1)
             timings[f"{split}_seconds"] = seconds
             timings[f"{split}_images_per_s"] = len(cams) / seconds
     timings["device"] = str(next(model.parameters()).device)

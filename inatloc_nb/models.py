@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from inatloc_nb.backbones_timm import TIMM_BACKBONES, build_timm_backbone
-from inatloc_nb.device import default_device, prepare_model, resolve_settings
+from inatloc_nb.device import prepare_model, resolve_settings
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.surgery import unit_stride
 

@@ -22,7 +22,8 @@ def explorer_results(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFa
     """``results_dir`` holding one finished CAM run per level of :data:`EXPLORER_LEVELS`."""
     from inatloc_nb import results
     from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.run import run_experiment
+    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import RunSpec, runs_dir
 
     results_dir = tmp_path_factory.mktemp("explorer") / "results"

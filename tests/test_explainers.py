@@ -16,7 +16,8 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.explainers import EXPLAINERS, Explainer, explain_dir, explain_run, is_explained
 from inatloc_nb.metrics.scoremaps import normalize_scoremap
 from inatloc_nb.models import CAMNet, build_backbone
-from inatloc_nb.run import RunConfig, run_experiment
+from inatloc_nb.run import run_experiment
+from inatloc_nb.run_config import RunConfig
 from inatloc_nb.sweep import SweepConfig, expand, explain_runs, runs_dir
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -154,7 +154,8 @@ def granularity_results(explorer_results: Path, tmp_path_factory, torch_one_thre
     from inatloc_nb import results
     from inatloc_nb.cli import main
     from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.run import run_experiment
+    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import RunSpec, runs_dir
 
     out = explorer_results.parent / "granularity"

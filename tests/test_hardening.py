@@ -170,14 +170,14 @@ BAD_FIELDS = [
 
 @pytest.mark.parametrize(("change", "message"), BAD_FIELDS)
 def test_run_config_checks_every_field(change: dict, message: str) -> None:
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
     with pytest.raises(InatlocError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         RunConfig(data="synth:tiny", **change)
 
 
 def test_run_config_keeps_valid_values() -> None:
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
     config = RunConfig(data="synth:tiny", lr="1e-2", schedule="3", device=" cpu ")
     assert (config.lr, config.schedule, config.device) == (0.01, "3", "cpu")
@@ -211,7 +211,8 @@ def trained_run(tmp_path: Path) -> Path:
     """A run folder as ``run_experiment`` writes it for a tinycnn CAM model (untrained weights)."""
     import torch
 
-    from inatloc_nb.run import RunConfig, build_model_for
+    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.run_model import build_model_for
 
     run = tmp_path / "run"
     run.mkdir()
@@ -223,7 +224,7 @@ def trained_run(tmp_path: Path) -> Path:
 
 
 def test_finished_run_loads(trained_run: Path) -> None:
-    from inatloc_nb.run import load_run_model
+    from inatloc_nb.run_model import load_run_model
 
     model, config, _ = load_run_model(trained_run, device="cpu")
     assert config.backbone == "tinycnn" and not model.training
@@ -232,7 +233,7 @@ def test_finished_run_loads(trained_run: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "empty", "text", "missing"])
 @pytest.mark.parametrize("name", ["model.pth", "params.json"])
 def test_damaged_run_files_are_named_with_the_fix(trained_run: Path, name: str, damage: str) -> None:
-    from inatloc_nb.run import load_run_model
+    from inatloc_nb.run_model import load_run_model
 
     path = trained_run / name
     data = path.read_bytes()
@@ -247,7 +248,7 @@ def test_damaged_run_files_are_named_with_the_fix(trained_run: Path, name: str, 
 
 
 def test_params_of_another_kind_are_refused(trained_run: Path) -> None:
-    from inatloc_nb.run import load_run_model
+    from inatloc_nb.run_model import load_run_model
 
     (trained_run / "params.json").write_text(json.dumps({"config": {"data": "x"}, "n_classes": 0}))
     with pytest.raises(InatlocError, match="params.json: not the parameters of a training run"):

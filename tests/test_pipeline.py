@@ -17,7 +17,7 @@ from inatloc_nb import pipeline
 from inatloc_nb.device import ChannelsLastInputs, DeviceSettings, apply_settings, resolve_settings
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import build_dataloaders, build_learner
-from inatloc_nb.run import RunConfig
+from inatloc_nb.run_config import RunConfig
 
 SIZE = 32
 LEVEL = "genus"

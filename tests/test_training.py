@@ -14,7 +14,9 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import (
     Schedule, build_learner, history_rows, is_classifier_param, labelled_items, param_groups, train,
 )
-from inatloc_nb.run import RunConfig, load_run_model, run_experiment, synth_folder
+from inatloc_nb.run import run_experiment
+from inatloc_nb.run_config import RunConfig, synth_folder
+from inatloc_nb.run_model import load_run_model
 
 LEVEL = "genus"
 FAST = dict(backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)

@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from inatloc_nb.errors import InatlocError
-
-if TYPE_CHECKING:
-    from inatloc_nb.run import RunConfig
+from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset
 
 
 def _runners() -> dict[str, Callable]:
@@ -28,8 +26,6 @@ def _runners() -> dict[str, Callable]:
 def run_baseline(config: RunConfig, out_dir: str | Path,
                  say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the baseline ``config.method`` and write its run folder; return metrics.json."""
-    from inatloc_nb.run import BASELINES, load_dataset
-
     if config.method not in BASELINES:
         raise InatlocError(f"{config.method!r} is not a baseline; baselines: {', '.join(BASELINES)}")
     out = Path(out_dir)

@@ -24,11 +24,11 @@ from inatloc_nb.baselines.runfolder import (
     analysis_frame, finish, score_maps, split_metrics, write_analysis, write_params,
 )
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.run import read_run_params
+from inatloc_nb.run_model import load_run_model, read_run_params
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.taxonomy import Hierarchy
 
 
@@ -49,7 +49,6 @@ def aggregated_cams(weights: Tensor, feats: Tensor, averaging: Tensor, class_idx
 
 def _species_model(config: RunConfig, dataset: WSOLDataset):
     from inatloc_nb.models import CAMNet
-    from inatloc_nb.run import load_run_model
 
     if not config.model_run:
         raise InatlocError("cam-agg needs a finished species-level training run (--model RUN_DIR)")

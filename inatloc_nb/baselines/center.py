@@ -19,7 +19,7 @@ from inatloc_nb.baselines.runfolder import (
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.metrics.boxacc import BoxAccuracyResult
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
 
 def center_chunks(n_images: int) -> Iterator[tuple[int, np.ndarray]]:

@@ -50,7 +50,7 @@ from inatloc_nb.io import atomic_path
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
 #: Side of the evaluation grid.
 EVAL_SIZE = 224

@@ -30,7 +30,7 @@ from inatloc_nb.baselines.runfolder import (
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
 
 class SegNet(nn.Module):

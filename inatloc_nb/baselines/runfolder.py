@@ -17,11 +17,12 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb.io import atomic_write_json, atomic_write_parquet
+from inatloc_nb.run_config import ANALYSIS_IOU, package_versions
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.metrics.boxacc import BoxAccuracy, BoxAccuracyResult
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
 #: Maps scored per BoxAccuracy.update call.
 CHUNK = 256
@@ -29,8 +30,6 @@ CHUNK = 256
 
 def write_params(out: Path, config: RunConfig, dataset: WSOLDataset, **extra: Any) -> None:
     """``params.json``: the config, the dataset name, library versions and ``extra``."""
-    from inatloc_nb.run import package_versions
-
     atomic_write_json(out / "params.json", {
         "config": config.to_dict(), "dataset": dataset.name, "versions": package_versions(), **extra,
     })
@@ -62,7 +61,6 @@ def analysis_frame(chunks: Iterable[tuple[int, np.ndarray]], gt_boxes: list[np.n
     """Per-image analysis rows (App. F.1) at the split's optimal threshold for IoU 0.5, from
     ``(start, evaluation maps)`` chunks (e.g. ``CamSet.iter_maps()``)."""
     from inatloc_nb.metrics.analysis import analysis_table
-    from inatloc_nb.run import ANALYSIS_IOU
 
     threshold = result.optimal_threshold[ANALYSIS_IOU]
     parts = [analysis_table(maps, gt_boxes[i : i + len(maps)], image_ids[i : i + len(maps)], threshold)

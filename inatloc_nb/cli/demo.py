@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import polars as pl
 
     from inatloc_nb import report
-    from inatloc_nb.run import synth_folder
+    from inatloc_nb.run_config import synth_folder
     from inatloc_nb.sweep import SweepConfig, run_sweep, visible_gpus
 
     out = args.out.resolve()

@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Prepare the copy and print its folder."""
     from inatloc_nb.pipeline import prepare_dataset
-    from inatloc_nb.run import load_dataset
+    from inatloc_nb.run_config import load_dataset
 
     dataset = load_dataset(args.data, args.image_root)
     folder = prepare_dataset(dataset, args.out, args.image_size, args.splits, workers=args.workers)

@@ -86,7 +86,7 @@ def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = 
 
 def sweep_dataset(store: pl.DataFrame, dataset: str):
     """The ``WSOLDataset`` the runs of ``dataset`` in a results store were trained on."""
-    from inatloc_nb.run import load_dataset
+    from inatloc_nb.run_config import load_dataset
 
     data = store.filter(pl.col("dataset") == dataset)["data"].drop_nulls().unique().to_list()
     if len(data) != 1:

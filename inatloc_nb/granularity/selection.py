@@ -54,7 +54,8 @@ def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), 
     run folder (``heads.parquet``, written atomically); ``refresh`` recomputes."""
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.io import atomic_write_parquet
-    from inatloc_nb.run import load_dataset, load_run_model
+    from inatloc_nb.run_config import load_dataset
+    from inatloc_nb.run_model import load_run_model
 
     run_dir = Path(run_dir)
     cache = run_dir / HEADS_FILE

@@ -57,7 +57,7 @@ class LevelRuns:
     def from_results(cls, results_dir: str | Path, method: str = "cam", split: str = "val",
                      per_class: int | None = None, dataset: WSOLDataset | None = None) -> LevelRuns:
         """Choose one run per level from a results folder (see the module docstring)."""
-        from inatloc_nb.run import load_dataset
+        from inatloc_nb.run_config import load_dataset
 
         results_dir = Path(results_dir)
         store = results.collect(results_dir)
