@@ -42,7 +42,7 @@ def test_pinned_workers_get_a_gpu_and_their_share_of_cores(monkeypatch):
         slots.put(gpu)
     seen = []
     for _ in range(4):
-        sweep._pin_gpu(slots, pipeline.workers_per_run(16, 4))
+        sweep.executors._pin_gpu(slots, pipeline.workers_per_run(16, 4))
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
         assert pipeline.default_num_workers("cpu") == 4  # the env var wins over the device default
     assert sorted(seen) == ["3", "3", "5", "5"]
@@ -50,7 +50,7 @@ def test_pinned_workers_get_a_gpu_and_their_share_of_cores(monkeypatch):
     class Worker:
         name = "3"
 
-    assert sweep._pin_dask_worker_gpu(["0", "1"], 2, dask_worker=Worker()) == "1"
+    assert sweep.executors._pin_dask_worker_gpu(["0", "1"], 2, dask_worker=Worker()) == "1"
     assert os.environ[pipeline.WORKERS_ENV] == "2"
 
 
@@ -69,8 +69,8 @@ def test_runs_per_gpu_config_key_and_cli():
 
 def test_run_sweep_packs_runs_on_fake_gpus(monkeypatch, tmp_path):
     """run_sweep sizes the pool from the fake GPUs, their free memory and the cores."""
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["3", "5"])
-    monkeypatch.setattr(sweep, "free_gpu_memory", lambda gpus: {"3": 70 * GIB, "5": 40 * GIB})
+    monkeypatch.setattr(sweep.executors, "visible_gpus", lambda: ["3", "5"])
+    monkeypatch.setattr(sweep.executors, "free_gpu_memory", lambda gpus: {"3": 70 * GIB, "5": 40 * GIB})
     monkeypatch.setattr(pipeline, "available_cores", lambda: 16)
     pools = []
 
@@ -84,7 +84,7 @@ def test_run_sweep_packs_runs_on_fake_gpus(monkeypatch, tmp_path):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(sweep, "_local_pool", FakePool)
+    monkeypatch.setattr(sweep.executors, "_local_pool", FakePool)
     config = SweepConfig.from_dict({**BASE, "lrs": [0.01, 0.1], "runs_per_gpu": 4, "gpu_memory_per_run_gb": 16})
     with pytest.raises(RuntimeError, match="stop before running"):
         sweep.run_sweep(config, tmp_path / "out", progress=False)
@@ -99,7 +99,8 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
     pool runs (and restored), and read by ``run_experiment`` when the run config has none."""
     import yaml
 
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.run import run_experiment
+    from inatloc_nb.run_config import RunConfig
 
     assert sweep.PREPARED_ENV == pipeline.PREPARED_ENV
     path = tmp_path / "sweep.yaml"
@@ -123,7 +124,7 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(sweep, "_local_pool", FakePool)
+    monkeypatch.setattr(sweep.executors, "_local_pool", FakePool)
     with pytest.raises(RuntimeError, match="stop before running"):
         sweep.run_sweep(config, tmp_path / "out", progress=False)
     assert seen == [config.prepared] and pipeline.PREPARED_ENV not in os.environ

@@ -28,7 +28,8 @@ from inatloc_nb.learner import Schedule, StepLR, build_dataloaders, build_learne
 from inatloc_nb.methods import get_method
 from inatloc_nb.methods.adl import AttentionDropout
 from inatloc_nb.models import LINEAR_INIT_STD, build_backbone
-from inatloc_nb.sweep import LR_SELECTED, SweepConfig, _phases, execute_run, expand, resolve_lr, runs_dir
+from inatloc_nb.sweep import LR_SELECTED, SweepConfig, execute_run, expand, resolve_lr, runs_dir
+from inatloc_nb.sweep.execute import _phases
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -80,7 +81,7 @@ def test_ten_x_groups_per_method(resnets, method, fast, classifier_reading):
 
 def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
     from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
     common = dict(lr=0.01, backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
     for lr_groups in ("reference", "classifier"):
@@ -341,7 +342,7 @@ def test_selected_lr_and_protocol_options_are_validated():
 
 def test_fsl_det_is_a_single_map_c4_faster_rcnn_with_the_tf_schedule():
     from inatloc_nb.baselines.fsl_det import build_detector, detector_size, top_box, warmup_cosine
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
 
     assert detector_size(RunConfig(data="synth:tiny")) == 640
     model = build_detector(96, pretrained=False)
@@ -437,7 +438,8 @@ def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
 
 
 def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dataset_dir):
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.run import run_experiment
+    from inatloc_nb.run_config import RunConfig
 
     common = dict(data=str(tiny_dataset_dir), level="genus", lr=0.05, schedule=2, backbone="tinycnn",
                   pretrained=False, image_size=32, batch_size=16, num_workers=0)
@@ -462,7 +464,7 @@ def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dat
 
 def test_select_epoch_option_in_config_command_line_and_sweep():
     from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
-    from inatloc_nb.run import RunConfig
+    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import ConfigError
 
     assert RunConfig(data="synth:tiny").select_epoch == "best"

@@ -11,6 +11,7 @@ import pytest
 
 from inatloc_nb import results, sweep
 from inatloc_nb.cli import main as cli_main
+from inatloc_nb.errors import InatlocError
 from inatloc_nb.sweep import ConfigError, RunSpec, SweepConfig, expand
 
 REPO = Path(__file__).resolve().parent.parent
@@ -196,7 +197,7 @@ def fake_notebook(tmp_path: Path) -> Path:
 
 def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_notebook: Path, monkeypatch,
                                                        capsys) -> None:
-    monkeypatch.setattr(sweep, "visible_gpus", lambda: ["3", "5"])  # pinning, checked without GPUs
+    monkeypatch.setattr(sweep.executors, "visible_gpus", lambda: ["3", "5"])  # pinning, checked without GPUs
     grids = {**BASE, "levels": "species", "methods": "cam", "extra": [{"methods": "adl", "lrs": 0.1}],
              "baselines": {"cam-agg": {"lrs": 0.1}}}
     config = SweepConfig.from_dict({**grids, "lrs": [0.1, 0.01]})
@@ -242,11 +243,11 @@ def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_note
 
 def test_sweep_argument_errors(tmp_path: Path, fake_notebook: Path) -> None:
     config = SweepConfig.from_dict(BASE)
-    with pytest.raises(sweep.InatlocError, match="unknown executor"):
+    with pytest.raises(InatlocError, match="unknown executor"):
         sweep.run_sweep(config, tmp_path, executor="slurm", notebook=fake_notebook)
-    with pytest.raises(sweep.InatlocError, match="training notebook not found"):
+    with pytest.raises(InatlocError, match="training notebook not found"):
         sweep.run_sweep(config, tmp_path, notebook=tmp_path / "missing.ipynb")
-    with pytest.raises(sweep.InatlocError, match="max_parallel must be at least 1"):
+    with pytest.raises(InatlocError, match="max_parallel must be at least 1"):
         sweep.run_sweep(config, tmp_path, max_parallel=0, notebook=fake_notebook)
 
 

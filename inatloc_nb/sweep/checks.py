@@ -1,0 +1,70 @@
+"""Checks of a sweep's data before any run: dataset folders, mixed labelling files, the levels
+each grid lists and, with ``check_data: true``, every image; :func:`plan` for ``--dry-run``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from inatloc_nb.labelling import is_mixed, labelling_path
+from inatloc_nb.sweep.config import ConfigError, SweepConfig
+from inatloc_nb.sweep.grid import RunSpec, expand
+from inatloc_nb.sweep.layout import is_finished
+
+
+def check_data(config: SweepConfig) -> None:
+    """Fail clearly when a dataset folder or a mixed labelling file of the config does not exist."""
+    for name, data in config.datasets.items():
+        if not data.startswith("synth:") and not Path(data).is_dir():
+            where = config.path or "<config>"
+            raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
+    if config.check_images:
+        _check_images(config)
+    for spec in expand(config):
+        if is_mixed(spec.level) and not labelling_path(spec.level).is_file():
+            raise ConfigError(f"{config.path or '<config>'}: levels: no labelling file {labelling_path(spec.level)} "
+                              f"for dataset {spec.dataset!r} (write it with inatloc-nb choose-levels)")
+    _check_levels(config)
+
+
+def dataset_levels(data: str) -> tuple[str, ...]:
+    """The label levels of a sweep data source (a metadata folder or ``synth:PRESET``)."""
+    if data.startswith("synth:"):
+        from inatloc_nb.synth import LEVELS
+
+        return tuple(LEVELS)
+    from inatloc_nb.data import WSOLDataset
+
+    return WSOLDataset.from_folder(data, allow_overlap=True).levels
+
+
+def _check_levels(config: SweepConfig) -> None:
+    """Every level a grid lists exists in every dataset of the config (mixed labellings aside)."""
+    where = config.path or "<config>"
+    for name, data in config.datasets.items():
+        levels = dataset_levels(data)
+        for grid in config.grids:
+            unknown = [lv for lv in grid.levels if not is_mixed(lv) and lv not in levels]
+            if unknown:
+                raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
+                                  f"dataset {name!r} (its levels: {', '.join(levels)})")
+
+
+def _check_images(config: SweepConfig) -> None:
+    """``check_data: true``: decode every image of every dataset folder (:mod:`inatloc_nb.check`)."""
+    from inatloc_nb.check import check_dataset
+
+    for name, data in config.datasets.items():
+        if data.startswith("synth:"):
+            continue
+        report = check_dataset(data)
+        if not report.ok:
+            shown = "; ".join(f"{p.kind}: {p.detail}" for p in report.first(2)[:4])
+            raise ConfigError(f"{config.path or '<config>'}: datasets.{name}: {len(report.problems)} problems in "
+                              f"{data} (inatloc-nb check {data} lists them): {shown}")
+
+
+def plan(config: SweepConfig, results_dir: str | Path) -> list[tuple[RunSpec, bool]]:
+    """Every run of the sweep with whether it is already finished (for ``--dry-run``); the
+    config's data and levels are checked first, as :func:`run_sweep` does."""
+    check_data(config)
+    return [(spec, is_finished(results_dir, spec.run_id)) for spec in expand(config)]
