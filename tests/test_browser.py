@@ -137,8 +137,10 @@ def _run_all_cells(page) -> None:
     pytest.fail("JupyterLab did not start running the notebook's cells")
 
 
-@pytest.mark.skipif(chromium() is None, reason="no Chromium executable (chromium) found on this machine")
-def test_explorer_notebook_renders_and_reacts_in_jupyterlab(lab: str) -> None:
+@contextmanager
+def _notebook_page(url: str, failure_png: Path, requests: list[str] | None = None) -> Iterator:
+    """A Chromium page on the notebook at ``url`` whose cells have all been started; a
+    screenshot goes to ``failure_png`` when the body fails. ``requests`` collects every URL."""
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=TIMEOUT * 1000)
@@ -147,100 +149,93 @@ def test_explorer_notebook_renders_and_reacts_in_jupyterlab(lab: str) -> None:
         browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         page.set_default_timeout(TIMEOUT * 1000)
+        if requests is not None:
+            page.on("request", lambda request: requests.append(request.url))
         try:
-            page.goto(lab)
+            page.goto(url)
             page.wait_for_selector(".jp-Notebook .jp-Cell")
             expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")  # the kernel is up
             _run_all_cells(page)
-
-            explorer = page.locator(".widget-vbox", has=page.locator(".widget-slider", has_text="threshold")).last
-            picture = explorer.locator("img.widget-image").first
-            summary = explorer.locator(".widget-html").last
-            expect(picture).to_be_visible()
-            expect(summary).to_contain_text("best IoU")
-            expect(page.locator(".widget-slider", has_text="log10 range")).to_be_visible()
-            # the last cell (the medians table) has run
-            expect(page.locator(".jp-CodeCell .jp-InputPrompt").last).to_have_text(EXECUTED)
-            before_src, before_text = picture.get_attribute("src"), summary.inner_text()
-
-            slider = explorer.locator(".widget-slider", has_text="threshold")
-            readout = slider.locator(".widget-readout")
-            start = float(readout.inner_text())
-            handle = slider.locator(".noUi-handle").first
-            handle.scroll_into_view_if_needed()
-            box = handle.bounding_box()
-            assert box is not None
-            y = box["y"] + box["height"] / 2
-            page.mouse.move(box["x"] + box["width"] / 2, y)
-            page.mouse.down()
-            page.mouse.move(box["x"] + 120, y, steps=8)
-            page.mouse.up()
-            page.wait_for_function("([el, before]) => el.innerText !== before",
-                                   arg=[summary.element_handle(), before_text])
-            page.wait_for_function("([el, before]) => el.getAttribute('src') !== before",
-                                   arg=[picture.element_handle(), before_src])
-            moved = float(readout.inner_text())
-            assert moved > start  # the handle went right
-            expect(summary).to_contain_text(f"{moved:.3f}")
-
-            errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
-            texts = [errors.nth(i).inner_text() for i in range(errors.count())]
-            assert not [t for t in texts if "Traceback" in t or "Error" in t], texts
-            for message in ("Error displaying widget", "Error loading script"):
-                assert page.get_by_text(message).count() == 0, message
-            assert page.get_by_text("Loading widget...").count() == 0
-
-            explorer.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACT))
+            yield page
         except Exception:
-            page.screenshot(path=str(FAILURE_ARTIFACT))
+            page.screenshot(path=str(failure_png))
             raise
         finally:
             browser.close()
 
 
 @pytest.mark.skipif(chromium() is None, reason="no Chromium executable (chromium) found on this machine")
+def test_explorer_notebook_renders_and_reacts_in_jupyterlab(lab: str) -> None:
+    from playwright.sync_api import expect
+
+    with _notebook_page(lab, FAILURE_ARTIFACT) as page:
+        explorer = page.locator(".widget-vbox", has=page.locator(".widget-slider", has_text="threshold")).last
+        picture = explorer.locator("img.widget-image").first
+        summary = explorer.locator(".widget-html").last
+        expect(picture).to_be_visible()
+        expect(summary).to_contain_text("best IoU")
+        expect(page.locator(".widget-slider", has_text="log10 range")).to_be_visible()
+        # the last cell (the medians table) has run
+        expect(page.locator(".jp-CodeCell .jp-InputPrompt").last).to_have_text(EXECUTED)
+        before_src, before_text = picture.get_attribute("src"), summary.inner_text()
+
+        slider = explorer.locator(".widget-slider", has_text="threshold")
+        readout = slider.locator(".widget-readout")
+        start = float(readout.inner_text())
+        handle = slider.locator(".noUi-handle").first
+        handle.scroll_into_view_if_needed()
+        box = handle.bounding_box()
+        assert box is not None
+        y = box["y"] + box["height"] / 2
+        page.mouse.move(box["x"] + box["width"] / 2, y)
+        page.mouse.down()
+        page.mouse.move(box["x"] + 120, y, steps=8)
+        page.mouse.up()
+        page.wait_for_function("([el, before]) => el.innerText !== before",
+                               arg=[summary.element_handle(), before_text])
+        page.wait_for_function("([el, before]) => el.getAttribute('src') !== before",
+                               arg=[picture.element_handle(), before_src])
+        moved = float(readout.inner_text())
+        assert moved > start  # the handle went right
+        expect(summary).to_contain_text(f"{moved:.3f}")
+
+        errors = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+        texts = [errors.nth(i).inner_text() for i in range(errors.count())]
+        assert not [t for t in texts if "Traceback" in t or "Error" in t], texts
+        for message in ("Error displaying widget", "Error loading script"):
+            assert page.get_by_text(message).count() == 0, message
+        assert page.get_by_text("Loading widget...").count() == 0
+
+        explorer.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACT))
+
+
+@pytest.mark.skipif(chromium() is None, reason="no Chromium executable (chromium) found on this machine")
 def test_results_charts_are_interactive_in_jupyterlab(results_lab: str) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    expect.set_options(timeout=TIMEOUT * 1000)
-    CHARTS_ARTIFACT.parent.mkdir(exist_ok=True)
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1100})
-        page.set_default_timeout(TIMEOUT * 1000)
-        requests: list[str] = []
-        page.on("request", lambda request: requests.append(request.url))
-        try:
-            page.goto(results_lab)
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle")
-            _run_all_cells(page)
-            expect(page.locator(".jp-CodeCell .jp-InputPrompt").last).to_have_text(EXECUTED)
+    requests: list[str] = []
+    with _notebook_page(results_lab, CHARTS_ARTIFACT.with_name("results-charts-failure.png"), requests) as page:
+        expect(page.locator(".jp-CodeCell .jp-InputPrompt").last).to_have_text(EXECUTED)
 
-            # every figure of the notebook, drawn by vega-embed as SVG (the PNG is only the fallback)
-            charts = page.locator(".jp-OutputArea .vega-embed")
-            expect(charts).to_have_count(7)  # Fig. 3 left/right, 4, 5 (medians, components), A3, A4
-            for i in range(7):
-                expect(charts.nth(i).locator("svg.marks")).to_be_visible()
-            expect(page.locator('.jp-OutputArea-output[data-mime-type="image/png"]')).to_have_count(0)
-            for message in ("Error displaying", "Javascript Error", "Error loading"):
-                assert page.get_by_text(message).count() == 0, message
+        # every figure of the notebook, drawn by vega-embed as SVG (the PNG is only the fallback)
+        charts = page.locator(".jp-OutputArea .vega-embed")
+        expect(charts).to_have_count(7)  # Fig. 3 left/right, 4, 5 (medians, components), A3, A4
+        for i in range(7):
+            expect(charts.nth(i).locator("svg.marks")).to_be_visible()
+        expect(page.locator('.jp-OutputArea-output[data-mime-type="image/png"]')).to_have_count(0)
+        for message in ("Error displaying", "Javascript Error", "Error loading"):
+            assert page.get_by_text(message).count() == 0, message
 
-            # hovering a point of Fig. 3 (left) shows its tooltip: method, level, score, seeds, lr, runs
-            point = charts.first.locator("g.mark-symbol path").first
-            point.scroll_into_view_if_needed()
-            point.hover()
-            tooltip = page.locator("#vg-tooltip-element")
-            expect(tooltip).to_have_class(re.compile(r"\bvisible\b"))
-            for field in ("Method", "level", "maxboxacc_v2", "n_seeds", "lr", "runs"):
-                expect(tooltip).to_contain_text(field)
-            expect(tooltip).to_contain_text("CAM")
-            page.screenshot(path=str(CHARTS_ARTIFACT))
-            assert all(url.startswith("http://127.0.0.1") or url.startswith("data:") for url in requests), \
-                [url for url in requests if not url.startswith("http://127.0.0.1")]
-        except Exception:
-            page.screenshot(path=str(CHARTS_ARTIFACT.with_name("results-charts-failure.png")))
-            raise
-        finally:
-            browser.close()
+        # hovering a point of Fig. 3 (left) shows its tooltip: method, level, score, seeds, lr, runs
+        point = charts.first.locator("g.mark-symbol path").first
+        point.scroll_into_view_if_needed()
+        point.hover()
+        tooltip = page.locator("#vg-tooltip-element")
+        expect(tooltip).to_have_class(re.compile(r"\bvisible\b"))
+        for field in ("Method", "level", "maxboxacc_v2", "n_seeds", "lr", "runs"):
+            expect(tooltip).to_contain_text(field)
+        expect(tooltip).to_contain_text("CAM")
+        page.screenshot(path=str(CHARTS_ARTIFACT))
+        assert all(url.startswith("http://127.0.0.1") or url.startswith("data:") for url in requests), \
+            [url for url in requests if not url.startswith("http://127.0.0.1")]
