@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_center)
 
 
-def load_score_maps(folder: Path, image_ids: list[str], size: int,
-                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True) -> Any:
-    """(N, size, size) maps read from ``folder/<id without extension>.npy``, resized when needed.
+def iter_score_maps(folder: Path, image_ids: list[str], size: int,
+                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True,
+                    chunk: int = 256) -> Iterator[tuple[int, Any]]:
+    """``(start, maps)``: (n, size, size) chunks of the maps read from
+    ``folder/<id without extension>.npy``, resized when needed, so a whole split never sits in
+    memory at once.
 
-    Maps keep their float precision (float16 becomes float32; a folder mixing float32 and
+    Maps keep their float precision (float16 becomes float32; a chunk mixing float32 and
     float64 is read as float64), since quantisation depends on it.
 
     A map of ``size`` x ``size`` is used as is; one at the image's original size
@@ -53,9 +57,9 @@ def load_score_maps(folder: Path, image_ids: list[str], size: int,
     ``size`` on both sides is resized with ``cv2.resize`` (bilinear); one smaller than
     ``size`` on both sides is a native-resolution CAM and goes through
     :func:`inatloc_nb.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
-    stored CAMs. Every missing file is reported in one ScoreMapError; a damaged or invalid one
-    (:func:`inatloc_nb.metrics.scoremaps.read_score_map`), or with ``normalize=False`` a map
-    outside [0, 1], is named with its image id.
+    stored CAMs. Every missing file is reported in one ScoreMapError before anything is read;
+    a damaged or invalid one (:func:`inatloc_nb.metrics.scoremaps.read_score_map`), or with
+    ``normalize=False`` a map outside [0, 1], is named with its image id.
     """
     import cv2
     import numpy as np
@@ -71,18 +75,29 @@ def load_score_maps(folder: Path, image_ids: list[str], size: int,
         shown = ", ".join(missing[:_MISSING_SHOWN])
         more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
         raise ScoreMapError(f"{len(missing)} score map files missing under {folder}: {shown}{more}")
-    maps = []
-    for i, path in enumerate(tqdm(paths, desc="loading score maps", unit="map")):
-        smap = read_score_map(path, image_ids[i])
-        original = original_sizes is not None and smap.shape == original_sizes[i][::-1]
-        if smap.shape[0] < size and smap.shape[1] < size and not original:
-            smap = evaluation_maps(smap[None], size)[0]
-        elif smap.shape != (size, size):
-            smap = cv2.resize(smap, (size, size))
-        if not normalize:
-            check_score_map_range(smap, f"{path} (image {image_ids[i]!r})")
-        maps.append(smap)
-    return np.stack(maps)
+    with tqdm(total=len(paths), desc="scoring score maps", unit="map") as bar:
+        for start in range(0, len(paths), chunk):
+            maps = []
+            for i in range(start, min(start + chunk, len(paths))):
+                smap = read_score_map(paths[i], image_ids[i])
+                original = original_sizes is not None and smap.shape == original_sizes[i][::-1]
+                if smap.shape[0] < size and smap.shape[1] < size and not original:
+                    smap = evaluation_maps(smap[None], size)[0]
+                elif smap.shape != (size, size):
+                    smap = cv2.resize(smap, (size, size))
+                if not normalize:
+                    check_score_map_range(smap, f"{paths[i]} (image {image_ids[i]!r})")
+                maps.append(smap)
+            yield start, np.stack(maps)
+            bar.update(len(maps))
+
+
+def load_score_maps(folder: Path, image_ids: list[str], size: int,
+                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True) -> Any:
+    """All maps of :func:`iter_score_maps` as one (N, size, size) array (small folders)."""
+    import numpy as np
+
+    return np.concatenate([maps for _, maps in iter_score_maps(folder, image_ids, size, original_sizes, normalize)])
 
 
 def _report(result: Any, as_json: bool, key: str) -> None:
@@ -115,8 +130,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     iou = args.iou or ((50,) if largest_only else (30, 50, 70))
     acc = BoxAccuracy(iou_thresholds=iou, largest_only=largest_only, normalize=args.normalize)
     sizes = list(dataset.images(args.split).select("width", "height").iter_rows())
-    maps = load_score_maps(args.scoremaps, image_ids, EVAL_SIZE, sizes, normalize=args.normalize)
-    acc.update(maps, dataset.gt_boxes(args.split))
+    boxes = dataset.gt_boxes(args.split)
+    for start, maps in iter_score_maps(args.scoremaps, image_ids, EVAL_SIZE, sizes, normalize=args.normalize):
+        acc.update(maps, boxes[start : start + len(maps)])
     _report(acc.compute(), args.json, args.metric.replace("-", "_"))
     return 0
 
