@@ -8,7 +8,7 @@ results folder, joined with each image's finest category.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,24 +20,15 @@ from inatloc_nb.errors import InatlocError
 IOU_THRESHOLDS = (30, 50, 70)
 
 
-def image_hits(chunks: Iterable[tuple[int, np.ndarray]], boxes: Sequence[np.ndarray],
-               iou_thresholds: Sequence[int] = IOU_THRESHOLDS, n_thresholds: int = 1000) -> np.ndarray:
-    """(N,) per-image scores in [0, 1] of score maps given as ``(start, maps)`` chunks (maps
-    (n, H, W) in [0, 1], e.g. ``CamSet.iter_maps()``) against the N images' ``boxes``."""
-    from inatloc_nb.metrics.boxacc import best_iou_curves
-    from inatloc_nb.metrics.scoremaps import cam_thresholds
+def image_hits(cams, boxes: Sequence[np.ndarray],
+               iou_thresholds: Sequence[int] = IOU_THRESHOLDS) -> np.ndarray:
+    """(N,) per-image scores in [0, 1] of a ``CamSet``'s evaluation maps against the N images'
+    ``boxes``: the mean over ``iou_thresholds`` of ``BoxAccuracyResult.image_correct``."""
+    from inatloc_nb.cam import accumulate
+    from inatloc_nb.metrics import BoxAccuracy
 
-    thresholds = cam_thresholds(n_thresholds)
-    parts = [best_iou_curves(np.asarray(maps, dtype=np.float32), list(boxes[start:start + len(maps)]), thresholds)
-             for start, maps in chunks]
-    curves = np.concatenate(parts) if parts else np.empty((0, n_thresholds))
-    if len(curves) != len(boxes):
-        raise InatlocError(f"{len(curves)} maps but {len(boxes)} images with boxes")
-    score = np.zeros(len(curves))
-    for delta in iou_thresholds:
-        hits = curves >= delta / 100
-        score += hits[:, int(np.argmax(hits.mean(0)))]
-    return score / len(iou_thresholds)
+    result = accumulate(cams, boxes, BoxAccuracy(iou_thresholds=tuple(iou_thresholds))).compute()
+    return np.mean([result.image_correct[d] for d in iou_thresholds], axis=0)
 
 
 def run_image_hits(run_dir: str | Path, dataset, split: str = "val") -> pl.DataFrame:
@@ -55,7 +46,7 @@ def run_image_hits(run_dir: str | Path, dataset, split: str = "val") -> pl.DataF
     return pl.DataFrame({
         "image_id": cams.image_ids,
         "category": leaves[images["label"].to_numpy()].tolist(),
-        "hit": image_hits(cams.iter_maps(), dataset.gt_boxes(split)),
+        "hit": image_hits(cams, dataset.gt_boxes(split)),
     })
 
 
