@@ -22,12 +22,16 @@ demo: env
 # Single level vs mixed labelling vs multi-head on two synthetic worlds (docs/granularity.md).
 # configs/beyond.yaml reads its mixed labellings from $(BEYOND_DIR).
 BEYOND_DIR := demo_output/beyond
+# One single-threaded run per core.
+CORES := $(shell nproc)
+BEYOND_SWEEP := OMP_NUM_THREADS=1 $(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR) --max-parallel $(CORES)
 beyond: env
-	$(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR) --grid main --grid multihead
+	$(BEYOND_SWEEP) --grid main --grid multihead --grid short
 	for world in demo wide; do \
-	  $(BIN)/inatloc-nb choose-levels $(BEYOND_DIR) --dataset $$world --out $(BEYOND_DIR)/mixed-$$world.csv || exit 1; \
+	  $(BIN)/inatloc-nb choose-levels $(BEYOND_DIR) --dataset $$world --schedule 3 \
+	    --out $(BEYOND_DIR)/mixed-$$world.csv || exit 1; \
 	done
-	$(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR)
+	$(BEYOND_SWEEP)
 	$(BIN)/papermill notebooks/05_choosing_granularity.ipynb $(BEYOND_DIR)/05_choosing_granularity.ipynb \
 	  -p results_dir $(abspath $(BEYOND_DIR)) --cwd notebooks
 	$(BIN)/inatloc-nb report $(BEYOND_DIR) --out $(BEYOND_DIR)/report

@@ -208,6 +208,25 @@ def test_comparison_and_selection_tables(granularity_results):
     assert agreement["picked"][0] in {"species", "order", "phylum"}
 
 
+def _store(rows: list[tuple[str, str, str]]) -> pl.DataFrame:
+    """A results store of finished all-image runs: (method, level, schedule) per row."""
+    return pl.DataFrame([{"status": "ok", "per_class": None, "method": m, "level": lv, "train_level": lv,
+                          "schedule": sch} for m, lv, sch in rows], schema_overrides={"per_class": pl.Int64})
+
+
+def test_schedules_are_inferred_from_the_multihead_and_mixed_runs():
+    from inatloc_nb.granularity.selection import infer_schedules
+
+    base = [("cam", "species", "3"), ("cam", "order", "3"), ("multihead", "species", "3"), ("cam", "mixed:a.csv", "3")]
+    assert infer_schedules(_store(base)) == ("3", None)
+    assert infer_schedules(_store([*base, ("cam", "species", "1"), ("cam", "order", "1")])) == ("3", "1")
+    assert infer_schedules(_store([*base, ("cam", "species", "1"), ("cam", "order", "2")])) == ("3", None)
+    with pytest.raises(InatlocError, match="several schedules"):
+        infer_schedules(_store([*base, ("multihead", "species", "1")]))
+    with pytest.raises(InatlocError, match="no finished multi-head or mixed runs"):
+        infer_schedules(_store(base[:2]))
+
+
 def test_report_has_a_granularity_section(granularity_results, tmp_path):
     from inatloc_nb.report import build_report
 

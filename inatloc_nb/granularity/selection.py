@@ -29,11 +29,33 @@ HEADS_FILE = "heads.parquet"
 FUSED = "fused"
 
 
-def run_variants(store: pl.DataFrame, full_schedule: str, short_schedule: str | None = None) -> pl.DataFrame:
+def _finished(store: pl.DataFrame) -> pl.DataFrame:
+    """Finished rows of runs trained on all of D_w and scored at their own level."""
+    return store.filter((pl.col("status") == "ok") & pl.col("per_class").is_null()
+                        & (pl.col("level") == pl.col("train_level")))
+
+
+def infer_schedules(store: pl.DataFrame) -> tuple[str, str | None]:
+    """``(full, short)``: the schedule of the multi-head and mixed runs, and the one other
+    schedule of single-level CAM runs (None when there is none or several)."""
+    ok = _finished(store)
+    mixed = pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)
+    full = ok.filter((pl.col("method") == "multihead") | mixed)["schedule"].unique().sort().to_list()
+    if not full:
+        raise InatlocError("no finished multi-head or mixed runs in the results")
+    if len(full) > 1:
+        raise InatlocError(f"multi-head and mixed runs use several schedules {full}; compare one at a time")
+    others = ok.filter((pl.col("method") == "cam") & ~mixed & (pl.col("schedule") != full[0]))["schedule"].unique()
+    return full[0], others[0] if len(others) == 1 else None
+
+
+def run_variants(store: pl.DataFrame, full_schedule: str | None = None, short_schedule: str | None = None) -> pl.DataFrame:
     """Finished, all-image rows of ``store`` with a ``variant`` column (``single``, ``short``,
-    ``mixed``, ``multihead``); other rows (baselines, other schedules) are left out."""
-    ok = store.filter((pl.col("status") == "ok") & pl.col("per_class").is_null()
-                      & (pl.col("level") == pl.col("train_level")))
+    ``mixed``, ``multihead``); other rows (baselines, other schedules) are left out. Without
+    ``full_schedule`` both schedules come from :func:`infer_schedules`."""
+    if full_schedule is None:
+        full_schedule, short_schedule = infer_schedules(store)
+    ok = _finished(store)
     mixed = pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)
     variant = (pl.when(pl.col("method") == "multihead").then(pl.lit("multihead"))
                .when((pl.col("method") == "cam") & mixed).then(pl.lit("mixed"))
@@ -205,15 +227,12 @@ def labelling_summary(variants: pl.DataFrame) -> pl.DataFrame:
 
 def granularity_tables(results_dir: str | Path, store: pl.DataFrame) -> dict[str, tuple[str, pl.DataFrame]] | None:
     """The report's tables (name -> (title, table)) when ``store`` holds multi-head or mixed
-    runs, else None. The full schedule is that of those runs."""
+    runs, else None. Schedules as :func:`infer_schedules` finds them."""
     beyond = store.filter((pl.col("status") == "ok") & ((pl.col("method") == "multihead")
                                                          | pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))
     if beyond.height == 0:
         return None
-    schedules = beyond["schedule"].unique().to_list()
-    if len(schedules) != 1:
-        raise InatlocError(f"multi-head and mixed runs use several schedules {schedules}; compare one at a time")
-    variants = run_variants(store, schedules[0])
+    variants = run_variants(store)
     heads = all_head_scores(results_dir, variants)
     tables = {"granularity_comparison": ("Choosing the granularity: D_test MaxBoxAccV2 (%) over seeds",
                                          comparison_table(variants, heads))}
@@ -228,4 +247,5 @@ def granularity_tables(results_dir: str | Path, store: pl.DataFrame) -> dict[str
 
 
 __all__ = ["FUSED", "HEADS_FILE", "agreement_summary", "all_head_scores", "comparison_table",
-           "granularity_tables", "head_scores", "labelling_summary", "run_variants", "selection_agreement"]
+           "granularity_tables", "head_scores", "infer_schedules", "labelling_summary", "run_variants",
+           "selection_agreement"]
