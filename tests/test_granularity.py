@@ -203,9 +203,35 @@ def test_comparison_and_selection_tables(granularity_results):
     strategies = set(table["strategy"])
     assert {"best single level (D_f)", "mixed labelling", "multihead, fused CAM"} <= strategies
     assert table["mean"].is_between(0, 100).all()
+    best = table.filter(pl.col("strategy") == "best single level (D_f)")
+    assert best["gain"].to_list() == [0.0]
+    mixed = table.filter(pl.col("strategy") == "mixed labelling").row(0, named=True)
+    assert mixed["gain"] == pytest.approx(mixed["mean"] - best["mean"][0])  # one seed: the plain difference
     agreement = selection.selection_agreement(variants, heads)
     assert agreement["selector"].to_list() == ["multihead heads"]
     assert agreement["picked"][0] in {"species", "order", "phylum"}
+
+
+def test_level_ensembles_fuse_the_single_level_runs(granularity_results):
+    from inatloc_nb import results
+    from inatloc_nb.granularity import ensemble, selection
+    from inatloc_nb.granularity.evidence import sweep_dataset
+
+    variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
+    table = ensemble.ensemble_scores(granularity_results, variants, progress=False)
+    assert sorted(set(table["levels"])) == ["order..phylum", "species..order", "species..phylum"]
+    assert set(table["split"]) == {"val", "test"} and table["maxboxacc_v2"].is_between(0, 100).all()
+    cache = granularity_results / ensemble.ENSEMBLES_FILE
+    stamp = cache.stat().st_mtime_ns
+    assert ensemble.ensemble_scores(granularity_results, variants, progress=False).equals(table)
+    assert cache.stat().st_mtime_ns == stamp  # served from the cache
+    # fusing a run with itself gives the run's own maps, hence its own score
+    single = variants.filter((pl.col("variant") == "single") & (pl.col("level") == "order") & (pl.col("split") == "val"))
+    run = granularity_results / "runs" / single["run_id"][0]
+    fused = ensemble.fused_scores([run, run], ["order", "order"], sweep_dataset(variants, "tiny"), "val")
+    assert fused == {"order..order": pytest.approx(single["maxboxacc_v2"][0], abs=1e-9)}
+    comparison = selection.comparison_table(variants, selection.all_head_scores(granularity_results, variants), table)
+    assert comparison.filter(pl.col("strategy") == "level ensemble (D_f)").height == 1
 
 
 def _store(rows: list[tuple[str, str, str]]) -> pl.DataFrame:

@@ -4,7 +4,9 @@
 - :mod:`~inatloc_nb.granularity.choose`: one level per category from that evidence, resolved
   into a valid labelling (``inatloc-nb choose-levels``);
 - :mod:`~inatloc_nb.granularity.selection`: automatic level selection (short runs or the heads
-  of one multi-head run) and its agreement with the full grid; the side-by-side comparison.
+  of one multi-head run) and its agreement with the full grid; the side-by-side comparison;
+- :mod:`~inatloc_nb.granularity.ensemble`: level ensembles, the fused CAM of the single-level
+  runs of a range of levels (no training beyond the grid).
 
 Mixed (per-category) labellings, the ``mixed:FILE`` level and its CSV file format are
 :mod:`inatloc_nb.labelling` (every part of the library that takes a level reads them). The

@@ -122,36 +122,50 @@ def _pick(scores: pl.DataFrame, key: str, by: str) -> pl.DataFrame:
             .group_by("dataset", "seed", maintain_order=True).first().select("dataset", "seed", key, "val", "test"))
 
 
-def comparison_table(variants: pl.DataFrame, heads: pl.DataFrame) -> pl.DataFrame:
+def comparison_table(variants: pl.DataFrame, heads: pl.DataFrame,
+                     ensembles: pl.DataFrame | None = None) -> pl.DataFrame:
     """Per dataset and strategy: ``dataset, strategy, detail, mean, std, n_seeds`` of D_test
-    MaxBoxAccV2 over seeds (``detail``: the level(s) picked), sorted best first per dataset."""
+    MaxBoxAccV2 over seeds (``detail``: the level(s) picked) and ``gain``, ``gain_std``: the
+    mean and standard deviation over seeds of the strategy's score minus that of the best
+    single level (D_f) with the same seed. With ``ensembles``
+    (:func:`~inatloc_nb.granularity.ensemble.ensemble_scores`), also the level ensemble whose
+    range has the best mean D_f score. Sorted best first per dataset."""
     single = _wide(variants.filter(pl.col("variant") == "single"), "level")
     by_level = single.group_by("dataset", "level").agg(val=pl.col("val").mean(), test=pl.col("test").mean())
     rows = []
 
-    def add(dataset: str, strategy: str, detail: str, values: pl.Series) -> None:
-        values = values.drop_nulls()
+    def add(dataset: str, strategy: str, detail: str, scores: pl.DataFrame, reference: pl.DataFrame) -> None:
+        values = scores["test"].drop_nulls()
+        gains = (scores.join(reference.select("seed", ref="test"), on="seed")
+                 .select(gain=pl.col("test") - pl.col("ref"))["gain"].drop_nulls())
         rows.append({"dataset": dataset, "strategy": strategy, "detail": detail, "mean": values.mean(),
-                     "std": values.std() if len(values) > 1 else float("nan"), "n_seeds": len(values)})
+                     "std": values.std() if len(values) > 1 else float("nan"), "n_seeds": len(values),
+                     "gain": gains.mean(), "gain_std": gains.std() if len(gains) > 1 else float("nan")})
 
     for dataset in sorted(single["dataset"].unique()):
         mine = single.filter(pl.col("dataset") == dataset)
         levels = by_level.filter(pl.col("dataset") == dataset)
         picked = levels.sort("val", descending=True)["level"][0]
         oracle = levels.sort("test", descending=True)["level"][0]
-        add(dataset, "best single level (D_f)", picked, mine.filter(pl.col("level") == picked)["test"])
-        add(dataset, "best single level (oracle)", oracle, mine.filter(pl.col("level") == oracle)["test"])
+        best = mine.filter(pl.col("level") == picked)
+        add(dataset, "best single level (D_f)", picked, best, best)
+        add(dataset, "best single level (oracle)", oracle, mine.filter(pl.col("level") == oracle), best)
         per_seed = _pick(mine, "level", "val")
-        add(dataset, "single level picked per seed (D_f)", ", ".join(per_seed["level"].to_list()), per_seed["test"])
+        add(dataset, "single level picked per seed (D_f)", ", ".join(per_seed["level"].to_list()), per_seed, best)
         mixed = _wide(variants.filter((pl.col("variant") == "mixed") & (pl.col("dataset") == dataset)), "level")
         if mixed.height:
-            add(dataset, "mixed labelling", "choose-levels", mixed["test"])
+            add(dataset, "mixed labelling", "choose-levels", mixed, best)
         mh = heads.filter(pl.col("dataset") == dataset)
         if mh.height:
             wide = _wide(mh, "head")
-            add(dataset, "multihead, fused CAM", FUSED, wide.filter(pl.col("head") == FUSED)["test"])
-            best = _pick(wide.filter(pl.col("head") != FUSED), "head", "val")
-            add(dataset, "multihead, best head (D_f)", ", ".join(best["head"].to_list()), best["test"])
+            add(dataset, "multihead, fused CAM", FUSED, wide.filter(pl.col("head") == FUSED), best)
+            picked_heads = _pick(wide.filter(pl.col("head") != FUSED), "head", "val")
+            add(dataset, "multihead, best head (D_f)", ", ".join(picked_heads["head"].to_list()), picked_heads, best)
+        fused = _wide(ensembles.filter(pl.col("dataset") == dataset), "levels") if ensembles is not None else None
+        if fused is not None and fused.height:
+            chosen = fused.group_by("levels").agg(pl.col("val").mean()).sort("val", "levels", descending=[True, False])
+            chosen = chosen["levels"][0]
+            add(dataset, "level ensemble (D_f)", chosen, fused.filter(pl.col("levels") == chosen), best)
     if not rows:
         raise InatlocError("no single-level runs to compare")
     return pl.DataFrame(rows).sort(["dataset", "mean"], descending=[False, True], nulls_last=True)
@@ -232,10 +246,13 @@ def granularity_tables(results_dir: str | Path, store: pl.DataFrame) -> dict[str
                                                          | pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))
     if beyond.height == 0:
         return None
+    from inatloc_nb.granularity.ensemble import ensemble_scores
+
     variants = run_variants(store)
     heads = all_head_scores(results_dir, variants)
+    ensembles = ensemble_scores(results_dir, variants, progress=False)
     tables = {"granularity_comparison": ("Choosing the granularity: D_test MaxBoxAccV2 (%) over seeds",
-                                         comparison_table(variants, heads))}
+                                         comparison_table(variants, heads, ensembles))}
     agreement = selection_agreement(variants, heads)
     if agreement.height:
         tables["level_selection"] = ("Automatic level selection on D_f against the full grid",
