@@ -36,7 +36,7 @@ from inatloc_nb.io import atomic_write_bytes, atomic_write_text
 __all__ = [
     "PlotError", "level_order", "method_label", "save_chart", "granularity_comparison",
     "localization_by_level", "explainers_by_level", "classification_by_level", "data_efficiency",
-    "analysis_medians", "component_counts", "per_iou_by_level", "seed_spread",
+    "analysis_medians", "component_counts", "level_box_plot", "per_iou_by_level", "seed_spread",
     "box_area_cdf", "images_per_category", "category_counts", "box_area_fractions", "learning_curve",
     "cam_grid", "run_cam_grid", "compare_levels",
 ]
@@ -245,16 +245,29 @@ def analysis_medians(analysis: pl.DataFrame) -> alt.Chart:
     )
 
 
-def component_counts(analysis: pl.DataFrame) -> alt.Chart:
-    """Fig. 5 (right): box plots of connected-component counts of the binarised CAMs by level."""
+def level_box_plot(table: pl.DataFrame, value: str, x: alt.X, title: str, log: bool = False) -> alt.LayerChart:
+    """Box plots of ``value`` per ``level``: whiskers from min to max, box from the first to the
+    third quartile (linear interpolation), black tick at the median. Drawn from one summary row
+    per level, so the chart's size does not grow with the number of images and runs."""
+    column = pl.col(value)
+    summary = table.group_by("level").agg(
+        min=column.min(), q1=column.quantile(0.25, "linear"), median=column.median(),
+        q3=column.quantile(0.75, "linear"), max=column.max(), images=pl.len())
+    scale = alt.Scale(type="log") if log else alt.Undefined
+    base = alt.Chart(summary).encode(x=x)
+    tooltip = ["level", "images", "min", "q1", "median", "q3", "max"]
+    whiskers = base.mark_rule().encode(y=alt.Y("min:Q", title=title, scale=scale), y2="max:Q")
+    boxes = base.mark_bar(size=18).encode(y=alt.Y("q1:Q", scale=scale), y2="q3:Q", tooltip=tooltip)
+    medians = base.mark_tick(color="black", size=18, thickness=2).encode(y=alt.Y("median:Q", scale=scale))
+    return alt.layer(whiskers, boxes, medians)
+
+
+def component_counts(analysis: pl.DataFrame) -> alt.LayerChart:
+    """Fig. 5 (right): box plots of the connected-component counts of the binarised CAMs by level."""
     figure = "Connected components of the binarised CAM"
     analysis = _require(analysis, ["level", "n_components"], figure, results=False)
-    return (
-        alt.Chart(analysis.select("level", "n_components"))
-        .mark_boxplot(extent="min-max")
-        .encode(x=_level_axis(analysis), y=alt.Y("n_components:Q", title="number of components"))
-        .properties(title=figure, width=320, height=240)
-    )
+    return (level_box_plot(analysis, "n_components", _level_axis(analysis), "number of components")
+            .properties(title=figure, width=320, height=240))
 
 
 def per_iou_by_level(table: pl.DataFrame, method: str = "cam") -> alt.HConcatChart:
@@ -394,11 +407,12 @@ def granularity_comparison(table: pl.DataFrame) -> alt.FacetChart:
     table = table.fill_nan(None)  # one seed has no std; NaN is not valid JSON
     table = table.with_columns(low=pl.col("mean") - pl.col("std").fill_null(0), high=pl.col("mean") + pl.col("std").fill_null(0))
     base = alt.Chart().encode(y=alt.Y("strategy:N", title=None, sort=None))
+    title = "D_test MaxBoxAccV2 (%), mean +- std over seeds"
     bars = base.mark_bar(color="#4c78a8").encode(
-        x=alt.X("mean:Q", title="D_test MaxBoxAccV2 (%), mean over seeds", scale=alt.Scale(zero=False)),
+        x=alt.X("mean:Q", title=title, scale=alt.Scale(zero=False)),
         tooltip=["strategy", "detail", alt.Tooltip("mean:Q", format=".1f"), alt.Tooltip("std:Q", format=".1f"),
                  "n_seeds"])
-    errors = base.mark_errorbar(color="black").encode(x="low:Q", x2="high:Q")
+    errors = base.mark_errorbar(color="black").encode(x=alt.X("low:Q", title=title), x2="high:Q")
     return (alt.layer(bars, errors, data=table).properties(width=320, height=150)
             .facet(row=alt.Row("dataset:N", title=None)).properties(title=figure))
 

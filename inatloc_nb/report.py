@@ -206,6 +206,14 @@ class _Page:
                 "</body></html>\n")
 
 
+def _short_levels(table: pl.DataFrame) -> pl.DataFrame:
+    """``level`` / ``train_level`` as :func:`inatloc_nb.labelling.short_name` gives them."""
+    from inatloc_nb.labelling import short_name
+
+    return table.with_columns(pl.col(c).map_elements(short_name, return_dtype=pl.String)
+                              for c in ("level", "train_level") if c in table.columns)
+
+
 def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
     """Write the tables, figures and ``report.html`` of ``results_dir`` under ``out_dir``; return
     the path of ``report.html``."""
@@ -217,7 +225,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
     store = store.filter(pl.col("explainer") == results.OWN_MAPS)
     best = explained.filter(pl.col("explainer") == results.OWN_MAPS)
     runs = run_table(store)
-    analysis = selected_analysis(results.load_analysis(results_dir, problems), best)
+    analysis = _short_levels(selected_analysis(results.load_analysis(results_dir, problems), best))
+    best = _short_levels(best)  # tables and figures name a mixed level by its file, not its path
 
     page = _Page()
     if problems:

@@ -137,7 +137,13 @@ def test_analysis_figures(results_dir, best):
     medians = _chart_rows(plots.analysis_medians(analysis))
     species = analysis.filter(pl.col("level") == "species")["box_area_ratio"].median()
     assert any(r["median"] == pytest.approx(species) for r in medians if r["level"] == "species")
-    assert len(_chart_rows(plots.component_counts(analysis))) == analysis.height
+    boxes = {r["level"]: r for r in _chart_rows(plots.component_counts(analysis))}
+    assert set(boxes) == set(analysis["level"])
+    order = analysis.filter(pl.col("level") == "order")["n_components"]
+    assert boxes["order"]["images"] == order.len()
+    assert (boxes["order"]["min"], boxes["order"]["median"], boxes["order"]["max"]) == (
+        order.min(), pytest.approx(order.median()), order.max())
+    assert boxes["order"]["q1"] == pytest.approx(float(np.percentile(order.to_numpy(), 25)))
 
 
 def test_dataset_figures(tmp_path):

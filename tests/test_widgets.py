@@ -211,7 +211,10 @@ def test_box_size_medians_and_chart(level_runs: LevelRuns, analysis: pl.DataFram
         expected = direct.filter(pl.col("level") == row["level"]).row(0, named=True)
         assert [row[m] for m in MEASURES] == pytest.approx([expected[m] for m in MEASURES])
     spec = explorer.distribution_chart().to_dict()
-    assert len(spec["layer"]) == 3 and spec["layer"][0]["mark"]["type"] == "boxplot"
+    assert len(spec["layer"]) == 3
+    assert [layer["mark"]["type"] for layer in spec["layer"][0]["layer"]] == ["rule", "bar", "tick"]
+    summaries = [row for row in spec["datasets"].values() if row and "q1" in row[0]]
+    assert len(summaries) == 1 and len(summaries[0]) == len(level_runs.levels)  # one row per level, not per image
 
 
 def test_explorer_errors_are_clear(level_runs: LevelRuns, analysis: pl.DataFrame, explorer_results: Path,

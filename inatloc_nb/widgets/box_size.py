@@ -15,7 +15,7 @@ import ipywidgets as W
 import numpy as np
 import polars as pl
 
-from inatloc_nb import results
+from inatloc_nb import plots, results
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.widgets.render import analyse, compose, overlay, to_png
 from inatloc_nb.widgets.runs import LevelRuns
@@ -108,10 +108,9 @@ class BoxSizeExplorer(W.VBox):
         measure, (lo, hi) = self.measure.value, self.value_range.value
         data = self.analysis.select("level", measure).filter((pl.col(measure) > 0) & pl.col(measure).is_finite())
         x = alt.X("level:N", sort=self.runs.levels, title="training level")
-        y = alt.Y(f"{measure}:Q", scale=alt.Scale(type="log"), title=MEASURES[measure])
-        boxes = alt.Chart(data).mark_boxplot(extent="min-max", opacity=0.6).encode(x=x, y=y)
-        medians = alt.Chart(data).mark_line(point=True, color="black").encode(
-            x=x, y=alt.Y(f"median({measure}):Q", scale=alt.Scale(type="log")))
+        boxes = plots.level_box_plot(data, measure, x, MEASURES[measure], log=True)
+        medians = alt.Chart(data.group_by("level").agg(pl.col(measure).median())).mark_line(
+            point=True, color="black").encode(x=x, y=alt.Y(f"{measure}:Q", scale=alt.Scale(type="log")))
         band = alt.Chart(pl.DataFrame({"level": [self.level.value], "lo": [10**lo], "hi": [10**hi]})).mark_bar(
             color="orange", opacity=0.35).encode(x=x, y="lo:Q", y2="hi:Q")
         return alt.layer(boxes, medians, band).properties(width=380, height=240, title="Fig. 5 per image")
