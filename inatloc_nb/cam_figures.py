@@ -59,7 +59,7 @@ def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict
     from inatloc_nb.metrics.boxacc import contour_boxes
     from inatloc_nb.metrics.scoremaps import EVAL_SIZE
     from inatloc_nb.run_config import RunConfig, load_dataset
-    from inatloc_nb.widgets.render import binarize
+    from inatloc_nb.metrics.scoremaps import binarize
 
     run_dir = Path(run_dir)
     config = RunConfig.from_json(run_dir / "params.json")

@@ -15,7 +15,8 @@ from inatloc_nb.metrics.boxacc import best_iou_curves, contour_boxes
 from inatloc_nb.metrics.scoremaps import quantize
 from inatloc_nb.widgets import BoxSizeExplorer, FragmentationExplorer, LevelRuns
 from inatloc_nb.widgets.box_size import MEASURES
-from inatloc_nb.widgets.render import analyse, binarize
+from inatloc_nb.metrics.scoremaps import binarize
+from inatloc_nb.widgets.render import analyse
 
 pytest_plugins = ["fixtures_results"]
 pytestmark = pytest.mark.slow

@@ -139,6 +139,13 @@ def threshold_cutoffs(quantized: np.ndarray, thresholds: np.ndarray) -> np.ndarr
     return (thresholds[None, :] * q_max[:, None]).astype(np.int64)
 
 
+def binarize(score_map: np.ndarray, threshold: float) -> np.ndarray:
+    """The protocol's binary map of one score map in [0, 1] at ``threshold``."""
+    q = quantize(np.asarray(score_map, dtype=np.float32)[None])
+    cutoff = threshold_cutoffs(q, np.array([threshold], dtype=np.float64))[0, 0]
+    return q[0] > cutoff
+
+
 def check_gt_boxes(gt_boxes: Sequence[Any], n_images: int) -> list[np.ndarray]:
     """Validate one (n_i, 4) integer box array (x0, y0, x1, y1 inclusive) per image."""
     if len(gt_boxes) != n_images:

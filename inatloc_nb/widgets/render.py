@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from inatloc_nb.metrics.boxacc import contour_boxes, multiple_iou
-from inatloc_nb.metrics.scoremaps import quantize, threshold_cutoffs
+from inatloc_nb.metrics.scoremaps import binarize
 
 GT_COLOR = (40, 200, 40)        # RGB
 BOX_COLOR = (230, 40, 40)
@@ -31,13 +31,6 @@ class PanelState:
     boxes: np.ndarray           # (n, 4) every contour box, protocol convention
     best_iou: float             # best IoU of any box with any GT box
     labels: np.ndarray          # (224, 224) int32 component labels, 0 = background
-
-
-def binarize(score_map: np.ndarray, threshold: float) -> np.ndarray:
-    """The protocol's binary map of one score map in [0, 1] at threshold ``t``."""
-    q = quantize(np.asarray(score_map, dtype=np.float32)[None])
-    cutoff = threshold_cutoffs(q, np.array([threshold], dtype=np.float64))[0, 0]
-    return q[0] > cutoff
 
 
 def analyse(level: str, score_map: np.ndarray, gt_boxes: np.ndarray, threshold: float,

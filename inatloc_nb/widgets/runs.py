@@ -109,7 +109,7 @@ class LevelRuns:
         if self._table is None:
             import cv2
 
-            from inatloc_nb.widgets.render import binarize
+            from inatloc_nb.metrics.scoremaps import binarize
 
             columns: dict[str, object] = {"image_id": self.image_ids}
             for level in self.dataset.hierarchy.levels:
