@@ -147,6 +147,25 @@ def test_sweep_resolves_mixed_levels_per_dataset(tmp_path):
     assert [g.name for g in config.select_grids(["main"]).grids] == ["main"]
 
 
+def test_a_labelling_chosen_anew_gives_new_run_ids(hierarchy, tmp_path):
+    from inatloc_nb.sweep import SweepConfig, expand
+
+    raw = {"datasets": {"tiny": "synth:tiny"}, "levels": ["species", "mixed:tiny.csv"], "lrs": [0.1]}
+    config = SweepConfig.from_dict(raw, path=tmp_path / "sweep.yaml")
+
+    def ids() -> dict[str, str]:
+        return {spec.level: spec.run_id for spec in expand(config)}
+
+    leaves = hierarchy.leaves
+    write_labelling(tmp_path / "tiny.csv", hierarchy, {leaf: hierarchy.coarsen(leaf, 1) for leaf in leaves})
+    first = ids()
+    assert first == ids()  # same content, same ids: the sweep resumes
+    write_labelling(tmp_path / "tiny.csv", hierarchy, {leaf: leaf for leaf in leaves})
+    second = ids()
+    mixed = f"mixed:{tmp_path / 'tiny.csv'}"
+    assert second["species"] == first["species"] and second[mixed] != first[mixed]
+
+
 @pytest.fixture(scope="module")
 def granularity_results(explorer_results: Path, tmp_path_factory, torch_one_thread) -> Path:
     """The explorer runs (species, order, phylum), a labelling chosen from them by the

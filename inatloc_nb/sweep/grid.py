@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.labelling import is_mixed, short_name
+from inatloc_nb.labelling import is_mixed, labelling_path, short_name
 from inatloc_nb.sweep.config import LR_SELECTED, LRSearch, SweepConfig
 from inatloc_nb.sweep.layout import runs_dir
 
@@ -48,12 +48,16 @@ class RunSpec:
 
     def params(self) -> dict[str, Any]:
         """The run's identity: every parameter except the data location (see :attr:`run_id`)
-        and those at their ``IDENTITY_DEFAULTS`` value."""
+        and those at their ``IDENTITY_DEFAULTS`` value; for a ``mixed:FILE`` level, also
+        ``labelling``, a digest of the file's content, so a labelling chosen anew gives new
+        runs instead of resuming the old ones."""
         out = dataclasses.asdict(self)
         del out["data"]
         for key, default in IDENTITY_DEFAULTS.items():
             if out[key] == default:
                 del out[key]
+        if is_mixed(self.level) and labelling_path(self.level).is_file():
+            out["labelling"] = hashlib.sha1(labelling_path(self.level).read_bytes()).hexdigest()[:10]
         return out
 
     @property
