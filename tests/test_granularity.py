@@ -214,8 +214,12 @@ def test_comparison_and_selection_tables(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import selection
 
-    variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
+    store = results.load(granularity_results)
+    variants = selection.run_variants(store, full_schedule="2")
     assert set(variants["variant"]) == {"single", "mixed", "multihead"}
+    stale = store.filter(pl.col("level").str.starts_with("mixed:")).with_columns(run_id=pl.col("run_id") + "-old")
+    with pytest.raises(InatlocError, match=r"appear more than once.*labelling was chosen anew"):
+        selection.run_variants(pl.concat([store, stale]), full_schedule="2")
     heads = selection.all_head_scores(granularity_results, variants)
     assert set(heads["head"]) == {"species", "genus", "family", "order", "class", "phylum", "fused"}
     table = selection.comparison_table(variants, heads)

@@ -67,6 +67,14 @@ def run_variants(store: pl.DataFrame, full_schedule: str | None = None, short_sc
                                                      | (pl.col("schedule") == str(full_schedule))))
     if out.filter(pl.col("variant") == "single").height == 0:
         raise InatlocError(f"no finished single-level CAM runs with schedule {full_schedule!r} in the results")
+    twins = (out.group_by("dataset", "variant", "level", "method", "schedule", "seed")
+             .agg(pl.col("run_id").unique().sort()).filter(pl.col("run_id").list.len() > 1))
+    if twins.height:
+        row = twins.row(0, named=True)
+        raise InatlocError(
+            f"{twins.height} run(s) of the same kind and seed appear more than once, e.g. {row['dataset']} "
+            f"{row['level']} {row['method']} seed {row['seed']}: {', '.join(row['run_id'])} (for a mixed "
+            "level: its labelling was chosen anew; move the runs of the old labelling out of the results folder)")
     return out
 
 
