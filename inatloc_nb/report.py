@@ -256,18 +256,19 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
             html_path, png_path = plots.save_chart(chart, out_dir / "figures" / f"{dataset}_{name}")
             page.figure(fig.caption, png_path, html_path, out_dir)
             say(f"wrote {png_path}")
-    _add_granularity(page, out_dir, results_dir, store)
+    _add_granularity(page, out_dir, results_dir, store, progress)
     _add_explainers(page, out_dir, explained, say)
     title = results.sweep_name(results_dir) or results_dir.resolve().name
     return atomic_write_text(out_dir / "report.html", page.render(f"inatloc-nb results: {title}"))
 
 
-def _add_granularity(page: _Page, out_dir: Path, results_dir: Path, store: pl.DataFrame) -> None:
+def _add_granularity(page: _Page, out_dir: Path, results_dir: Path, store: pl.DataFrame,
+                     progress: bool) -> None:
     """The section comparing single-level, mixed and multi-head training, when the store has them
     (``inatloc_nb.granularity.selection``; ``configs/beyond.yaml``)."""
     from inatloc_nb.granularity.selection import granularity_tables
 
-    tables = granularity_tables(results_dir, store)
+    tables = granularity_tables(results_dir, store, progress)
     if tables is None:
         return
     page.heading("Choosing the granularity: single level, mixed labelling, multi-head")

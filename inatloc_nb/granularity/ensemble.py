@@ -81,12 +81,11 @@ def ensemble_scores(results_dir: str | Path, variants: pl.DataFrame, splits: tup
         if cached.height and cached["runs"][0] == key:
             return cached.drop("runs")
     rows = []
+    datasets = {name: sweep_dataset(variants, name) for name in runs["dataset"].unique()}
     groups = list(runs.group_by("dataset", "seed", maintain_order=True))
     for (dataset, seed), group in tqdm(groups, desc="level ensembles", disable=not progress):
-        ds = sweep_dataset(variants, dataset)
-        by_level = dict(zip(group["level"], group["run_id"], strict=True))
-        if len(by_level) != group.height:
-            raise InatlocError(f"{dataset} seed {seed}: several single-level runs per level; one each expected")
+        ds = datasets[dataset]
+        by_level = dict(zip(group["level"], group["run_id"], strict=True))  # one run each: run_variants checks
         levels = [lv for lv in ds.hierarchy.levels if lv in by_level]
         if len(levels) < 2:
             continue

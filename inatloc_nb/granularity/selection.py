@@ -171,8 +171,8 @@ def comparison_table(variants: pl.DataFrame, heads: pl.DataFrame,
             add(dataset, "multihead, best head (D_f)", ", ".join(picked_heads["head"].to_list()), picked_heads, best)
         fused = _wide(ensembles.filter(pl.col("dataset") == dataset), "levels") if ensembles is not None else None
         if fused is not None and fused.height:
-            chosen = fused.group_by("levels").agg(pl.col("val").mean()).sort("val", "levels", descending=[True, False])
-            chosen = chosen["levels"][0]
+            ranked = fused.group_by("levels").agg(pl.col("val").mean()).sort("val", "levels", descending=[True, False])
+            chosen = ranked["levels"][0]
             add(dataset, "level ensemble (D_f)", chosen, fused.filter(pl.col("levels") == chosen), best)
     if not rows:
         raise InatlocError("no single-level runs to compare")
@@ -247,9 +247,11 @@ def labelling_summary(variants: pl.DataFrame) -> pl.DataFrame:
                                       "categories": pl.Int64})
 
 
-def granularity_tables(results_dir: str | Path, store: pl.DataFrame) -> dict[str, tuple[str, pl.DataFrame]] | None:
+def granularity_tables(results_dir: str | Path, store: pl.DataFrame,
+                       progress: bool = False) -> dict[str, tuple[str, pl.DataFrame]] | None:
     """The report's tables (name -> (title, table)) when ``store`` holds multi-head or mixed
-    runs, else None. Schedules as :func:`infer_schedules` finds them."""
+    runs, else None. Schedules as :func:`infer_schedules` finds them; ``progress`` shows the
+    level ensembles' progress bar (minutes on a first call, cached afterwards)."""
     beyond = store.filter((pl.col("status") == "ok") & ((pl.col("method") == "multihead")
                                                          | pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))
     if beyond.height == 0:
@@ -258,7 +260,7 @@ def granularity_tables(results_dir: str | Path, store: pl.DataFrame) -> dict[str
 
     variants = run_variants(store)
     heads = all_head_scores(results_dir, variants)
-    ensembles = ensemble_scores(results_dir, variants, progress=False)
+    ensembles = ensemble_scores(results_dir, variants, progress=progress)
     tables = {"granularity_comparison": ("Choosing the granularity: D_test MaxBoxAccV2 (%) over seeds",
                                          comparison_table(variants, heads, ensembles))}
     agreement = selection_agreement(variants, heads)
