@@ -8,10 +8,11 @@ resolution (e.g. 28 x 28 for the paper's ResNet-50) in float32, in a ``CamSet``.
 
 Every consumer (scoring, baselines, analysis measures, explorers, plots, ``inatloc-nb
 evaluate``) turns raw maps into evaluation maps with one function, :func:`evaluation_maps`:
-``cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)`` on each float32 map, then
-``normalize_scoremap``, as the reference protocol does. Since the stored maps are the raw
-float32 values, scores are identical whether maps are scored straight after extraction or
-read back from disk.
+the raw float32 map widened to float64 (the reference's ``t2n``: ``.astype(np.float)``), then
+``cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)`` and ``normalize_scoremap`` in
+float64, as the reference protocol does. Since the stored maps are the raw float32 values,
+scores are identical, bit for bit, whether maps are scored straight after extraction or read
+back from disk.
 
 On disk (``CamSet.save``) a CamSet is one compressed ``.npz`` (format version
 :data:`CAM_FORMAT_VERSION`): the per-image metadata plus the raw maps in members of
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # torch is imported where models run, so reading and scoring 
 CAM_FORMAT_VERSION = 2
 #: Raw maps per ``.npz`` member: the unit a reader decompresses at once.
 STORE_CHUNK = 1024
-#: Evaluation maps (224 x 224 float32, ~200 KB each) built and scored at a time.
+#: Evaluation maps (224 x 224 float64, ~400 KB each) built and scored at a time.
 SCORE_CHUNK = 256
 #: Maps upsampled and normalised together inside ``evaluation_maps``.
 _BLOCK = 8
@@ -54,13 +55,14 @@ _META = ("split", "level", "image_ids", "labels", "cam_classes", "predictions", 
 
 
 def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
-    """(B, size, size) float32: each (h, w) map resized by ``cv2.resize(..., INTER_CUBIC)``."""
+    """(B, size, size) float64: each (h, w) map, widened to float64 as the reference does,
+    resized by ``cv2.resize(..., INTER_CUBIC)``."""
     import cv2
 
-    maps = np.asarray(raw, dtype=np.float32)
+    maps = np.asarray(raw, dtype=np.float64)
     if maps.ndim != 3:
         raise ScoreMapError(f"raw maps must have shape (B, h, w), got {maps.shape}")
-    out = np.empty((len(maps), size, size), dtype=np.float32)
+    out = np.empty((len(maps), size, size), dtype=np.float64)
     for i, cam in enumerate(maps):
         out[i] = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
     return out
@@ -68,14 +70,15 @@ def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
 
 def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE) -> np.ndarray:
     """The evaluation maps of raw (B, h, w) maps: bicubic upsampling to ``size``, then min-max
-    normalisation per map (float32 in [0, 1]; a constant map becomes zeros).
+    normalisation per map, in float64 as the reference's ``t2n`` / ``normalize_scoremap`` path
+    (values in [0, 1]; a constant map becomes zeros).
 
     The one path from stored or freshly computed maps to what the metric and every view see.
     """
-    raw = np.asarray(as_numpy(raw), dtype=np.float32)
+    raw = np.asarray(as_numpy(raw), dtype=np.float64)
     if raw.ndim != 3:
         raise ScoreMapError(f"raw maps must have shape (B, h, w), got {raw.shape}")
-    out = np.empty((len(raw), size, size), dtype=np.float32)
+    out = np.empty((len(raw), size, size), dtype=np.float64)
     for start in range(0, len(raw), _BLOCK):  # a few maps at a time stay in cache
         out[start : start + _BLOCK] = normalize_scoremap(upsample_cams(raw[start : start + _BLOCK], size))
     return out
@@ -159,7 +162,7 @@ class CamSet:
         return float(100 * np.mean(self.predictions == self.labels)) if len(self) else float("nan")
 
     def maps(self, start: int = 0, stop: int | None = None) -> np.ndarray:
-        """Evaluation maps (224 x 224 float32 in [0, 1]) of rows ``start:stop``."""
+        """Evaluation maps (224 x 224 float64 in [0, 1]) of rows ``start:stop``."""
         return evaluation_maps(self.raw[start : len(self) if stop is None else stop])
 
     def map(self, row: int) -> np.ndarray:

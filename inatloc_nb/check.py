@@ -12,6 +12,9 @@ pool (Pillow releases the GIL while decoding), so truncated files are caught, an
 
 Each problem names the split file and line (or the image path). ``inatloc-nb check`` prints
 a summary per split and the first offending lines, and exits with 1 when anything is wrong.
+With ``decode=False`` (``--metadata-only``) no image is read: the metadata of every split and
+the hierarchy its ``class_labels_<level>.txt`` files define are checked, as when only the
+metadata has been downloaded.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ class CheckReport:
 
     images: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    decoded: bool = True
+    """Whether the images were decoded (False: metadata only)."""
 
     @property
     def ok(self) -> bool:
@@ -112,20 +117,28 @@ def check_dataset(
     workers: int | None = None,
     progress: bool = True,
     size_order: str = "auto",
+    decode: bool = True,
 ) -> CheckReport:
     """Check every image of the chosen splits (default: all present); see the module docstring.
 
     Malformed metadata raises :class:`MetadataError` (file and line) before any image is read.
     ``size_order`` is how ``image_sizes.txt`` is read (:func:`inatloc_nb.metadata.read_split`).
+    ``decode=False`` reads no image: every split's metadata and the hierarchy of its levels
+    (:meth:`inatloc_nb.data.WSOLDataset.from_folder`) are checked, nothing else.
     """
     from tqdm.auto import tqdm
 
     root = Path(metadata_root)
-    image_root = Path(image_root) if image_root is not None else default_image_root(root)
     present = [s for s in SPLITS if (root / s).is_dir()] if splits is None else list(splits)
     if not present:
         raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
     metas = {split: read_split(root / split, size_order=size_order) for split in present}  # type: ignore[arg-type]
+    if not decode:
+        from inatloc_nb.data import WSOLDataset
+
+        WSOLDataset.from_folder(root, size_order=size_order)
+        return CheckReport(images={split: meta.images.height for split, meta in metas.items()}, decoded=False)
+    image_root = Path(image_root) if image_root is not None else default_image_root(root)
     jobs = [(split, image_id) for split, meta in metas.items() for image_id in meta.images["image_id"]]
     report = CheckReport(images={split: meta.images.height for split, meta in metas.items()})
     with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(

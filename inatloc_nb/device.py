@@ -7,6 +7,12 @@ resolves per device:
 - ``amp``: on for CUDA, off for CPU. Training runs under ``torch.autocast`` in bfloat16 where
   the GPU supports it (no loss scaling needed), else float16 with a gradient scaler (fastai's
   ``MixedPrecision``). fastai's mixed precision is CUDA-only, so ``amp=True`` on CPU is refused.
+  This is a deviation from the reference code, which trains in float32; ``amp=False``
+  (``--no-amp``) on CUDA is the reference's float32: TF32 is switched off for matrix
+  multiplications and cuDNN convolutions (``tf32`` below), for training and CAM extraction.
+- ``tf32`` (not a switch of its own): with amp on CUDA, PyTorch's defaults stay (TF32 for
+  cuDNN convolutions, not for matmuls); without amp, TF32 is off everywhere. These are process-wide
+  PyTorch flags, set by :func:`prepare_model` (one run per process, or runs of one setting).
 - ``channels_last``: on for CUDA, off for CPU. The model's weights and every input batch are
   in channels-last memory format (what tensor cores prefer for convolutions).
 - ``compile``: off by default everywhere until it is measured to pay for its compilation
@@ -46,6 +52,12 @@ class DeviceSettings:
     compile: bool
 
     @property
+    def tf32(self) -> bool | None:
+        """Whether CUDA may use TF32: False for float32 (no amp) on CUDA, None (PyTorch's
+        defaults) otherwise."""
+        return False if self.device.startswith("cuda") and not self.amp else None
+
+    @property
     def amp_dtype(self) -> torch.dtype | None:
         """The autocast dtype: bfloat16 when the GPU supports it, else float16; None without amp."""
         if not self.amp:
@@ -55,7 +67,8 @@ class DeviceSettings:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values, with the autocast dtype's name (``params.json``)."""
         dtype = self.amp_dtype
-        return {**asdict(self), "amp_dtype": None if dtype is None else str(dtype).removeprefix("torch.")}
+        return {**asdict(self), "amp_dtype": None if dtype is None else str(dtype).removeprefix("torch."),
+                "tf32": self.tf32}
 
 
 def resolve_settings(
@@ -82,9 +95,33 @@ def resolve_settings(
     )
 
 
+def apply_precision(settings: DeviceSettings) -> None:
+    """Set PyTorch's process-wide TF32 flags for ``settings`` (off for float32 on CUDA; left
+    as they are otherwise)."""
+    if settings.tf32 is None:
+        return
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9: per-backend fp32 precision
+        precision = "tf32" if settings.tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = settings.tf32
+        torch.backends.cudnn.allow_tf32 = settings.tf32
+
+
+def tf32_enabled() -> tuple[bool, bool]:
+    """Whether CUDA matmuls and cuDNN convolutions may use TF32 now."""
+    if hasattr(torch.backends.cudnn, "conv"):
+        return (torch.backends.cuda.matmul.fp32_precision == "tf32",
+                torch.backends.cudnn.conv.fp32_precision == "tf32")
+    return bool(torch.backends.cuda.matmul.allow_tf32), bool(torch.backends.cudnn.allow_tf32)
+
+
 def prepare_model(model: nn.Module, settings: DeviceSettings) -> nn.Module:
     """Move ``model`` to the settings' device, in channels-last format when asked, and
-    compile the backbone's stages in place when asked (see the module docstring)."""
+    compile the backbone's stages in place when asked (see the module docstring); set the
+    TF32 flags (:func:`apply_precision`)."""
+    apply_precision(settings)
     model = model.to(settings.device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -125,7 +162,9 @@ def apply_settings(learn: Learner, settings: DeviceSettings) -> Learner:
 __all__ = [
     "ChannelsLastInputs",
     "DeviceSettings",
+    "apply_precision",
     "apply_settings",
+    "tf32_enabled",
     "prepare_model",
     "resolve_settings",
 ]

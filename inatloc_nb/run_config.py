@@ -44,9 +44,9 @@ class RunConfig:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
     parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
     reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
-    (docs/protocol.md). ``select_epoch``: ``"best"`` (the reference's, default) scores the
-    model of the epoch (0 = before training) with the best D_f MaxBoxAccV2, ``"last"`` the
-    model after the last epoch (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
+    (docs/protocol.md). ``select_epoch``: ``"last"`` (the reference's default, its
+    ``--eval_checkpoint_type last``) scores the model after the last epoch, ``"best"`` the model
+    of the epoch (0 = before training) with the best D_f MaxBoxAccV2 (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
     ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
     (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
@@ -63,7 +63,7 @@ class RunConfig:
     schedule: str | int = "2epoch"
     lr_groups: str = "reference"
     lr_decay: str = "reference"
-    select_epoch: str = "best"
+    select_epoch: str = "last"
     backbone: str = "resnet50"
     pretrained: bool = True
     weights: str | None = None

@@ -51,17 +51,23 @@ def model():
     return CAMNet(features, channels, 4).eval()
 
 
-def test_bicubic_upsampling_is_the_reference_resize():
+def test_evaluation_maps_are_the_reference_path_bit_for_bit():
     raw = np.random.default_rng(0).normal(size=(16, 28, 28)).astype(np.float32)
-    reference = np.stack([cv2.resize(m, (224, 224), interpolation=cv2.INTER_CUBIC) for m in raw])
-    np.testing.assert_allclose(upsample_cams(raw), reference, atol=1e-6, rtol=0)
-    # then the reference's normalisation: subtract the min, divide by the max, in float32
-    normalised = reference - reference.min(axis=(1, 2), keepdims=True)
-    normalised /= normalised.max(axis=(1, 2), keepdims=True)
+    # the reference: t2n widens the float32 CAM to float64, cv2.resize(INTER_CUBIC), then
+    # normalize_scoremap (cam -= cam.min(); cam /= cam.max()) in float64
+    reference = []
+    for cam in raw.astype(np.float64):
+        resized = cv2.resize(cam, (224, 224), interpolation=cv2.INTER_CUBIC)
+        resized -= resized.min()
+        resized /= resized.max()
+        reference.append(resized)
+    reference = np.stack(reference)
+    np.testing.assert_array_equal(upsample_cams(raw), np.stack(
+        [cv2.resize(m, (224, 224), interpolation=cv2.INTER_CUBIC) for m in raw.astype(np.float64)]))
     maps = evaluation_maps(raw)
-    assert maps.dtype == np.float32
-    np.testing.assert_allclose(maps, normalised, atol=1e-6, rtol=0)
-    np.testing.assert_array_equal(maps, normalize_scoremap(reference))
+    assert maps.dtype == np.float64
+    np.testing.assert_array_equal(maps, reference)
+    np.testing.assert_array_equal((maps * 255).astype(np.uint8), (reference * 255).astype(np.uint8))
     np.testing.assert_array_equal(evaluation_maps(torch.from_numpy(raw)), maps)
     assert not evaluation_maps(np.full((1, 28, 28), 3.0, np.float32)).any()  # constant map -> zeros
     with pytest.raises(ScoreMapError, match="shape"):

@@ -186,6 +186,22 @@ def test_cutmix_mixes_by_area_at_its_rate():
     assert any(0.05 < r[3] < 0.95 for r in records if r[0])
 
 
+def test_cutmix_box_side_is_truncated_as_the_reference():
+    import types
+
+    cutmix = CutMixCallback(size_prior=0.10, mix_rate=1.0)
+    cutmix.learn = types.SimpleNamespace(x=torch.zeros(1, 3, 224, 224))
+    lam = torch.tensor([1 - 0.7**2])  # side 224 * 0.7 = 156.8: the reference takes 156, rounding 157
+    for seed in range(20):
+        torch.manual_seed(seed)
+        x1, y1, x2, y2 = (int(v) for v in cutmix.rand_bbox(224, 224, lam))
+        torch.manual_seed(seed)
+        cx, cy = int(torch.randint(0, 224, (1,))), int(torch.randint(0, 224, (1,)))
+        half = int(224 * float(torch.sqrt(1 - lam))) // 2
+        assert (x1, y1, x2, y2) == (max(cx - half, 0), max(cy - half, 0), min(cx + half, 224), min(cy + half, 224))
+    assert half == 78
+
+
 # --- ADL ----------------------------------------------------------------------------------
 
 

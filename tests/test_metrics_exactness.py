@@ -260,3 +260,26 @@ def test_largest_contour_matches_literal(cases):
     acc = BoxAccuracy(iou_thresholds=(50,), largest_only=True)
     acc.update(np.stack([maps[subset[j]] for j in rows]), [gts[subset[j]] for j in rows])
     np.testing.assert_array_equal(acc.correct[50], (v1[rows] >= 0.5).sum(axis=0))
+
+
+def test_ground_truth_boxes_on_the_grid_border_match_literal(cases):
+    """Boxes that end on the image border (x1 == width, as the iNatLoc500 release writes them)
+    rescale to 224, one past the last pixel of the grid; they are scored as they are."""
+    maps, gts, _, _, kinds = cases
+    picked = range(0, len(maps), 12)
+    border = []
+    for k, i in enumerate(picked):
+        gt = gts[i].copy()
+        gt[:, 2 if k % 2 else 3] = SIZE  # right or bottom edge on the border
+        if k % 3 == 0:
+            gt[:, 2:] = SIZE
+        border.append(gt)
+    chosen = [maps[i] for i in picked]
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        literal = np.array(list(pool.map(literal_best_iou, chosen, border, chunksize=4)))
+    fast = np.concatenate([best_iou_curves(m[None], [g], cam_thresholds(), n_jobs=1) for m, g in zip(chosen, border)])
+    np.testing.assert_array_equal(fast, literal)
+    _check_same(fast, literal, [kinds[i] for i in picked])
+    accuracy = BoxAccuracy()
+    accuracy.update(np.stack(chosen), border)
+    assert accuracy.compute().n_images == len(chosen)

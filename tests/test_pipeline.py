@@ -14,7 +14,9 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from inatloc_nb import pipeline
-from inatloc_nb.device import ChannelsLastInputs, DeviceSettings, apply_settings, resolve_settings
+from inatloc_nb.device import (
+    ChannelsLastInputs, DeviceSettings, apply_precision, apply_settings, resolve_settings, tf32_enabled,
+)
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import build_dataloaders, build_learner
 from inatloc_nb.run_config import RunConfig
@@ -183,6 +185,25 @@ def test_device_switches_reach_the_learner(tiny_dataset, monkeypatch):
     apply_settings(plain, DeviceSettings("cpu", amp=True, channels_last=False, compile=False))
     assert type(plain.mixed_precision).__name__ == "MixedPrecision"
     assert plain.mixed_precision.amp_mode.value == "bf16"
+
+
+def test_float32_on_cuda_switches_tf32_off():
+    # --no-amp on CUDA is the reference's float32: no TF32 in matmuls or cuDNN convolutions
+    before = tf32_enabled()
+    saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    try:
+        mixed = DeviceSettings("cuda", amp=True, channels_last=True, compile=False)
+        apply_precision(mixed)  # with mixed precision PyTorch's defaults stay
+        assert mixed.tf32 is None and tf32_enabled() == before
+        full = DeviceSettings("cuda:0", amp=False, channels_last=True, compile=False)
+        apply_precision(full)
+        assert full.tf32 is False and full.to_dict()["tf32"] is False
+        assert tf32_enabled() == (False, False)
+        apply_precision(DeviceSettings("cuda", amp=True, channels_last=True, compile=False))
+        assert tf32_enabled() == (False, False)  # process-wide: mixed precision does not switch it back
+    finally:
+        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+    assert DeviceSettings("cpu", amp=False, channels_last=False, compile=False).tf32 is None
 
 
 def test_device_switches_from_cli_and_config():

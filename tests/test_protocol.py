@@ -443,8 +443,8 @@ def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dat
 
     common = dict(data=str(tiny_dataset_dir), level="genus", lr=0.05, schedule=2, backbone="tinycnn",
                   pretrained=False, image_size=32, batch_size=16, num_workers=0)
-    best = run_experiment(RunConfig(**common), tmp_path / "best", say=lambda _: None)
-    last = run_experiment(RunConfig(**common, select_epoch="last"), tmp_path / "last", say=lambda _: None)
+    best = run_experiment(RunConfig(**common, select_epoch="best"), tmp_path / "best", say=lambda _: None)
+    last = run_experiment(RunConfig(**common), tmp_path / "last", say=lambda _: None)
     on_disk = json.loads((tmp_path / "best" / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(best)) and on_disk["select_epoch"] == "best"
     scores = on_disk["val_maxboxacc_v2_per_epoch"]
@@ -467,22 +467,23 @@ def test_select_epoch_option_in_config_command_line_and_sweep():
     from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import ConfigError
 
-    assert RunConfig(data="synth:tiny").select_epoch == "best"
+    assert RunConfig(data="synth:tiny").select_epoch == "last"  # the reference's --eval_checkpoint_type
     with pytest.raises(InatlocError, match="select_epoch.*best, last"):
         RunConfig(data="synth:tiny", select_epoch="middle")
     parser = argparse.ArgumentParser()
     add_data_options(parser)
     add_training_options(parser, default_schedule="2epoch")
     required = ["--data", "synth:tiny", "--out", "run"]
-    assert config_fields(parser.parse_args(required))["select_epoch"] == "best"
-    assert config_fields(parser.parse_args([*required, "--select-epoch", "last"]))["select_epoch"] == "last"
+    assert config_fields(parser.parse_args(required))["select_epoch"] == "last"
+    assert config_fields(parser.parse_args([*required, "--select-epoch", "best"]))["select_epoch"] == "best"
 
     grid = {"datasets": {"tiny": "synth:tiny"}, "levels": ["genus"], "lrs": [0.01], "backbone": "tinycnn",
             "pretrained": False}
-    default, = expand(SweepConfig.from_dict(grid))
-    last, = expand(SweepConfig.from_dict({**grid, "select_epoch": "last"}))
-    assert "select_epoch" not in default.params()  # ids of runs made before the option stay the same
-    assert last.params()["select_epoch"] == "last" and last.run_id != default.run_id
+    last, = expand(SweepConfig.from_dict(grid))
+    best, = expand(SweepConfig.from_dict({**grid, "select_epoch": "best"}))
+    # runs made when "best" was the default keep their ids; a last-epoch run is a different run
+    assert "select_epoch" not in best.params()
+    assert last.params()["select_epoch"] == "last" and last.run_id != best.run_id
     assert last.notebook_parameters("out", "results")["select_epoch"] == "last"
     with pytest.raises(ConfigError, match="select_epoch"):
         SweepConfig.from_dict({**grid, "select_epoch": "first"})

@@ -71,7 +71,10 @@ def test_run_ids_are_readable_and_stable() -> None:
     # the same parameters give this id on every machine; the data location is not part of it
     assert spec.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-" + spec.run_id[-10:]
     assert spec.run_id == RunSpec(**{**spec.__dict__, "data": "/elsewhere"}).run_id
-    assert spec.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-8376eb537c"
+    assert spec.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-550073ae18"
+    # a run made when the best D_f epoch was the default keeps the id it had then
+    best = RunSpec(**{**spec.__dict__, "select_epoch": "best"})
+    assert best.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-8376eb537c"
     assert RunSpec(**{**spec.__dict__, "seed": 3}).run_id != spec.run_id
     assert RunSpec(**{**spec.__dict__, "image_size": 256}).run_id[:-10] == spec.run_id[:-10]
     assert RunSpec(**{**spec.__dict__, "image_size": 256}).run_id != spec.run_id

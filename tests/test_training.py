@@ -112,7 +112,7 @@ def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
     n = tiny_dataset.images("test").height
     assert cams.raw.shape == (n, 8, 8) and cams.raw.dtype == np.float32  # tinycnn at 32 px: 8 x 8
     maps = cams.maps()
-    assert maps.shape == (n, 224, 224) and maps.dtype == np.float32
+    assert maps.shape == (n, 224, 224) and maps.dtype == np.float64  # the reference normalises in float64
     np.testing.assert_array_equal(cams.labels, tiny_dataset.labels("test", LEVEL))
     np.testing.assert_array_equal(cams.cam_classes, cams.labels)
     assert cams.image_ids == tiny_dataset.images("test")["image_id"].to_list()

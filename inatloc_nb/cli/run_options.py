@@ -38,9 +38,9 @@ def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> N
                         "or the paper text's (classifier only)")
     p.add_argument("--lr-decay", choices=LR_DECAYS, default="reference",
                    help="LR / 10 after epochs 2, 5, 8 (reference code) or 3, 6, 9 (paper text)")
-    p.add_argument("--select-epoch", choices=SELECT_EPOCHS, default="best",
-                   help="score the epoch (0 = before training) with the best D_f MaxBoxAccV2 "
-                        "(reference code) or the model after the last epoch")
+    p.add_argument("--select-epoch", choices=SELECT_EPOCHS, default="last",
+                   help="score the model after the last epoch (the reference code's default) or the "
+                        "epoch (0 = before training) with the best D_f MaxBoxAccV2")
     p.add_argument("--backbone", default="resnet50",
                    help="resnet50, resnet18, tinycnn, convnext_tiny, deit_small or timm_resnet50")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",

@@ -7,7 +7,8 @@ fraction, and the loss is ``lambda * loss(y) + (1 - lambda) * loss(y_shuffled)``
 Unmixed batches train normally. Evaluation is unchanged.
 
 Builds on fastai's :class:`~fastai.callback.mixup.CutMix`, which implements the box and the
-loss mixing; this adds the per-batch mix probability of the original recipe.
+loss mixing; this adds the per-batch mix probability of the original recipe and sizes the box
+as the reference code does: side ``int(W * sqrt(1 - lambda))``, truncated (fastai rounds).
 """
 from __future__ import annotations
 
@@ -25,6 +26,17 @@ class CutMixCallback(FastaiCutMix):
         super().__init__(alpha=size_prior)
         self.mix_rate = mix_rate
         self.mixed = False
+
+    def rand_bbox(self, W: int, H: int, lam: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """A box of side ``int(side * sqrt(1 - lam))`` (truncated, as the reference's
+        ``rand_bbox``) around a uniform centre, clipped to the image."""
+        cut_rat = torch.sqrt(1.0 - lam).to(self.x.device)
+        half_w = torch.div((W * cut_rat).long(), 2, rounding_mode="floor")
+        half_h = torch.div((H * cut_rat).long(), 2, rounding_mode="floor")
+        cx = torch.randint(0, W, (1,)).to(self.x.device)
+        cy = torch.randint(0, H, (1,)).to(self.x.device)
+        return (torch.clamp(cx - half_w, 0, W), torch.clamp(cy - half_h, 0, H),
+                torch.clamp(cx + half_w, 0, W), torch.clamp(cy + half_h, 0, H))
 
     def before_batch(self) -> None:
         self.mixed = bool(torch.rand(()) < self.mix_rate)

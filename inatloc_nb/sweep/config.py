@@ -37,7 +37,7 @@ SCALAR_DEFAULTS: dict[str, Any] = {
     "batch_size": 32,
     "lr_groups": "reference",
     "lr_decay": "reference",
-    "select_epoch": "best",
+    "select_epoch": "last",
 }
 #: An extra grid's ``lrs: selected``: each run takes the learning rate selected on D_f among
 #: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).

@@ -19,7 +19,10 @@ from inatloc_nb.sweep.layout import runs_dir
 
 
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
-#: the ids of runs made before the parameters existed stay the same.
+#: the ids of runs made before the parameters existed stay the same. ``select_epoch`` was
+#: ``"best"`` for those runs (the default then), so ``"best"`` stays out of the identity and
+#: today's default ``"last"`` is part of it: a finished best-epoch run is never resumed as a
+#: last-epoch one.
 IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "select_epoch": "best",
                                      "lr_search": None}
 
@@ -43,7 +46,7 @@ class RunSpec:
     batch_size: int
     lr_groups: str = "reference"
     lr_decay: str = "reference"
-    select_epoch: str = "best"
+    select_epoch: str = "last"
     lr_search: LRSearch | None = None
 
     def params(self) -> dict[str, Any]:
