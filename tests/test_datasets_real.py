@@ -266,6 +266,10 @@ def test_make_dataset_cub_on_the_raw_release_says_what_is_needed(tmp_path: Path,
     assert not (tmp_path / "out").exists()
     assert main(["make-dataset", "imagenet", str(raw / "images"), "--out", str(tmp_path / "out")]) == 2
     assert "no split folder (train, val, test) found; make-dataset needs" in capsys.readouterr().err
+    meta = _flat_metadata(tmp_path / "cub_meta", 200, 1)  # WSOL metadata, but an image folder that is not there
+    assert main(["make-dataset", "cub", str(meta), "--images", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "nowhere: image folder not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_make_dataset_imagenet_samples_train_and_keeps_levels(tmp_path: Path) -> None:

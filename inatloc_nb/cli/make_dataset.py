@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     name = "cub" if args.kind == "cub" else "ilsvrc"
     require_wsol_metadata(args.metadata, name)
+    if args.images is not None and not args.images.is_dir():  # before anything is written
+        raise InatlocError(f"{args.images}: image folder not found")
     dataset = with_shipped_hierarchy(WSOLDataset.from_folder(args.metadata), name)
     out = export_dataset(dataset, args.out, args.train_per_class, args.seed)
     if args.images is not None:
