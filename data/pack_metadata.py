@@ -3,19 +3,24 @@
 Usage (see PROVENANCE.md for the exact commands that produced the shipped files)::
 
     python data/pack_metadata.py choe NAME METADATA_ROOT [--class-names file|dirs|index]
-    python data/pack_metadata.py inatloc500 VAL_CSV TEST_CSV
+    python data/pack_metadata.py inatloc500 RELEASE_ROOT VAL_CSV TEST_CSV
     python data/pack_metadata.py table NAME CSV
 
 ``choe`` reads a Choe-format folder (``train/ val/ test/`` as present) with
 :func:`inatloc_nb.metadata.read_split` and writes ``NAME_images.parquet`` (``split,
-image_id, width, height, label``), ``NAME_boxes.parquet`` (``split, image_id, x0, y0, x1,
-y1``) and ``NAME_classes.parquet`` (``label, name``). Class names come from the root's
+image_id, width, height, label`` and ``label_<level>`` for every ``class_labels_<level>.txt``),
+``NAME_boxes.parquet`` (``split, image_id, x0, y0, x1, y1``), ``NAME_classes.parquet``
+(``label, name``) and, when there are extra levels, ``NAME_level_classes.parquet`` (``level,
+label, name`` from ``class_names_<level>.txt``). Class names come from the root's
 ``class_names.txt`` (``file``), from the folder of each image id, which must name exactly one
 class (``dirs``), or are the label numbers (``index``).
 
-``inatloc500`` reads the iNatLoc500 image lists (``file_name,source_dataset,
-source_dataset_split,source_dataset_image_id`` with ``SPLIT/SUPERCATEGORY/GENUS SPECIES/
-HASH.jpg`` file names); species are numbered in (supercategory, species) order.
+``inatloc500`` packs the iNatLoc500 release's metadata folder (``val/`` and ``test/`` with
+every level's ``class_labels_<level>.txt``, ``class_names*.txt``) as ``choe`` does, adds to
+each image its source (``source_dataset, source_dataset_split, source_dataset_image_id``) from
+the image lists ``{val,test}_image_mapping.csv`` (``file_name,source_dataset,
+source_dataset_split,source_dataset_image_id``; every image must be listed) and the
+``supercategory`` (the folder in the image path) to each species.
 ``table`` converts one CSV file to ``NAME.parquet`` (extra trailing fields of a row, such as
 the free-text notes of ``cub_inat_mapping.csv``, go to a ``note`` column). All files are zstd-compressed and
 written atomically to ``--out`` (default: this folder).
@@ -53,15 +58,16 @@ def _class_names_from_dirs(images: pl.DataFrame, root: Path) -> list[str]:
     return pairs.sort("label")["name"].to_list()
 
 
-def pack_choe(name: str, root: Path, class_names: str, out: Path) -> None:
-    """Pack a Choe-format metadata folder."""
+def read_choe(root: Path, class_names: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str], pl.DataFrame]:
+    """A Choe-format folder as ``(images, boxes, class names, level classes)`` tables."""
     images, boxes = [], []
     for split in SPLITS:
         if not (root / split).is_dir():
             continue
         meta = read_split(root / split)
-        print(f"{name} {split}: {meta.images.height} images, {meta.boxes.height} boxes, sizes {meta.size_order}")
-        images.append(meta.images.select(pl.lit(split).alias("split"), "image_id", "width", "height", "label"))
+        print(f"{root.name} {split}: {meta.images.height} images, {meta.boxes.height} boxes, sizes {meta.size_order}, "
+              f"levels {list(meta.levels)}")
+        images.append(meta.images.select(pl.lit(split).alias("split"), pl.all()))
         boxes.append(meta.boxes.select(pl.lit(split).alias("split"), pl.all()))
     if not images:
         raise MetadataError("no split folder found", root)
@@ -75,42 +81,70 @@ def pack_choe(name: str, root: Path, class_names: str, out: Path) -> None:
         names = [str(i) for i in range(n_classes)]
     if len(names) < n_classes:
         raise MetadataError(f"{len(names)} class names for labels up to {n_classes - 1}", root)
-    small = [pl.col(c).cast(pl.Int32) for c in ("width", "height", "label", "x0", "y0", "x1", "y1")]
-    write(all_images.with_columns(small[:3]), out, f"{name}_images")
-    write(pl.concat(boxes).with_columns(small[3:]), out, f"{name}_boxes")
-    write(pl.DataFrame({"label": range(len(names)), "name": names}, schema={"label": pl.Int32, "name": pl.String}),
-          out, f"{name}_classes")
+    levels = [c[len("label_"):] for c in all_images.columns if c.startswith("label_")]
+    level_classes = pl.DataFrame(schema={"level": pl.String, "label": pl.Int32, "name": pl.String})
+    for level in levels:
+        level_names = read_class_names(root / class_names_file(level))
+        top = int(all_images[f"label_{level}"].max())
+        if top >= len(level_names):
+            raise MetadataError(f"{len(level_names)} {level} names for labels up to {top}", root / class_names_file(level))
+        level_classes = pl.concat([level_classes, pl.DataFrame(
+            {"level": level, "label": range(len(level_names)), "name": level_names},
+            schema=level_classes.schema)])
+    small = [pl.col(c).cast(pl.Int32) for c in ("width", "height", "label", *(f"label_{lv}" for lv in levels))]
+    box_ints = [pl.col(c).cast(pl.Int32) for c in ("x0", "y0", "x1", "y1")]
+    return all_images.with_columns(small), pl.concat(boxes).with_columns(box_ints), names, level_classes
 
 
-def pack_inatloc500(csvs: list[Path], out: Path) -> None:
-    """Pack the iNatLoc500 val/test image lists."""
-    frames = []
+def write_choe(name: str, tables: tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame, pl.DataFrame], out: Path) -> None:
+    """Write ``NAME_images``, ``NAME_boxes``, ``NAME_classes`` and, with extra levels, ``NAME_level_classes``."""
+    images, boxes, classes, level_classes = tables
+    write(images, out, f"{name}_images")
+    write(boxes, out, f"{name}_boxes")
+    write(classes, out, f"{name}_classes")
+    if level_classes.height:
+        write(level_classes, out, f"{name}_level_classes")
+
+
+def _classes(names: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"label": range(len(names)), "name": names}, schema={"label": pl.Int32, "name": pl.String})
+
+
+def pack_choe(name: str, root: Path, class_names: str, out: Path) -> None:
+    """Pack a Choe-format metadata folder."""
+    images, boxes, names, level_classes = read_choe(root, class_names)
+    write_choe(name, (images, boxes, _classes(names), level_classes), out)
+
+
+def pack_inatloc500(root: Path, csvs: list[Path], out: Path) -> None:
+    """Pack the iNatLoc500 release's val/test metadata with each image's source."""
+    images, boxes, names, level_classes = read_choe(root, "file")
+    sources = []
     for path in csvs:
         table = pl.read_csv(path, schema_overrides={"source_dataset_image_id": pl.Int64})
-        parts = table["file_name"].str.split("/")
-        bad = table.with_row_index("line", offset=2).filter(parts.list.len() != 4)
-        if bad.height:
-            raise MetadataError(f"expected SPLIT/SUPERCATEGORY/SPECIES/FILE, found {bad['file_name'][0]!r}",
-                                path, int(bad["line"][0]))
-        frames.append(table.with_columns(
-            parts.list.get(0).alias("split"), parts.list.get(1).alias("supercategory"),
-            parts.list.get(2).alias("species")))
-    images = pl.concat(frames)
-    classes = (images.select("supercategory", "species").unique().sort("supercategory", "species")
-               .with_row_index("label").with_columns(pl.col("label").cast(pl.Int32)))
-    clash = classes.filter(pl.col("species").is_duplicated())
+        dup = table.with_row_index("line", offset=2).filter(pl.col("file_name").is_duplicated())
+        if dup.height:
+            raise MetadataError(f"image {dup['file_name'][0]!r} listed twice", path, int(dup["line"][0]))
+        sources.append(table)
+    source = pl.concat(sources)
+    unlisted = images.join(source, left_on="image_id", right_on="file_name", how="anti")["image_id"]
+    if len(unlisted):
+        raise MetadataError(f"{len(unlisted)} release images are in no image list, e.g. {unlisted[0]!r}", csvs[0])
+    images = images.join(source, left_on="image_id", right_on="file_name", how="left", maintain_order="left")
+    parts = images.select("label", pl.col("image_id").str.split("/").alias("parts")).select(
+        "label", pl.col("parts").list.get(-3).alias("supercategory"), pl.col("parts").list.get(-2).alias("species"))
+    pairs = parts.unique().sort("label")
+    clash = pairs.filter(pl.col("label").is_duplicated())
     if clash.height:
-        raise MetadataError(f"species under two supercategories: {clash.rows()[:4]}", csvs[0])
-    images = images.join(classes.select("species", "label"), on="species").select(
-        "split", pl.col("file_name").alias("image_id"), pl.lit(None, pl.Int32).alias("width"),
-        pl.lit(None, pl.Int32).alias("height"), "label", "source_dataset", "source_dataset_split",
-        "source_dataset_image_id")
+        raise MetadataError(f"species label {clash['label'][0]} names two folders: {clash.head(2).rows()}", root)
+    classes = _classes(names).join(pairs.select("label", "supercategory", folder="species"), on="label", how="left")
+    wrong = classes.filter(pl.col("folder") != pl.col("name"))
+    if wrong.height:
+        raise MetadataError(f"class_names.txt names label {wrong['label'][0]} {wrong['name'][0]!r}, its image "
+                            f"folders {wrong['folder'][0]!r}", root / class_names_file())
     for split, count in images.group_by("split", maintain_order=True).len().iter_rows():
         print(f"inatloc500 {split}: {count} images")
-    write(images, out, "inatloc500_images")
-    write(pl.DataFrame(schema={"split": pl.String, "image_id": pl.String,
-                               **{c: pl.Int32 for c in ("x0", "y0", "x1", "y1")}}), out, "inatloc500_boxes")
-    write(classes.select("label", pl.col("species").alias("name"), "supercategory"), out, "inatloc500_classes")
+    write_choe("inatloc500", (images, boxes, classes.drop("folder"), level_classes), out)
 
 
 def read_table(path: Path) -> pl.DataFrame:
@@ -138,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     choe.add_argument("name")
     choe.add_argument("root", type=Path)
     choe.add_argument("--class-names", choices=("file", "dirs", "index"), default="file")
-    inat = sub.add_parser("inatloc500", help="iNatLoc500 image lists")
+    inat = sub.add_parser("inatloc500", help="the iNatLoc500 release's val/test metadata and image lists")
+    inat.add_argument("root", type=Path)
     inat.add_argument("csvs", type=Path, nargs="+")
     table = sub.add_parser("table", help="one CSV file")
     table.add_argument("name")
@@ -148,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.kind == "choe":
             pack_choe(args.name, args.root, args.class_names, args.out)
         elif args.kind == "inatloc500":
-            pack_inatloc500(args.csvs, args.out)
+            pack_inatloc500(args.root, args.csvs, args.out)
         else:
             write(read_table(args.csv), args.out, args.name)
     except InatlocError as exc:

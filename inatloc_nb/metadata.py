@@ -16,12 +16,16 @@ ignored. Whitespace around each comma-separated field (an image id followed by s
 tab in one file but not in another) is stripped, so every file gets the same ids. Every malformation raises :class:`~inatloc_nb.errors.MetadataError` naming the file
 and the 1-based line (or the offending ids). Image ids may not contain commas.
 
-Box coordinates are inclusive pixel indices, so a box fits its image when
-``0 <= x0 <= x1 <= width - 1`` and ``0 <= y0 <= y1 <= height - 1``.
+Box coordinates are pixel coordinates ``(x0, y0, x1, y1)``. A box fits its image when
+``0 <= x0 <= x1 <= width`` and ``0 <= y0 <= y1 <= height``: the right and bottom edges may lie
+on the image border, as in the iNatLoc500 release (iNaturalist boxes converted with
+``x1 = x + w``) and Choe et al.'s CUB metadata. The reference evaluation reads such boxes as
+they are, and so does this package: nothing is clamped. A box beyond the border is an error.
 
 **Size order.** Some datasets write ``image_sizes.txt`` as ``path,height,width``. With
 ``size_order="auto"`` the order is detected from the boxes: the order under which every box
-fits is chosen. If both orders fit every box, the choice only matters when some image is not
+fits is chosen. If both orders fit every box, the one under which no box ends on the border (``x1 == width`` or
+``y1 == height``) is chosen; if that does not decide, the choice only matters when some image is not
 square: then reading fails (name the order explicitly with ``size_order="wh"`` or ``"hw"``);
 when every image is square, width,height is used. If neither order fits, the first box that
 falls outside its image under the better-fitting order is reported. :func:`read_splits` reads a
@@ -140,8 +144,8 @@ class SplitMetadata:
             raise MetadataError(f"{where}: boxes for unknown image ids {_list(unknown.to_list())}")
         outside = joined.filter(
             (pl.col("x0") < 0) | (pl.col("y0") < 0) | (pl.col("x1") < pl.col("x0"))
-            | (pl.col("y1") < pl.col("y0")) | (pl.col("x1") >= pl.col("width"))
-            | (pl.col("y1") >= pl.col("height"))
+            | (pl.col("y1") < pl.col("y0")) | (pl.col("x1") > pl.col("width"))
+            | (pl.col("y1") > pl.col("height"))
         )["image_id"].unique(maintain_order=True)
         if len(outside):
             raise MetadataError(f"{where}: boxes reversed or outside the image for {_list(outside.to_list())}")
@@ -510,12 +514,16 @@ def _size_order(sizes: _Rows, boxes: _Rows | None, index: dict[str, int], reques
     else:
         rows = boxes.image_rows
         x1, y1 = boxes.values[:, 2], boxes.values[:, 3]
-        fits = {"wh": (x1 < first[rows]) & (y1 < second[rows]),
-                "hw": (x1 < second[rows]) & (y1 < first[rows])}
+        fits = {"wh": (x1 <= first[rows]) & (y1 <= second[rows]),
+                "hw": (x1 <= second[rows]) & (y1 <= first[rows])}
+        inside = {"wh": (x1 < first[rows]) & (y1 < second[rows]), "hw": (x1 < second[rows]) & (y1 < first[rows])}
     if requested == "auto":
         ok = [o for o in ("wh", "hw") if fits[o].all()]
         if len(ok) == 1:
             return ok[0]  # type: ignore[return-value]
+        strictly = [o for o in ok if inside[o].all()]
+        if len(ok) == 2 and len(strictly) == 1:
+            return strictly[0]  # type: ignore[return-value]
         if len(ok) == 2:
             non_square = int((first != second).sum())
             if non_square == 0:

@@ -14,29 +14,29 @@ from inatloc_nb.errors import HierarchyError, MetadataError
 from inatloc_nb.metadata import SplitMetadata, class_names_file, write_class_names, write_split
 
 
-def test_inatloc500_level_counts() -> None:
+def test_inatloc500_hierarchy_is_the_release() -> None:
     h = inaturalist.inatloc500_hierarchy()
     counts = {level: len(h.level_names(level)) for level in h.levels}
     assert h.levels == inaturalist.INATLOC500_LEVELS
     assert (h.root, h.root_level, h.max_depth) == ("Animalia", "kingdom", 6)
-    assert {k: counts[k] for k in ("species", "genus", "order", "class", "phylum")} == {
-        "species": 500, "genus": 317, "order": 61, "class": 18, "phylum": 5}
-    assert abs(counts["family"] - 184) <= 3
-    # the genus level is the genus of the binomial name
-    assert all(leaf.split(" ")[0] == h.parent(leaf) for leaf in h.leaves)
+    assert counts == {"species": 500, "genus": 317, "family": 184, "order": 61, "class": 18, "phylum": 5}
+    # the release's placements (the iNaturalist taxonomy of 2021)
+    assert h.ancestors("Cathartes aura")[:2] == ("Cathartes", "Cathartidae")
+    assert h.ancestors("Cathartes aura")[2] == "Cathartiformes"
+    assert h.ancestors("Calypte anna")[1:3] == ("Trochilidae", "Caprimulgiformes")
     assert h.ancestors("Bubulcus ibis") == ("Bubulcus", "Ardeidae", "Pelecaniformes", "Aves", "Chordata", "Animalia")
+    # leaves in the release's class-index order, coarser labels as its class_labels_<level> files
+    lineage = inaturalist.inatloc500_lineage()
+    assert lineage["species"].to_list() == list(h.leaves)
+    assert lineage["species"][0] == "Cyprinus carpio" and lineage["kingdom"].unique().to_list() == ["Animalia"]
 
 
-def test_inatloc500_resolutions_explain_every_miss() -> None:
-    table = inaturalist.inatloc500_resolutions()
-    assert table.height > 0 and table["method"].is_in(["synonym", "genus"]).all()
-    assert table.select(pl.all().null_count()).sum_horizontal().item() == 0
-    assert table["note"].str.len_chars().min() > 0
-    synonyms = dict(table.filter(pl.col("method") == "synonym").select("species", "matched_name").iter_rows())
-    assert synonyms == inaturalist.RENAMED
-    by_genus = table.filter(pl.col("method") == "genus")
-    assert (by_genus["matched_name"] == by_genus["genus"]).all()
-    assert "Hyla versicolor" in by_genus["species"].to_list()
+def test_inatloc500_taxonomy_changes_since_the_release() -> None:
+    changes = inaturalist.inatloc500_taxonomy_changes()
+    by_level = dict(changes.group_by("level").len().iter_rows())
+    assert by_level == {"family": 8, "order": 12}
+    assert ("Calypte anna", "order", "Caprimulgiformes", "Apodiformes") in changes.select(
+        "species", "level", "release", "current").rows()
 
 
 def test_resolve_species_rules_and_errors() -> None:
@@ -52,15 +52,6 @@ def test_resolve_species_rules_and_errors() -> None:
     # the supercategory must agree with the taxon: a wolf is not a bird
     with pytest.raises(HierarchyError, match="Canis lupus"):
         inaturalist.resolve_species(pl.DataFrame({"species": ["Canis lupus"], "supercategory": ["Aves"]}))
-
-
-def test_species_from_paths() -> None:
-    table = inaturalist.species_from_paths(["val/Aves/Ardea alba/a.jpg", "Aves/Ardea alba/b.jpg", "x/Mammalia/Canis lupus/c.jpg"])
-    assert table.rows() == [("Ardea alba", "Ardea", "Aves"), ("Canis lupus", "Canis", "Mammalia")]
-    with pytest.raises(MetadataError, match="'val/Aves/Ardea/a.jpg'"):
-        inaturalist.species_from_paths(["val/Aves/Ardea/a.jpg"])
-    with pytest.raises(MetadataError, match="'Ardea alba' appears under supercategories"):
-        inaturalist.species_from_paths(["Aves/Ardea alba/a.jpg", "Animalia/Ardea alba/b.jpg"])
 
 
 def test_cub_hierarchy_and_class_mapping() -> None:
@@ -82,7 +73,7 @@ def test_cub_hierarchy_and_class_mapping() -> None:
 def test_stats_cli_inatloc500(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["stats", "--dataset", "inatloc500"]) == 0
     out = capsys.readouterr().out
-    assert "25000 images (val + test)" in out and "only the iNatLoc500 val and test image lists ship" in out
+    assert "25000 images (val + test)" in out and "only the iNatLoc500 release's val and test metadata ship" in out
     assert "| order   | 61 " in out
     assert main(["stats", "--dataset", "inatloc500", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -135,8 +135,8 @@ def _bad(tmp_path: Path, name: str, text: str) -> Path:
         ("image_sizes.txt", "p/1.jpg,100,50\np/2.jpg,0,80\nq/3.jpg,30,30", r"image_sizes.txt:2: image size must be positive"),
         ("localization.txt", "p/1.jpg,10,5,90,45\np/2.jpg,0,0,39,70\nq/3.jpg,1,1,2x,29",
          r"localization.txt:3: expected integers"),
-        ("localization.txt", "p/1.jpg,10,5,90,45\np/2.jpg,0,0,39,70\nq/3.jpg,1,1,29,29\np/1.jpg,0,0,100,3",
-         r"localization.txt:4: box \(0, 0, 100, 3\) lies outside the 100x50 image .*image_sizes.txt line 1"),
+        ("localization.txt", "p/1.jpg,10,5,90,45\np/2.jpg,0,0,39,70\nq/3.jpg,1,1,29,29\np/1.jpg,0,0,101,3",
+         r"localization.txt:4: box \(0, 0, 101, 3\) lies outside the 100x50 image .*image_sizes.txt line 1"),
         ("localization.txt", "p/1.jpg,10,5,9,45\np/2.jpg,0,0,39,70\nq/3.jpg,1,1,29,29",
          r"localization.txt:1: .*x1 < x0 or y1 < y0"),
         ("localization.txt", "p/1.jpg,10,5,90,45\np/2.jpg,0,9,39,7\nq/3.jpg,1,1,29,29",
@@ -188,7 +188,7 @@ def test_missing_files_are_named(tmp_path):
 
 def test_write_split_validates(tmp_path):
     split = _split()
-    wide = split.boxes.with_columns(pl.when(pl.col("image_id") == "b/3.jpg").then(80).otherwise(pl.col("x1")).alias("x1"))
+    wide = split.boxes.with_columns(pl.when(pl.col("image_id") == "b/3.jpg").then(81).otherwise(pl.col("x1")).alias("x1"))
     with pytest.raises(MetadataError, match=r"outside the image for 'b/3.jpg'"):
         write_split(tmp_path, SplitMetadata("val", split.images, wide))
     dup = pl.concat([split.images, split.images.head(1)])

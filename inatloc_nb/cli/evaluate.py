@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from inatloc_nb.data import SHIPPED
+
 METRICS = ("maxboxacc-v2", "maxboxacc", "pxap")
 #: Missing score-map files named in an error before the rest are only counted.
 _MISSING_SHOWN = 20
@@ -36,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = subparsers.add_parser("center", help="MaxBoxAccV2 of the Center baseline (a centred Gaussian)")
     source = c.add_mutually_exclusive_group(required=True)
     source.add_argument("--metadata", type=Path, help="Choe-format metadata folder or one split folder")
-    source.add_argument("--dataset", choices=("cub", "ilsvrc"), help="shipped metadata")
+    source.add_argument("--dataset", choices=SHIPPED, help="shipped metadata")
     c.add_argument("--split", help="split to score (default test); a split folder as --metadata names its own")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=run_center)
@@ -111,8 +113,8 @@ def _report(result: Any, as_json: bool, key: str) -> None:
         }))
         return
     for d, value in result.per_iou.items():
-        print(f"IoU {d}: MaxBoxAcc {value:.2f} at threshold {result.optimal_threshold[d]:.3f}")
-    print(f"{key}: {result.mean:.2f} over {result.n_images} images")
+        print(f"IoU {d}: MaxBoxAcc {value:.3f} at threshold {result.optimal_threshold[d]:.3f}")
+    print(f"{key}: {result.mean:.3f} over {result.n_images} images")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 SHIPPED_NOTES = {
-    "inatloc500": "only the iNatLoc500 val and test image lists ship (25 images per species), "
+    "inatloc500": "only the iNatLoc500 release's val and test metadata ship (25 images per species), "
     "so these statistics are over those, not over the training set D_w",
     "ilsvrc": "only the ImageNet val (ImageNetV2) and test lists ship; levels are the deepest-only "
     "c0, c1, ... of the WordNet tree (App. C); App. A samples 200 images per class for D_w",
