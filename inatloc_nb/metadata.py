@@ -509,7 +509,7 @@ def _size_order(sizes: _Rows, boxes: _Rows | None, index: dict[str, int], reques
         raise MetadataError(f"size_order must be 'auto', 'wh' or 'hw', got {requested!r}", sizes.path)
     first, second = sizes.values[:, 0], sizes.values[:, 1]
     if boxes is None:
-        fits = {"wh": np.ones(0, bool), "hw": np.ones(0, bool)}
+        fits = inside = {"wh": np.ones(0, bool), "hw": np.ones(0, bool)}
         rows = np.zeros(0, dtype=np.int64)
     else:
         rows = boxes.image_rows

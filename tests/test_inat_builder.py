@@ -57,7 +57,7 @@ def _inat17(path: Path, split: str, per_species: int, offset: int) -> Path:
                            "file_name": f"train_val_images/{lineage[-1]}/{name}/{iid:032x}.jpg"})
             boxes = [[10.5, 20.0, 300.2, 200.0]] if k < per_species else [[1, 1, 5, 5], [50, 50, 10, 10]]
             if k == 0:
-                boxes = [[690.0, 490.0, 100.5, 100.0]]  # fractional width: widened to whole pixels
+                boxes = [[700.0, 500.0, 100.7, 100.0]]  # past the right border (clamped), on the bottom one
             for bbox in boxes:
                 aid += 1
                 annotations.append({"id": aid, "image_id": iid, "category_id": cid + 7, "bbox": bbox,
@@ -93,8 +93,8 @@ def test_build_reproducible_with_levels_and_boxes(sources: dict[str, Path], tmp_
     assert all(i.startswith("inat21/train/") for i in ds.images("train")["image_id"])
     boxes = pl.concat([ds.boxes("val"), ds.boxes("test")])
     # the release's convention: x1 = x + w, y1 = y + h (fractions widened to whole pixels)
-    assert set(boxes.select("x0", "y0", "x1", "y1").rows()) <= {(10, 20, 311, 220), (690, 490, 791, 590)}
-    assert summary.boxes_clamped == 0
+    assert set(boxes.select("x0", "y0", "x1", "y1").rows()) <= {(10, 20, 311, 220), (700, 500, 800, 600)}
+    assert summary.boxes_clamped == int((boxes["x1"] == 800).sum()) > 0
     assert json.loads((tmp_path / "a" / "build.json").read_text())["seed"] == 3
     other = inat_builder.build_inat(sources["inat21"], boxes17, tmp_path / "c", **{**kwargs, "seed": 4})
     assert other.images == summary.images

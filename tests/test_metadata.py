@@ -105,6 +105,13 @@ def test_size_order_ambiguous_fails_unless_given(tmp_path):
     assert read_split(folder, size_order="wh").images["width"].to_list() == [100, 40, 30]
 
 
+def test_sizes_without_boxes_need_the_order_named(tmp_path):
+    folder = _write(tmp_path / "s", {k: v for k, v in GOOD.items() if k != "localization.txt"})
+    with pytest.raises(MetadataError, match=r"image_sizes.txt: .*localization.txt \(absent\) fits both .*--size-order wh"):
+        read_split(folder)
+    assert read_split(folder, size_order="wh").images["width"].to_list() == [100, 40, 30]
+
+
 def test_size_order_square_images_are_not_ambiguous(tmp_path):
     files = {
         "image_ids.txt": "a.jpg\nb.jpg",
