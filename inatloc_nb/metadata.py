@@ -213,7 +213,7 @@ def read_split(
 def read_splits(
     root: str | Path, splits: Sequence[str] | None = None, size_order: SizeOrder = "auto"
 ) -> dict[str, SplitMetadata]:
-    """Read the split folders of a dataset folder, in :data:`SPLITS` order.
+    """Read the split folders of a dataset folder (in :data:`SPLITS` order, or the order of ``splits``).
 
     ``splits``: the splits to read (``None``: every one present). With ``size_order="auto"``
     a split without boxes (``train`` as ``make-dataset`` writes it) reads its sizes in the
