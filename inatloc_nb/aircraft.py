@@ -15,7 +15,10 @@ image; boxes are in full-image coordinates and the images are used as they are.
 image root ``data/images``, boxes shifted to 0-based, sizes read from the JPEG headers, and
 the hierarchy variant < family < manufacturer (``class_labels_family.txt``,
 ``class_labels_manufacturer.txt``; the finest level reads back as ``leaf``), and
-``images`` linked to the release's ``data/images``.
+``images`` linked to the release's ``data/images``. Everything is read and checked before
+anything is written: a box that is not four integers, or that reaches past its image (``xmax``
+beyond the width, ``ymax`` beyond the height), is an error naming ``images_box.txt``, its line
+and the image size, and so is a split that lists no image.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from pathlib import Path
 import polars as pl
 
 from inatloc_nb.build import link_images, write_dataset
-from inatloc_nb.errors import InatlocError, MetadataError
+from inatloc_nb.errors import MetadataError
 
 __all__ = ["AIRCRAFT_LEVELS", "SPLITS", "read_image_labels", "read_names", "read_boxes", "read_aircraft",
            "build_aircraft"]
@@ -81,18 +84,19 @@ def _image_labels(path: Path) -> dict[str, tuple[str, int]]:
 
 
 def read_boxes(path: str | Path) -> pl.DataFrame:
-    """``image_name, x0, y0, x1, y1`` from ``images_box.txt``, converted to 0-based pixels."""
+    """``image_name, x0, y0, x1, y1`` from ``images_box.txt``, converted to 0-based pixels, and
+    ``line``, the 1-based line of each box. A coordinate that is not an integer (``12.5``; an
+    integral ``12.0`` is read as 12) is an error naming the file and line, never truncated."""
     path = Path(path)
     rows = []
     seen: dict[str, int] = {}
     for line_no, line in _lines(path):
         fields = line.split()
-        try:
-            coords = [int(float(v)) for v in fields[1:]]
-        except ValueError:
-            coords = []
-        if len(fields) != 5 or len(coords) != 4 or not fields[0].isdigit():
+        if len(fields) != 5 or not fields[0].isdigit():
             raise MetadataError(f"expected 'IMAGE_NAME xmin ymin xmax ymax', got {line!r}", path, line_no)
+        coords = [_pixel(v) for v in fields[1:]]
+        if None in coords:
+            raise MetadataError(f"box coordinates must be integer pixels, got {' '.join(fields[1:])}", path, line_no)
         if fields[0] in seen:
             raise MetadataError(f"image {fields[0]} has a second box (line {seen[fields[0]]} is the first)",
                                 path, line_no)
@@ -100,8 +104,21 @@ def read_boxes(path: str | Path) -> pl.DataFrame:
         if min(coords) < 1 or x1 < x0 or y1 < y0:
             raise MetadataError(f"box {coords} is not 1-based with xmin <= xmax, ymin <= ymax", path, line_no)
         seen[fields[0]] = line_no
-        rows.append((fields[0], x0 - 1, y0 - 1, x1 - 1, y1 - 1))
-    return pl.DataFrame(rows, schema=["image_name", "x0", "y0", "x1", "y1"], orient="row")
+        rows.append((fields[0], x0 - 1, y0 - 1, x1 - 1, y1 - 1, line_no))
+    return pl.DataFrame(rows, schema=["image_name", "x0", "y0", "x1", "y1", "line"], orient="row")
+
+
+def _pixel(text: str) -> int | None:
+    """An integer coordinate (``12`` or ``12.0``), else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if value.is_integer() else None
 
 
 def _image_sizes(folder: Path, names: list[str], progress: bool) -> list[tuple[int, int]]:
@@ -141,6 +158,9 @@ def read_aircraft(root: str | Path, progress: bool = True) -> tuple[pl.DataFrame
         for level in AIRCRAFT_LEVELS:
             path = data / f"images_{level}_{split}.txt"
             labels = _image_labels(path)
+            if not labels:
+                raise MetadataError(f"the {split} split lists no image (train, val and test are D_w, D_f "
+                                    "and D_test: none may be empty)", path)
             index = {n: i for i, n in enumerate(names[level])}
             for image, (label, line_no) in labels.items():
                 if label not in index:
@@ -171,9 +191,24 @@ def read_aircraft(root: str | Path, progress: bool = True) -> tuple[pl.DataFrame
         pl.Series("width", [w for w, _ in sizes]), pl.Series("height", [h for _, h in sizes]),
         image_id=pl.col("image_name") + ".jpg",
     )
-    boxes = images.select("split", "image_name", "image_id").join(boxes, on="image_name").drop("image_name")
+    boxes = images.select("split", "image_name", "image_id", "width", "height").join(boxes, on="image_name")
+    _check_inside(boxes, data / "images_box.txt")
+    boxes = boxes.select("split", "image_id", "x0", "y0", "x1", "y1")
     images = images.select("split", "image_id", "width", "height", "label", "label_family", "label_manufacturer")
     return images, boxes, names
+
+
+def _check_inside(boxes: pl.DataFrame, path: Path) -> None:
+    """Every box within its image (0-based inclusive ``x1 <= width - 1``, as the release's
+    1-based ``xmax <= width``); else an error naming the line, the box and the image size."""
+    past = boxes.filter((pl.col("x1") >= pl.col("width")) | (pl.col("y1") >= pl.col("height"))).sort("line")
+    if past.height:
+        row = past.row(0, named=True)
+        box = tuple(row[c] + 1 for c in ("x0", "y0", "x1", "y1"))
+        raise MetadataError(
+            f"box {box} of image {row['image_name']} reaches past the border of its {row['width']}x{row['height']} "
+            f"image (xmax must be at most the width, ymax at most the height; 1-based pixels)"
+            + (f"; {past.height} boxes in all" if past.height > 1 else ""), path, int(row["line"]))
 
 
 def _check_tree(images: pl.DataFrame, names: dict[str, list[str]], data: Path) -> None:
@@ -194,8 +229,6 @@ def _check_tree(images: pl.DataFrame, names: dict[str, list[str]], data: Path) -
 def build_aircraft(root: str | Path, out: str | Path, progress: bool = True) -> Path:
     """Write the release as a Choe-format dataset folder ``out`` (see the module docstring)."""
     images, boxes, names = read_aircraft(root, progress=progress)
-    if images.height == 0:
-        raise InatlocError(f"{root}: the release lists no images")
     written = write_dataset(out, images, boxes, names)
     link_images(written, _data_dir(root) / "images")
     return written

@@ -14,13 +14,24 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.metadata import SplitMetadata, class_names_file, write_class_names, write_split
+from inatloc_nb.errors import InatlocError, MetadataError
+from inatloc_nb.metadata import (
+    SPLITS,
+    SplitMetadata,
+    class_names_file,
+    entry_exists,
+    find_splits,
+    write_class_names,
+    write_split,
+)
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
 
-__all__ = ["write_dataset", "export_dataset", "with_shipped_hierarchy", "link_images"]
+__all__ = ["write_dataset", "export_dataset", "with_shipped_hierarchy", "link_images", "require_wsol_metadata"]
+
+#: Where Choe et al.'s WSOL metadata of each dataset comes from.
+WSOL_METADATA = {"cub": "metadata/CUB", "ilsvrc": "metadata/ILSVRC"}
 
 
 def write_dataset(
@@ -30,8 +41,9 @@ def write_dataset(
 
     ``names`` maps each level (finest first) to its class names in class-index order; the
     finest goes to ``class_names.txt``, the others to ``class_names_<level>.txt`` and the
-    labels of level ``L`` come from the ``label_L`` column. Each split is validated before it
-    is written (every box inside its image, every image with a box when the split has boxes).
+    labels of level ``L`` come from the ``label_L`` column. Every split is validated before
+    anything is written (every box inside its image, every image with a box when the split
+    has boxes), so bad input leaves ``out`` as it was.
     """
     out = Path(out)
     levels = list(names)
@@ -44,11 +56,15 @@ def write_dataset(
                      and not p.name.startswith("class_names")) if out.is_dir() else []
     if foreign:
         raise InatlocError(f"{out} holds other files ({foreign[:5]}); choose an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    splits = []
     for split in images["split"].unique(maintain_order=True).to_list():
         part = images.filter(pl.col("split") == split).select("image_id", "width", "height", "label", *extra)
         split_boxes = boxes.filter(pl.col("split") == split).select("image_id", "x0", "y0", "x1", "y1")
-        write_split(out / split, SplitMetadata(split, part, split_boxes))
+        splits.append(SplitMetadata(split, part, split_boxes))
+        splits[-1].validate()
+    out.mkdir(parents=True, exist_ok=True)
+    for split_meta in splits:
+        write_split(out / split_meta.name, split_meta)
     for k, level in enumerate(levels):
         write_class_names(out / class_names_file(None if k == 0 else level), names[level])
     return out
@@ -103,6 +119,32 @@ def with_shipped_hierarchy(dataset: WSOLDataset, name: str) -> WSOLDataset:
     names = [hierarchy.leaves[k] if k >= 0 else f"{dataset.class_names(0)[i]} (excluded)"
              for i, k in enumerate(to_leaf)]
     return WSOLDataset(name, dataset.splits, names, hierarchy, dataset.image_root)
+
+
+def require_wsol_metadata(folder: str | Path, name: str) -> None:
+    """Refuse a folder without split folders, saying that Choe et al.'s WSOL metadata of
+    ``name`` (``"cub"`` or ``"ilsvrc"``) is needed and where it comes from; the raw
+    CUB-200-2011 release (``images.txt``, ``bounding_boxes.txt``) is recognised and told apart.
+    """
+    folder = Path(folder)
+    if find_splits(folder):
+        return
+    source = (f"Choe et al.'s WSOL metadata: the folder {WSOL_METADATA[name]} of "
+              f"https://github.com/clovaai/wsolevaluation ({'/ '.join(SPLITS)}/ with image_ids.txt, "
+              "class_labels.txt, image_sizes.txt, localization.txt); "
+              + ("the same metadata ships with inatloc-nb as the dataset 'cub' (e.g. train --data cub "
+                 "--image-root IMAGES)" if name == "cub" else
+                 "its val and test splits ship with inatloc-nb as the dataset 'ilsvrc'"))
+    raw = [d for d in (folder, folder / "CUB_200_2011")
+           if entry_exists(d / "images.txt") and entry_exists(d / "bounding_boxes.txt")]
+    if name == "cub" and raw:
+        raise MetadataError(
+            "this is the raw CUB-200-2011 release (images.txt, bounding_boxes.txt), which make-dataset cub "
+            f"cannot use: it needs {source}. Its val split (D_f, 1,000 images with boxes) holds images "
+            "Choe et al. collected (CUBV2) that are not in CUB-200-2011, so the WSOL splits cannot be "
+            f"made from this folder. Give the {WSOL_METADATA[name]} folder instead, and the images "
+            f"(this release's {raw[0].name}/images with the CUBV2 images added) with --images", folder)
+    raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found; make-dataset needs {source}", folder)
 
 
 def link_images(out: str | Path, images: str | Path) -> Path:

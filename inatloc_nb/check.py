@@ -25,13 +25,12 @@ from pathlib import Path
 
 import polars as pl
 
-from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.metadata import IMAGE_SIZES, LOCALIZATION, read_split
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.metadata import IMAGE_SIZES, LOCALIZATION, id_lines, read_splits
 
 __all__ = ["KINDS", "Problem", "CheckReport", "decode_image", "check_dataset", "default_image_root"]
 
 KINDS = ("missing", "unreadable", "truncated", "size", "box")
-SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -100,16 +99,6 @@ def default_image_root(metadata_root: str | Path) -> Path:
     return root
 
 
-def _line_numbers(path: Path) -> dict[str, list[int]]:
-    """``{image id: [1-based lines]}`` of a comma-separated metadata file."""
-    lines: dict[str, list[int]] = {}
-    if path.is_file():
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip():
-                lines.setdefault(line.split(",")[0].strip(), []).append(number)
-    return lines
-
-
 def check_dataset(
     metadata_root: str | Path,
     image_root: str | Path | None = None,
@@ -122,17 +111,16 @@ def check_dataset(
     """Check every image of the chosen splits (default: all present); see the module docstring.
 
     Malformed metadata raises :class:`MetadataError` (file and line) before any image is read.
-    ``size_order`` is how ``image_sizes.txt`` is read (:func:`inatloc_nb.metadata.read_split`).
+    ``size_order`` is how ``image_sizes.txt`` is read (:func:`inatloc_nb.metadata.read_splits`:
+    with ``"auto"`` a split without boxes, such as ``make-dataset``'s ``train``, takes the order
+    detected on the splits with boxes).
     ``decode=False`` reads no image: every split's metadata and the hierarchy of its levels
     (:meth:`inatloc_nb.data.WSOLDataset.from_folder`) are checked, nothing else.
     """
     from tqdm.auto import tqdm
 
     root = Path(metadata_root)
-    present = [s for s in SPLITS if (root / s).is_dir()] if splits is None else list(splits)
-    if not present:
-        raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
-    metas = {split: read_split(root / split, size_order=size_order) for split in present}  # type: ignore[arg-type]
+    metas = read_splits(root, splits, size_order)  # type: ignore[arg-type]
     if not decode:
         from inatloc_nb.data import WSOLDataset
 
@@ -163,13 +151,13 @@ def _compare(split_dir: Path, images: pl.DataFrame, boxes: pl.DataFrame, actual:
     """Size and box problems against the decoded sizes."""
     problems = []
     if images["width"].null_count() == 0:
-        size_lines = _line_numbers(split_dir / IMAGE_SIZES)
+        size_lines = id_lines(split_dir / IMAGE_SIZES)
         for image_id, width, height in images.select("image_id", "width", "height").iter_rows():
             if image_id in actual and actual[image_id] != (width, height):
                 line = size_lines.get(image_id, ["?"])[0]
                 problems.append(Problem("size", split, image_id, f"{split_dir / IMAGE_SIZES}:{line}: says "
                                         f"{width}x{height}, the image is {actual[image_id][0]}x{actual[image_id][1]}"))
-    box_lines = _line_numbers(split_dir / LOCALIZATION)
+    box_lines = id_lines(split_dir / LOCALIZATION)
     seen: dict[str, int] = {}
     for image_id, x0, y0, x1, y1 in boxes.select("image_id", "x0", "y0", "x1", "y1").iter_rows():
         k = seen[image_id] = seen.get(image_id, -1) + 1

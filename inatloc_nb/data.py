@@ -19,12 +19,23 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb import imagenet, inaturalist
-from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.metadata import IMAGE_IDS, SplitMetadata, class_names_file, read_class_names, read_split
+from inatloc_nb.errors import InatlocError, MetadataError, ParentConflictError
+from inatloc_nb.metadata import (
+    CLASS_LABELS,
+    IMAGE_IDS,
+    SPLITS,
+    SplitMetadata,
+    class_names_file,
+    entry_exists,
+    id_lines,
+    level_labels_file,
+    read_class_names,
+    read_split,
+    read_splits,
+)
 from inatloc_nb.shipped import read_shipped
 from inatloc_nb.taxonomy import Hierarchy
 
-SPLITS = ("train", "val", "test")
 #: Taxonomic ranks finest first; extra label files with these names are ordered by them.
 RANKS = ("species", "genus", "family", "order", "class", "phylum", "kingdom")
 SHIPPED = ("cub", "ilsvrc", "inatloc500")
@@ -109,17 +120,7 @@ class WSOLDataset:
         ``allow_overlap``: accept image ids shared by ``train`` and ``val``/``test``.
         """
         root = Path(metadata_root)
-        present = [s for s in SPLITS if (root / s).is_dir()]
-        if not present:
-            raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
-        with_boxes = [s for s in present if (root / s / "localization.txt").exists()]
-        splits = {s: read_split(root / s, size_order=size_order) for s in with_boxes}  # type: ignore[arg-type]
-        orders = {sp.size_order for sp in splits.values()}
-        rest_order = orders.pop() if len(orders) == 1 else size_order
-        for s in present:
-            if s not in splits:
-                splits[s] = read_split(root / s, size_order=rest_order)  # type: ignore[arg-type]
-        splits = {s: splits[s] for s in present}
+        splits = read_splits(root, size_order=size_order)  # type: ignore[arg-type]
         level_sets = {s: set(sp.levels) for s, sp in splits.items()}
         if len({frozenset(v) for v in level_sets.values()}) > 1:
             raise MetadataError(f"splits have different class_labels_<level>.txt files: "
@@ -137,7 +138,7 @@ class WSOLDataset:
             labels[level] = images[f"label_{level}"].to_numpy()
             names[level] = _class_names(root / class_names_file(level), labels[level], level)
         root_name, root_level = "root", None
-        above = [r for r in RANKS[RANKS.index(extra[-1]) + 1:] if (root / class_names_file(r)).exists()
+        above = [r for r in RANKS[RANKS.index(extra[-1]) + 1:] if entry_exists(root / class_names_file(r))
                  ] if finest == "species" else []
         if len(names[extra[-1]]) == 1:
             root_name = names[extra[-1]][0]
@@ -145,7 +146,10 @@ class WSOLDataset:
             top = read_class_names(root / class_names_file(above[0]))
             if len(top) == 1:
                 root_name, root_level = top[0], above[0]
-        hierarchy = Hierarchy.from_level_labels(labels, names, root_name, root_level)
+        try:
+            hierarchy = Hierarchy.from_level_labels(labels, names, root_name, root_level)
+        except ParentConflictError as exc:
+            raise MetadataError(_conflict_message(exc, root, splits, finest)) from None
         return cls(root.name, splits, class_names, hierarchy, image_root, allow_overlap)
 
     # -------------------------------------------------------------------------- access
@@ -317,6 +321,28 @@ def flat_hierarchy(class_names: Sequence[str], level: str | None = None, root: s
                                      levels=None if level is None else [level], leaves=list(class_names))
 
 
+def _conflict_message(exc: ParentConflictError, root: Path, splits: Mapping[str, SplitMetadata], finest: str) -> str:
+    """A parent conflict found on the concatenated splits, told by files and lines."""
+    def label_file(level: str) -> str:
+        return CLASS_LABELS if level == finest else level_labels_file(level)
+
+    def where(row: int) -> str:
+        for split, meta in splits.items():
+            if row < meta.images.height:
+                image_id = meta.images["image_id"][row]
+                places = []
+                for level in (exc.level, exc.parent_level):
+                    path = root / split / label_file(level)
+                    places.append(f"{path}:{id_lines(path).get(image_id, ['?'])[0]}")
+                return f"image {image_id!r}: {' and '.join(places)}"
+            row -= meta.images.height
+        return f"row {row}"  # pragma: no cover - rows come from the concatenated splits
+
+    (first, second), (row_a, row_b) = exc.parents, exc.rows
+    return (f"{exc.level} {exc.node!r} is labelled under two {exc.parent_level} classes: {first!r} "
+            f"({where(row_a)}) and {second!r} ({where(row_b)}); a class has one parent at each coarser level")
+
+
 def _order_levels(images: pl.DataFrame, levels: set[str]) -> list[str]:
     """Extra levels finest first: by rank when all are ranks, else by decreasing class count."""
     if all(lv in RANKS for lv in levels):
@@ -328,7 +354,7 @@ def _order_levels(images: pl.DataFrame, levels: set[str]) -> list[str]:
 
 def _class_names(path: Path, labels: np.ndarray, level: str) -> list[str]:
     """Names from ``path`` if present, else generated from the label range."""
-    if path.exists():
+    if entry_exists(path):
         names = read_class_names(path)
         if labels.size and labels.max() >= len(names):
             raise MetadataError(f"label {labels.max()} has no name among the {len(names)} classes", path)
@@ -378,7 +404,7 @@ def open_split(path: str | Path, split: str | None = None) -> tuple[WSOLDataset,
     ``split`` must then be None or the folder's name. Returns ``(dataset, split name)``.
     """
     path = Path(path)
-    if (path / IMAGE_IDS).is_file():
+    if entry_exists(path / IMAGE_IDS):
         if split is not None and split != path.name:
             raise InatlocError(f"{path} is the split folder {path.name!r}, but split {split!r} was asked "
                                "for; give the metadata root with that split, or no split")

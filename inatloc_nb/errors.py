@@ -27,6 +27,20 @@ class HierarchyError(InatlocError):
     """An inconsistent label hierarchy (a node under two parents, a cycle, an invalid k vector...)."""
 
 
+class ParentConflictError(HierarchyError):
+    """A class labelled under two parents at the next coarser level.
+
+    ``level``, ``parent_level``: the two levels; ``node``: the class; ``parents``: its two
+    parents; ``rows``: the row (or image) index in the builder's input where each is seen.
+    """
+
+    def __init__(self, message: str, level: str, parent_level: str, node: str,
+                 parents: tuple[str, str], rows: tuple[int, int]):
+        super().__init__(message)
+        self.level, self.parent_level, self.node = level, parent_level, node
+        self.parents, self.rows = parents, rows
+
+
 class ScoreMapError(InatlocError):
     """Score maps that cannot be evaluated (non-finite, wrong shape, out of range, missing)."""
 

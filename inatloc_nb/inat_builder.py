@@ -17,16 +17,23 @@ splits), all seeded. Each species then gets ``per_species["val"]`` and ``["test"
 single-instance images (disjoint, drawn with ``numpy.random.default_rng(seed)`` from the
 candidates sorted by source split and id) and its 2021 training images (all, or a seeded
 sample). The JSON files are streamed with ``ijson`` (one pass per top-level array, with a
-byte progress bar), keeping only the fields needed.
+byte progress bar), keeping only the fields needed. A bare ``NaN`` or ``Infinity`` value (the
+2021 README warns that latitude and longitude can be NaN; such a file is not strict JSON) is
+read as null.
 
 Image ids are ``inat21/<2021 file_name>`` and ``inat17/<2017 file_name>``: make an image
-root with those two folders (``build_inat(..., image_roots=...)`` links them). Boxes become
-inclusive 0-based pixels (``x0 = floor(x)``, ``x1 = ceil(x + w) - 1``, clamped to the image;
-the number clamped is reported). Every choice and count is in the returned summary and in
-``build.json`` in the output folder.
+root with those two folders (``build_inat(..., image_roots=...)`` links them). Boxes are
+written in the convention of the iNatLoc500 release and of Choe et al.'s CUB metadata:
+``x0 = x``, ``y0 = y``, ``x1 = x + w``, ``y1 = y + h`` (so a box reaching the right or bottom
+border has ``x1 == width`` or ``y1 == height``); a fractional coordinate widens the box to
+whole pixels (``floor`` of ``x``, ``ceil`` of ``x + w``), and a box reaching past the border
+is clamped to it (the number clamped is reported). Every choice and count is in the returned
+summary and in ``build.json`` in the output folder. Bad input is reported before anything is
+written.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +44,7 @@ import polars as pl
 
 from inatloc_nb.build import write_dataset
 from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.io import atomic_write_json
+from inatloc_nb.io import atomic_write_json, atomic_write_parquet
 from inatloc_nb.shipped import data_dir, read_shipped
 
 __all__ = ["TAXON_LEVELS", "BuildSummary", "stream_coco", "read_inat21", "read_inat17_boxes", "single_instance",
@@ -122,7 +129,7 @@ def stream_coco(path: str | Path, sections: Sequence[str], progress: bool = True
             count = 0
             with path.open("rb") as raw:
                 try:
-                    for obj in ijson.items(_CountingReader(raw, bar), f"{section}.item", use_float=True):
+                    for obj in ijson.items(_NonFiniteAsNull(raw, bar), f"{section}.item", use_float=True):
                         count += 1
                         yield section, obj
                 except ijson.JSONError as exc:
@@ -133,14 +140,47 @@ def stream_coco(path: str | Path, sections: Sequence[str], progress: bool = True
                                     "expected a COCO-style JSON file)", path)
 
 
-class _CountingReader:
+#: A member value that is a bare NaN / Infinity / -Infinity (not strict JSON). The member name
+#: is restricted to identifier characters, which cannot stand outside a string in valid JSON, so
+#: its closing quote ends a string and the value after the colon lies outside any string: text
+#: inside strings is never rewritten. No match spans a comma, the reader's cut point.
+_NON_FINITE = re.compile(rb'("[A-Za-z_][A-Za-z0-9_]*"\s*:\s*)(?:NaN|-?Infinity)')
+_CHUNK = 1 << 16
+
+
+class _NonFiniteAsNull:
+    """A binary reader for ijson that turns member values ``NaN``/``Infinity`` into ``null``
+    (ijson refuses them) and counts the bytes read on the progress bar. Chunks without such a
+    token pass through untouched."""
+
     def __init__(self, raw: Any, bar: Any):
         self.raw, self.bar = raw, bar
+        self.carry, self.ready = b"", b""
 
     def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.bar.update(len(data))
-        return data
+        if size == 0:  # ijson probes the kind of reader with read(0)
+            return b""
+        while size < 0 or len(self.ready) < size:
+            data = self.raw.read(max(size, _CHUNK))
+            self.bar.update(len(data))
+            if not data:
+                self.ready += self._rewrite(self.carry)
+                self.carry = b""
+                break
+            text = self.carry + data
+            cut = text.rfind(b",") + 1
+            self.ready += self._rewrite(text[:cut])
+            self.carry = text[cut:]
+        if size < 0:
+            size = len(self.ready)
+        out, self.ready = self.ready[:size], self.ready[size:]
+        return out
+
+    @staticmethod
+    def _rewrite(text: bytes) -> bytes:
+        if b"NaN" in text or b"Infinity" in text:
+            return _NON_FINITE.sub(rb"\1null", text)
+        return text
 
 
 def _field(obj: dict, key: str, path: Path, section: str, kind: type | tuple = (int,)) -> Any:
@@ -244,7 +284,8 @@ def _unique(frame: pl.DataFrame, column: str, path: Path, what: str) -> None:
 
 
 def single_instance(boxes: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
-    """Images with exactly one usable box, as inclusive 0-based pixel boxes.
+    """Images with exactly one usable box, in the release's convention ``x1 = x + w``,
+    ``y1 = y + h`` (see the module docstring).
 
     Returns ``(table, skipped)``: ``table`` has ``source_split, image_id, file_name, width,
     height, species, supercategory, x0, y0, x1, y1, clamped``; ``skipped`` counts images with
@@ -253,19 +294,18 @@ def single_instance(boxes: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, int]]:
     """
     per_image = boxes.group_by("source_split", "image_id").agg(pl.len().alias("n"))
     single = boxes.join(per_image.filter(pl.col("n") == 1), on=["source_split", "image_id"]).drop("n")
-    x1 = (pl.col("x") + pl.col("w")).ceil().cast(pl.Int64) - 1
-    y1 = (pl.col("y") + pl.col("h")).ceil().cast(pl.Int64) - 1
     table = single.with_columns(
-        x0=pl.col("x").floor().cast(pl.Int64), y0=pl.col("y").floor().cast(pl.Int64), x1=x1, y1=y1)
+        x0=pl.col("x").floor().cast(pl.Int64), y0=pl.col("y").floor().cast(pl.Int64),
+        x1=(pl.col("x") + pl.col("w")).ceil().cast(pl.Int64), y1=(pl.col("y") + pl.col("h")).ceil().cast(pl.Int64))
     usable = ((pl.col("w") > 0) & (pl.col("h") > 0) & (pl.col("x0") < pl.col("width"))
-              & (pl.col("y0") < pl.col("height")) & (pl.col("x1") >= 0) & (pl.col("y1") >= 0))
+              & (pl.col("y0") < pl.col("height")) & (pl.col("x1") > 0) & (pl.col("y1") > 0))
     bad = table.filter(~usable).height
     table = table.filter(usable)
     clipped = dict(
         x0=pl.col("x0").clip(0, None), y0=pl.col("y0").clip(0, None),
-        x1=pl.min_horizontal("x1", pl.col("width") - 1), y1=pl.min_horizontal("y1", pl.col("height") - 1))
+        x1=pl.min_horizontal("x1", "width"), y1=pl.min_horizontal("y1", "height"))
     outside = ((pl.col("x0") < 0) | (pl.col("y0") < 0)
-               | (pl.col("x1") >= pl.col("width")) | (pl.col("y1") >= pl.col("height")))
+               | (pl.col("x1") > pl.col("width")) | (pl.col("y1") > pl.col("height")))
     table = table.with_columns(**clipped, clamped=outside)  # evaluated on the values before clipping
     skipped = {"images with several boxes": int((per_image["n"] > 1).sum()), "boxes outside their image": bad}
     return table.drop("annotation_id", "x", "y", "w", "h").sort("source_split", "image_id"), skipped
@@ -344,6 +384,7 @@ def build_inat(
     ``image_roots``: ``{"inat21": DIR, "inat17": DIR}`` to link under ``out/images``.
     """
     counts = {"train": None, "val": 25, "test": 25, **(per_species or {})}
+    _check_roots(image_roots or {})
     for split, k in counts.items():
         if k is not None and (not isinstance(k, int) or k < (0 if split == "train" else 1)):
             raise InatlocError(f"images per species for {split} must be a positive integer, got {k!r}")
@@ -403,7 +444,7 @@ def build_inat(
         **summary.params, "n_species": summary.n_species, "images": summary.images,
         "boxes_clamped": summary.boxes_clamped, "skipped": skipped,
         "comparison": comparison.to_dicts() if comparison is not None else None})
-    images.select("split", "image_id", "source_split", "source_image_id").write_parquet(out / "sources.parquet")
+    atomic_write_parquet(out / "sources.parquet", images.select("split", "image_id", "source_split", "source_image_id"))
     return summary
 
 
@@ -423,11 +464,18 @@ def _with_levels(images: pl.DataFrame, lineage: pl.DataFrame, order: list[str], 
     return images, names
 
 
-def _link_roots(folder: Path, roots: dict[str, str | Path]) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+def _check_roots(roots: dict[str, str | Path]) -> None:
+    """Image roots are named ``inat21`` / ``inat17`` and are folders."""
     for name, target in roots.items():
         if name not in ("inat21", "inat17"):
             raise InatlocError(f"image roots are 'inat21' and 'inat17', got {name!r}")
+        if not Path(target).is_dir():
+            raise InatlocError(f"{target}: {name} image folder not found")
+
+
+def _link_roots(folder: Path, roots: dict[str, str | Path]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, target in roots.items():
         link = folder / name
         if link.is_symlink() or link.exists():
             link.unlink()

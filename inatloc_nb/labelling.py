@@ -9,7 +9,7 @@ library that takes a level (data loaders, subsampling, CAM targets, the sweep) t
 labelling.
 
 File format (CSV, UTF-8, one header line, one row per finest category, ``#`` comment lines
-allowed)::
+allowed; a leading byte-order mark, as spreadsheet programs write, is ignored)::
 
     category,node,level
     species0,genus0,genus
@@ -75,16 +75,23 @@ def short_name(level: str) -> str:
 def read_labelling(path: str | Path, hierarchy: Tree) -> tuple[str, ...]:
     """The chosen node of every leaf, in ``hierarchy.leaves`` order, validated.
 
-    Raises :class:`LabellingError` naming the file and line for: a missing file or header,
+    Raises :class:`LabellingError` naming the file and line for: a missing, unreadable or
+    non-UTF-8 file, a missing header,
     an unknown category or node, a node that is not the category or one of its ancestors, a
     level that is not the node's, a category listed twice or not at all, a node that is a
     descendant of another chosen node, fewer than two classes.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise LabellingError(f"{path}: cannot read the labelling ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise LabellingError(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}: {exc.reason}); "
+                             "save the labelling as UTF-8") from None
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1)
              if line.strip() and not line.lstrip().startswith("#")]
     if not lines:

@@ -28,10 +28,16 @@ fits is chosen. If both orders fit every box, the one under which no box ends on
 ``y1 == height``) is chosen; if that does not decide, the choice only matters when some image is not
 square: then reading fails (name the order explicitly with ``size_order="wh"`` or ``"hw"``);
 when every image is square, width,height is used. If neither order fits, the first box that
-falls outside its image under the better-fitting order is reported.
+falls outside its image under the better-fitting order is reported. :func:`read_splits` reads a
+whole dataset folder: a split without boxes takes the order detected on the splits with boxes.
+
+**Unreadable entries.** A split folder or metadata file that exists but cannot be read (a
+symbolic link loop, a broken link, a permission error) is an error naming it, never taken for a
+missing split or an absent optional file.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +57,8 @@ IMAGE_SIZES = "image_sizes.txt"
 LOCALIZATION = "localization.txt"
 
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
+#: The split folders of a dataset: D_w, D_f, D_test.
+SPLITS = ("train", "val", "test")
 _MAX_LISTED = 5
 
 
@@ -156,8 +164,7 @@ def read_split(
     docstring for the ``"auto"`` rule).
     """
     split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise MetadataError("split folder not found", split_dir)
+    entries = folder_entries(split_dir, "split folder")
     ids_table = _read_rows(split_dir / IMAGE_IDS, 1, ints=False)
     ids = ids_table.ids
     index = _index_ids(ids_table)
@@ -168,7 +175,8 @@ def read_split(
     columns["label"] = labels.values[:, 0]
     if levels is None:
         prefix = "class_labels_"
-        levels = sorted(p.stem[len(prefix):] for p in split_dir.glob(f"{prefix}*.txt"))
+        levels = sorted(name[len(prefix):-len(".txt")] for name in entries
+                        if name.startswith(prefix) and name.endswith(".txt") and len(name) > len(prefix) + 4)
     for level in levels:
         table = _aligned(_read_rows(split_dir / level_labels_file(level), 2), ids_table, index)
         _check_nonnegative(table, "label")
@@ -179,13 +187,13 @@ def read_split(
     width = height = pl.Series([None] * n, dtype=pl.Int64)
     boxes = _empty_boxes()
     order: Literal["wh", "hw"] | None = None
-    if sizes_path.exists():
+    if IMAGE_SIZES in entries:
         sizes = _aligned(_read_rows(sizes_path, 3), ids_table, index)
         bad = np.flatnonzero((sizes.values <= 0).any(axis=1))
         if bad.size:
             raise MetadataError(f"image size must be positive, got {tuple(sizes.values[bad[0]])}",
                                 sizes_path, sizes.lines[bad[0]])
-        box_table = _read_boxes(boxes_path, ids_table, index) if boxes_path.exists() else None
+        box_table = _read_boxes(boxes_path, ids_table, index) if LOCALIZATION in entries else None
         order = _size_order(sizes, box_table, index, size_order)
         first, second = sizes.values[:, 0], sizes.values[:, 1]
         width, height = (first, second) if order == "wh" else (second, first)
@@ -194,12 +202,92 @@ def read_split(
                 {"image_id": box_table.ids,
                  **{c: box_table.values[:, j] for j, c in enumerate(BOX_COLUMNS)}}
             )
-    elif boxes_path.exists():
+    elif LOCALIZATION in entries:
         raise MetadataError(f"{LOCALIZATION} is present but {IMAGE_SIZES} is missing", sizes_path)
     columns["width"], columns["height"] = width, height
     images = pl.DataFrame(columns).select("image_id", "width", "height", "label",
                                           *(f"label_{lv}" for lv in levels))
     return SplitMetadata(split_dir.name, images, boxes, order)
+
+
+def read_splits(
+    root: str | Path, splits: Sequence[str] | None = None, size_order: SizeOrder = "auto"
+) -> dict[str, SplitMetadata]:
+    """Read the split folders of a dataset folder (in :data:`SPLITS` order, or the order of ``splits``).
+
+    ``splits``: the splits to read (``None``: every one present). With ``size_order="auto"``
+    a split without boxes (``train`` as ``make-dataset`` writes it) reads its sizes in the
+    order detected on the dataset's splits with boxes, when they all agree. Raises
+    :class:`MetadataError` naming the folder when no split is present, a requested split is
+    missing, or a split folder cannot be read.
+    """
+    root = Path(root)
+    present = find_splits(root)
+    if not present:
+        raise MetadataError(f"no split folder ({', '.join(SPLITS)}) found", root)
+    wanted = present if splits is None else list(dict.fromkeys(splits))
+    absent = [s for s in wanted if s not in present]
+    if absent:
+        raise MetadataError(f"split folder not found (the folder has {', '.join(present)})", root / absent[0])
+    boxed = [s for s in present if LOCALIZATION in folder_entries(root / s, "split folder")]
+    read = {s: read_split(root / s, size_order=size_order) for s in wanted if s in boxed}
+    rest = [s for s in wanted if s not in read]
+    if rest and size_order == "auto":
+        for s in boxed:  # splits not asked for still tell the order
+            if s not in read:
+                read[s] = read_split(root / s, size_order=size_order)
+        orders = {read[s].size_order for s in boxed}
+        rest_order: SizeOrder = orders.pop() if len(orders) == 1 else size_order  # type: ignore[assignment]
+    else:
+        rest_order = size_order
+    for s in rest:
+        read[s] = read_split(root / s, size_order=rest_order)
+    return {s: read[s] for s in wanted}
+
+
+def find_splits(root: str | Path) -> list[str]:
+    """The split folders (of :data:`SPLITS`) present in ``root``, in that order.
+
+    An entry named like a split that is not a readable folder (a file, a broken link, a
+    symbolic link loop, a permission error) raises :class:`MetadataError` naming it.
+    """
+    root = Path(root)
+    entries = folder_entries(root, "metadata folder")
+    present = []
+    for split in SPLITS:
+        if split in entries:
+            folder_entries(root / split, "split folder")
+            present.append(split)
+    return present
+
+
+def folder_entries(folder: str | Path, what: str = "folder") -> set[str]:
+    """The names in ``folder``; :class:`MetadataError` naming it (as ``what``) when it is
+    missing, not a folder, or cannot be listed."""
+    folder = Path(folder)
+    try:
+        with os.scandir(folder) as listing:
+            return {entry.name for entry in listing}
+    except FileNotFoundError:
+        raise MetadataError(f"{what} not found" + (" (a broken symbolic link)" if folder.is_symlink() else ""),
+                            folder) from None
+    except NotADirectoryError:
+        raise MetadataError(f"{what} expected, but this is a file", folder) from None
+    except OSError as exc:
+        raise MetadataError(f"{what} cannot be read: {_reason(exc)}", folder) from None
+
+
+def entry_exists(path: str | Path) -> bool:
+    """Whether ``path`` names an entry (even a broken or looping link, which reading will then
+    report); only an entry that is truly absent gives False. A folder on the way that cannot
+    be searched raises :class:`MetadataError` naming ``path``."""
+    try:
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise MetadataError(f"cannot be read: {_reason(exc)}", path) from None
+    return True
 
 
 def write_split(split_dir: str | Path, split: SplitMetadata) -> Path:
@@ -282,12 +370,11 @@ class _Rows:
 def _read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines with their 1-based numbers; CRLF, missing final newline and trailing
     blank lines are accepted, a blank line inside the file is an error."""
-    if not path.is_file():
-        raise MetadataError("file not found", path)
+    data = read_file_bytes(path)
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise MetadataError(f"not UTF-8 text: {exc.reason}", path, line) from None
     raw = text.split("\n")
     while raw and not raw[-1].strip():
@@ -299,6 +386,37 @@ def _read_lines(path: Path) -> list[tuple[int, str]]:
             raise MetadataError("blank line", path, i)
         out.append((i, line))
     return out
+
+
+def id_lines(path: str | Path) -> dict[str, list[int]]:
+    """``{image id: [1-based lines]}`` of a comma-separated metadata file (the first field of
+    each non-blank line); empty when the file does not exist."""
+    path = Path(path)
+    if not entry_exists(path):
+        return {}
+    lines: dict[str, list[int]] = {}
+    for number, line in _read_lines(path):
+        lines.setdefault(line.split(",")[0].strip(), []).append(number)
+    return lines
+
+
+def read_file_bytes(path: str | Path) -> bytes:
+    """The bytes of a metadata file; :class:`MetadataError` naming it when it is missing, a
+    folder, a broken or looping link, or unreadable."""
+    path = Path(path)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise MetadataError("file not found" + (" (a broken symbolic link)" if path.is_symlink() else ""),
+                            path) from None
+    except IsADirectoryError:
+        raise MetadataError("file expected, but this is a folder", path) from None
+    except OSError as exc:
+        raise MetadataError(f"cannot be read: {_reason(exc)}", path) from None
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def _read_rows(path: Path, n_fields: int, ints: bool = True) -> _Rows:
@@ -391,7 +509,7 @@ def _size_order(sizes: _Rows, boxes: _Rows | None, index: dict[str, int], reques
         raise MetadataError(f"size_order must be 'auto', 'wh' or 'hw', got {requested!r}", sizes.path)
     first, second = sizes.values[:, 0], sizes.values[:, 1]
     if boxes is None:
-        fits = {"wh": np.ones(0, bool), "hw": np.ones(0, bool)}
+        fits = inside = {"wh": np.ones(0, bool), "hw": np.ones(0, bool)}
         rows = np.zeros(0, dtype=np.int64)
     else:
         rows = boxes.image_rows
@@ -413,7 +531,8 @@ def _size_order(sizes: _Rows, boxes: _Rows | None, index: dict[str, int], reques
             raise MetadataError(
                 f"cannot tell whether sizes are width,height or height,width: every box in "
                 f"{boxes.path if boxes is not None else LOCALIZATION + ' (absent)'} fits both and "
-                f"{non_square} image(s) are not square; pass size_order='wh' or 'hw'", sizes.path)
+                f"{non_square} image(s) are not square; name the order with --size-order wh (width,height, "
+                f"as make-dataset and synth write it) or --size-order hw", sizes.path)
         requested = "wh" if (~fits["wh"]).sum() <= (~fits["hw"]).sum() else "hw"
         note = " (neither width,height nor height,width fits every box)"
     else:

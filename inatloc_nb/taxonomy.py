@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb.dag import check_rooted
-from inatloc_nb.errors import HierarchyError
+from inatloc_nb.errors import HierarchyError, ParentConflictError
 from inatloc_nb.labelling import is_mixed, labelling_path, read_labelling
 
 _DEEPEST_ONLY = re.compile(r"c(\d+)")
@@ -293,10 +293,10 @@ class Hierarchy:
             if len(clash):
                 name = clash[child][0]
                 two = clash.filter(pl.col(child) == name).head(2)
-                raise HierarchyError(
+                raise ParentConflictError(
                     f"{child} {name!r} has two {parent} parents: "
-                    f"{two[parent][0]!r} ({where} {two[where][0]}) and {two[parent][1]!r} ({where} {two[where][1]})"
-                )
+                    f"{two[parent][0]!r} ({where} {two[where][0]}) and {two[parent][1]!r} ({where} {two[where][1]})",
+                    child, parent, name, (two[parent][0], two[parent][1]), (int(two[where][0]), int(two[where][1])))
         leaves_frame = frame.unique(levels[0], keep="first", maintain_order=True)
         rename = cls._homonym_ids(leaves_frame, levels, root)
         parents: dict[str, str] = {}

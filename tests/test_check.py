@@ -76,6 +76,34 @@ def test_malformed_metadata_names_file_and_line(tmp_path: Path) -> None:
     assert main(["check", str(root), "--quiet"]) == 2
 
 
+def test_split_without_boxes_takes_the_order_of_the_boxed_splits(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    root = _dataset(tmp_path / "ds")
+    train = [("train", f"c{k}/train{k}.jpg", 60, 40, k) for k in range(3)]  # sizes, no boxes (not square)
+    for _, image_id, width, height, _ in train:
+        Image.new("RGB", (width, height)).save(root / "images" / image_id)
+    write_dataset(root, pl.DataFrame(train, schema=["split", "image_id", "width", "height", "label"], orient="row"),
+                  pl.DataFrame(schema={"split": pl.String, "image_id": pl.String,
+                                       **{c: pl.Int64 for c in ("x0", "y0", "x1", "y1")}}),
+                  {"leaf": ["a", "b", "c"]})
+    assert check_dataset(root, progress=False).images == {"train": 3, "val": 3, "test": 3}
+    assert check_dataset(root, splits=["train"], progress=False).ok
+    for split in ("val", "test"):  # no boxes anywhere: the order cannot be told, the hint names the flag
+        (root / split / "localization.txt").unlink()
+    capsys.readouterr()
+    assert main(["check", str(root), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--size-order wh" in err and "size_order" not in err
+    assert main(["check", str(root), "--quiet", "--size-order", "wh"]) == 0
+
+
+def test_unreadable_split_folder_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _dataset(tmp_path / "ds")
+    (root / "train").symlink_to(root / "train")  # a symbolic link loop
+    assert main(["check", str(root), "--quiet"]) == 2
+    assert f"{root / 'train'}: split folder cannot be read" in capsys.readouterr().err
+
+
 def test_image_root_required_when_absent(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "ds")
     (root / "images").rename(tmp_path / "elsewhere")

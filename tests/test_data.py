@@ -75,6 +75,66 @@ def test_from_folder_flat_and_size_order_shared(tmp_path):
         data.images("test")
 
 
+def test_parent_conflict_names_files_and_lines(tmp_path):
+    root = _folder(tmp_path / "toy")
+    path = root / "val" / "class_labels_genus.txt"  # Bufo spinosus (val line 2) put in genus Rana
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].rsplit(",", 1)[0] + ",1"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(MetadataError) as err:
+        WSOLDataset.from_folder(root)
+    message = str(err.value)
+    assert message.startswith("species 'Bufo spinosus' is labelled under two genus classes: 'Bufo' (image "
+                              "'train/Bufo spinosus/6.jpg': ")
+    assert f"{root / 'train' / 'class_labels.txt'}:7 and {root / 'train' / 'class_labels_genus.txt'}:7" in message
+    assert (f"'Rana' (image 'val/Bufo spinosus/1.jpg': {root / 'val' / 'class_labels.txt'}:2 and "
+            f"{root / 'val' / 'class_labels_genus.txt'}:2)") in message
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("val", "split folder cannot be read: Too many levels of symbolic links"),
+    ("val/localization.txt", "cannot be read: Too many levels of symbolic links"),
+    ("val/image_sizes.txt", "cannot be read: Too many levels of symbolic links"),
+    ("class_names_genus.txt", "cannot be read: Too many levels of symbolic links"),
+    ("train/class_labels_family.txt", "cannot be read: Too many levels of symbolic links"),
+])
+def test_unreadable_entries_are_named_not_skipped(tmp_path, entry, message):
+    root = _folder(tmp_path / "toy")
+    target = root / entry
+    if target.is_dir():
+        import shutil
+
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    target.symlink_to(target)  # a symbolic link loop: exists() and is_dir() say False
+    with pytest.raises(MetadataError) as err:
+        WSOLDataset.from_folder(root)
+    assert str(err.value) == f"{target}: {message}"
+
+
+def test_split_folder_without_permission_is_named(tmp_path, monkeypatch):
+    import os
+
+    root = _folder(tmp_path / "toy")
+    scandir = os.scandir
+
+    def denied(path):
+        if Path(path) == root / "train":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", denied)  # a chmod would not stop the root user the tests may run as
+    with pytest.raises(MetadataError, match=rf"{root / 'train'}: split folder cannot be read: Permission denied"):
+        WSOLDataset.from_folder(root)
+    monkeypatch.undo()
+    (root / "broken").symlink_to(tmp_path / "nowhere")
+    (root / "train").rename(tmp_path / "train")
+    (root / "broken").rename(root / "train")
+    with pytest.raises(MetadataError, match=r"split folder not found \(a broken symbolic link\)"):
+        WSOLDataset.from_folder(root)
+
+
 def test_gt_boxes_rescaled_with_truncation(tmp_path):
     data = WSOLDataset.from_folder(_folder(tmp_path / "toy"))
     boxes = data.gt_boxes("val")

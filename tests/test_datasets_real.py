@@ -167,6 +167,9 @@ def test_aircraft_release_to_choe_folder(tmp_path: Path) -> None:
         (("images_box.txt", "0100001 3 4 35 26", "0100001 3 4 35"), r"images_box.txt:1: expected 'IMAGE_NAME xmin"),
         (("images_box.txt", "0100001 3 4 35 26", "0100001 0 4 35 26"), r"images_box.txt:1: box .* not 1-based"),
         (("images_family_train.txt", "0100003 Boeing 737", "0100003 Boeing 707"), "variant '737-800' has several family"),
+        (("images_box.txt", "0100001 3 4 35 26", "0100001 3 4 35.6 26"),
+         r"images_box.txt:1: box coordinates must be integer pixels, got 3 4 35.6 26"),
+        (("images_box.txt", "0100002 3 4 35 26", "0100002 3.0 4 35 26.0"), None),  # integral: read as integers
     ],
 )
 def test_aircraft_errors_name_file_and_line(tmp_path: Path, edit: tuple[str, str, str], message: str) -> None:
@@ -176,8 +179,20 @@ def test_aircraft_errors_name_file_and_line(tmp_path: Path, edit: tuple[str, str
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new, 1))
+    if message is None:
+        assert aircraft.read_boxes(path).filter(pl.col("image_name") == "0100002").row(0)[1:5] == (2, 3, 34, 25)
+        return
     with pytest.raises(MetadataError, match=message):
         aircraft.read_aircraft(release, progress=False)
+
+
+@pytest.mark.parametrize("name", ["images_variant_test.txt", "images_manufacturer_val.txt"])
+def test_aircraft_empty_split_is_an_error(tmp_path: Path, name: str) -> None:
+    release = _write_aircraft(tmp_path)
+    (release / "data" / name).write_text("")
+    with pytest.raises(MetadataError, match=rf"{name}: the {name[:-4].rsplit('_', 1)[1]} split lists no image"):
+        aircraft.build_aircraft(release, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_aircraft_missing_image_is_reported(tmp_path: Path) -> None:
@@ -188,9 +203,20 @@ def test_aircraft_missing_image_is_reported(tmp_path: Path) -> None:
 
 
 def test_aircraft_box_outside_image_is_reported(tmp_path: Path) -> None:
-    release = _write_aircraft(tmp_path, box_shift=30)
-    with pytest.raises(MetadataError, match="boxes reversed or outside the image"):
+    release = _write_aircraft(tmp_path)
+    path = release / "data" / "images_box.txt"
+    lines = path.read_text().splitlines(keepends=True)
+    name = lines[4].split()[0]
+    width, height = Image.open(release / "data" / "images" / f"{name}.jpg").size
+    lines[4] = f"{name} 3 4 {width} {height}\n"  # 1-based: ends on the last pixel, inside
+    path.write_text("".join(lines))
+    aircraft.read_aircraft(release, progress=False)
+    lines[4] = f"{name} 3 4 {width + 1} {height}\n"  # one pixel past the right border
+    path.write_text("".join(lines))
+    with pytest.raises(MetadataError, match=rf"images_box.txt:5: box \(3, 4, {width + 1}, {height}\) of image {name} "
+                       rf"reaches past the border of its {width}x{height} image"):
         aircraft.build_aircraft(release, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def _flat_metadata(root: Path, n_classes: int, train_per_class: int) -> Path:
@@ -220,6 +246,30 @@ def test_make_dataset_cub_with_the_paper_hierarchy(tmp_path: Path) -> None:
     assert {s: ds.images(s).height for s in ds.splits} == {"train": 184, "val": 184, "test": 184}
     first = ds.images("test").row(0, named=True)
     assert first["image_id"] == "0000/test0.jpg" and ds.class_names()[first["label"]] == "Phoebastria nigripes"
+
+
+@pytest.mark.parametrize("inside", [False, True])
+def test_make_dataset_cub_on_the_raw_release_says_what_is_needed(tmp_path: Path, inside: bool,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from inatloc_nb.cli import main
+
+    raw = tmp_path / "CUB_200_2011"
+    (raw / "images" / "001.Black_footed_Albatross").mkdir(parents=True)
+    (raw / "images.txt").write_text("1 001.Black_footed_Albatross/Black_Footed_Albatross_0046_18.jpg\n")
+    (raw / "bounding_boxes.txt").write_text("1 60.0 27.0 325.0 304.0\n")
+    (raw / "train_test_split.txt").write_text("1 0\n")
+    given = raw if inside else tmp_path
+    assert main(["make-dataset", "cub", str(given), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{given}: this is the raw CUB-200-2011 release" in err
+    assert "metadata/CUB of https://github.com/clovaai/wsolevaluation" in err and "CUBV2" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["make-dataset", "imagenet", str(raw / "images"), "--out", str(tmp_path / "out")]) == 2
+    assert "no split folder (train, val, test) found; make-dataset needs" in capsys.readouterr().err
+    meta = _flat_metadata(tmp_path / "cub_meta", 200, 1)  # WSOL metadata, but an image folder that is not there
+    assert main(["make-dataset", "cub", str(meta), "--images", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "out")]) == 2
+    assert "nowhere: image folder not found" in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 def test_make_dataset_imagenet_samples_train_and_keeps_levels(tmp_path: Path) -> None:

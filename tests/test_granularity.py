@@ -298,3 +298,14 @@ def test_choosing_granularity_notebook(granularity_results, tmp_path):
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     stored = nbformat.read(NOTEBOOK, as_version=4)
     assert all(not c.outputs for c in stored.cells if c.cell_type == "code")
+
+
+def test_labelling_encoding_byte_order_mark_and_non_utf8(hierarchy, tmp_path):
+    rows = "category,node,level\r\n" + "".join(f"{leaf},{leaf},species\r\n" for leaf in hierarchy.leaves)
+    bom = tmp_path / "excel.csv"  # as a spreadsheet saves "CSV UTF-8": byte-order mark, CRLF
+    bom.write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    assert read_labelling(bom, hierarchy) == hierarchy.leaves
+    latin = tmp_path / "latin1.csv"
+    latin.write_bytes(("category,node,level\n# chosen by Andr\xe9\n" + rows).encode("latin-1"))
+    with pytest.raises(InatlocError, match=r"latin1.csv:2: not UTF-8 text \(byte 0xe9"):
+        read_labelling(latin, hierarchy)

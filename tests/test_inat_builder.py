@@ -57,7 +57,7 @@ def _inat17(path: Path, split: str, per_species: int, offset: int) -> Path:
                            "file_name": f"train_val_images/{lineage[-1]}/{name}/{iid:032x}.jpg"})
             boxes = [[10.5, 20.0, 300.2, 200.0]] if k < per_species else [[1, 1, 5, 5], [50, 50, 10, 10]]
             if k == 0:
-                boxes = [[700.0, 500.0, 100.7, 100.0]]  # reaches past the border: clamped
+                boxes = [[700.0, 500.0, 100.7, 100.0]]  # past the right border (clamped), on the bottom one
             for bbox in boxes:
                 aid += 1
                 annotations.append({"id": aid, "image_id": iid, "category_id": cid + 7, "bbox": bbox,
@@ -92,8 +92,9 @@ def test_build_reproducible_with_levels_and_boxes(sources: dict[str, Path], tmp_
     assert len(val_ids) == 16 and all(i.startswith("inat17/train_val_images/") for i in val_ids)
     assert all(i.startswith("inat21/train/") for i in ds.images("train")["image_id"])
     boxes = pl.concat([ds.boxes("val"), ds.boxes("test")])
-    assert set(boxes.select("x0", "y0", "x1", "y1").rows()) <= {(10, 20, 310, 219), (700, 500, 799, 599)}
-    assert summary.boxes_clamped == int((boxes["x1"] == 799).sum())
+    # the release's convention: x1 = x + w, y1 = y + h (fractions widened to whole pixels)
+    assert set(boxes.select("x0", "y0", "x1", "y1").rows()) <= {(10, 20, 311, 220), (700, 500, 800, 600)}
+    assert summary.boxes_clamped == int((boxes["x1"] == 800).sum()) > 0
     assert json.loads((tmp_path / "a" / "build.json").read_text())["seed"] == 3
     other = inat_builder.build_inat(sources["inat21"], boxes17, tmp_path / "c", **{**kwargs, "seed": 4})
     assert other.images == summary.images
@@ -188,3 +189,83 @@ def test_options_are_checked_and_image_roots_linked(sources: dict[str, Path], tm
     inat_builder.build_inat(sources["inat21"], [sources["train17"], sources["val17"]], tmp_path / "linked",
                             per_species={"val": 2, "test": 2}, image_roots=roots, progress=False)
     assert (tmp_path / "linked" / "images" / "inat17").resolve() == roots["inat17"].resolve()
+
+
+def _box_rows(rows: list[tuple[int, float, float, float, float]]) -> pl.DataFrame:
+    """iNat 2017 box rows on 800x600 images: ``(image_id, x, y, w, h)``."""
+    return pl.DataFrame(
+        [("train", iid, f"{iid}.jpg", 800, 600, "Ardea alba", "Aves", iid, x, y, w, h) for iid, x, y, w, h in rows],
+        schema=["source_split", "image_id", "file_name", "width", "height", "species", "supercategory",
+                "annotation_id", "x", "y", "w", "h"], orient="row")
+
+
+def test_single_instance_boxes_in_the_release_convention() -> None:
+    table, skipped = inat_builder.single_instance(_box_rows([
+        (1, 65, 132, 735, 338),       # ends on the right border, as 629 iNatLoc500 test boxes do
+        (2, 10.5, 20.0, 300.2, 200.0),  # fractions: widened to whole pixels
+        (3, 700, 500, 120, 50),       # past the right border: clamped to it
+        (4, -5, 10, 20, 20),          # left of the image: clamped to 0
+        (5, 900, 10, 5, 5),           # outside the image: skipped
+        (6, 0, 0, 800, 600),          # the whole image
+    ]))
+    rows = {r["image_id"]: (r["x0"], r["y0"], r["x1"], r["y1"], r["clamped"]) for r in table.iter_rows(named=True)}
+    assert rows == {1: (65, 132, 800, 470, False), 2: (10, 20, 311, 220, False), 3: (700, 500, 800, 550, True),
+                    4: (0, 10, 15, 30, True), 6: (0, 0, 800, 600, False)}
+    assert skipped["boxes outside their image"] == 1
+
+
+def test_nan_and_infinity_values_do_not_abort_the_build(tmp_path: Path) -> None:
+    # more than one 64 KiB read, so tokens and strings cross the reader's chunk boundaries
+    images = [{"id": i, "file_name": f"train/a: NaN, Infinity/{i}.jpg", "width": 5, "height": 5,
+               "latitude": float("nan") if i % 3 else 1.5, "longitude": float("-inf") if i % 5 else -2.0,
+               "rights_holder": 'said "latitude": NaN, then'} for i in range(3000)]
+    doc = {"images": images, "annotations": [{"id": i, "image_id": i, "category_id": 0} for i in range(3000)]}
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(doc).replace('"latitude": NaN', '"latitude" :NaN', 7))  # json writes NaN, -Infinity
+    assert "NaN" in path.read_text() and path.stat().st_size > 3 * 65536
+    read = [obj for _, obj in inat_builder.stream_coco(path, ["images"], progress=False)]
+    assert len(read) == 3000
+    assert [o["latitude"] for o in read[:4]] == [1.5, None, None, 1.5]
+    assert [o["longitude"] for o in read[:6]] == [-2.0, None, None, None, None, -2.0]
+    assert all(o["file_name"] == f"train/a: NaN, Infinity/{o['id']}.jpg" for o in read)  # strings untouched
+    assert all(o["rights_holder"] == 'said "latitude": NaN, then' for o in read)
+
+
+def _images_for(folder: Path, roots: dict[str, Path]) -> None:
+    """JPEGs of the sizes the metadata gives, under the ``inat21/`` and ``inat17/`` roots."""
+    from PIL import Image
+
+    for split in ("train", "val", "test"):
+        for line in (folder / split / "image_sizes.txt").read_text().splitlines():
+            image_id, width, height = line.split(",")
+            prefix, _, rest = image_id.partition("/")
+            target = roots[prefix] / rest
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (int(width), int(height)), (90, 120, 60)).save(target)
+
+
+def test_check_accepts_what_make_dataset_inat_wrote(sources: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    roots = {"inat21": tmp_path / "r21", "inat17": tmp_path / "r17"}
+    for root in roots.values():
+        root.mkdir()
+    out = tmp_path / "built"
+    assert main(["make-dataset", "inat", "--inat21", str(sources["inat21"]), "--boxes17", str(sources["train17"]),
+                 "--boxes17", str(sources["val17"]), "--per-species-train", "2", "--per-species-val", "2",
+                 "--per-species-test", "2", "--inat21-images", str(roots["inat21"]),
+                 "--inat17-images", str(roots["inat17"]), "--out", str(out), "--quiet"]) == 0
+    assert not (out / "train" / "localization.txt").exists()  # train: sizes (500x375, not square), no boxes
+    _images_for(out, roots)
+    capsys.readouterr()
+    assert main(["check", str(out), "--quiet", "--workers", "1"]) == 0
+    assert "all 24 images decode; sizes and boxes agree" in capsys.readouterr().out
+    assert main(["check", str(out), "--split", "train", "--quiet", "--workers", "1"]) == 0
+
+
+def test_a_missing_image_root_is_refused_before_anything_is_written(sources: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "never"
+    with pytest.raises(InatlocError, match=r"nowhere: inat17 image folder not found"):
+        inat_builder.build_inat(sources["inat21"], [sources["train17"], sources["val17"]], out,
+                                per_species={"val": 2, "test": 2}, image_roots={"inat17": tmp_path / "nowhere"},
+                                progress=False)
+    assert not out.exists()

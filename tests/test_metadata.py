@@ -99,9 +99,16 @@ def test_size_order_height_width_detected(tmp_path):
 def test_size_order_ambiguous_fails_unless_given(tmp_path):
     files = dict(GOOD, **{"localization.txt": "p/1.jpg,0,0,10,10\np/2.jpg,0,0,20,20\nq/3.jpg,1,1,2,2"})
     folder = _write(tmp_path / "s", files)
-    with pytest.raises(MetadataError, match="image_sizes.txt.*size_order"):
+    with pytest.raises(MetadataError, match=r"image_sizes.txt: .*not square; name the order with --size-order wh"):
         read_split(folder)
     assert read_split(folder, size_order="hw").images["width"].to_list() == [50, 80, 30]
+    assert read_split(folder, size_order="wh").images["width"].to_list() == [100, 40, 30]
+
+
+def test_sizes_without_boxes_need_the_order_named(tmp_path):
+    folder = _write(tmp_path / "s", {k: v for k, v in GOOD.items() if k != "localization.txt"})
+    with pytest.raises(MetadataError, match=r"image_sizes.txt: .*localization.txt \(absent\) fits both .*--size-order wh"):
+        read_split(folder)
     assert read_split(folder, size_order="wh").images["width"].to_list() == [100, 40, 30]
 
 

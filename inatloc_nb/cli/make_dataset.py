@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for name, what in (("cub", "CUB-200-2011 with the paper's 184-species hierarchy"),
                        ("imagenet", "ImageNet with the WordNet hierarchy (927 classes, levels cK)")):
         sub = kinds.add_parser(name, help=what)
-        sub.add_argument("metadata", type=Path, help="the WSOL metadata folder (train/ val/ test/)")
+        sub.add_argument("metadata", type=Path, help="Choe et al.'s WSOL metadata folder (train/ val/ test/; "
+                         f"clovaai/wsolevaluation metadata/{'CUB' if name == 'cub' else 'ILSVRC'})")
         sub.add_argument("--train-per-class", type=int, default=200 if name == "imagenet" else None,
                          help="keep this many train images per class (ImageNet default 200, App. A)")
         sub.add_argument("--seed", type=int, default=0)
@@ -74,11 +75,14 @@ def run(args: argparse.Namespace) -> int:
         out = build_aircraft(args.release, args.out, progress=progress)
         print(f"wrote {out} (images: {out / 'images'}, linked to the release's data/images)")
         return 0
-    from inatloc_nb.build import export_dataset, link_images, with_shipped_hierarchy
+    from inatloc_nb.build import export_dataset, link_images, require_wsol_metadata, with_shipped_hierarchy
     from inatloc_nb.data import WSOLDataset
 
-    dataset = with_shipped_hierarchy(WSOLDataset.from_folder(args.metadata),
-                                     "cub" if args.kind == "cub" else "ilsvrc")
+    name = "cub" if args.kind == "cub" else "ilsvrc"
+    require_wsol_metadata(args.metadata, name)
+    if args.images is not None and not args.images.is_dir():  # before anything is written
+        raise InatlocError(f"{args.images}: image folder not found")
+    dataset = with_shipped_hierarchy(WSOLDataset.from_folder(args.metadata), name)
     out = export_dataset(dataset, args.out, args.train_per_class, args.seed)
     if args.images is not None:
         link_images(out, args.images)

@@ -239,7 +239,7 @@ def labelling_summary(variants: pl.DataFrame) -> pl.DataFrame:
         path = labelling_path(level)
         if not path.is_file():
             raise InatlocError(f"{path}: the labelling of the mixed runs of {dataset!r} is gone")
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # as read_labelling: a byte-order mark is accepted
             chosen = [row["level"] for row in csv.DictReader(line for line in f if not line.startswith("#"))]
         for lv in dict.fromkeys(chosen):
             rows.append({"dataset": dataset, "file": path.name, "level": lv, "categories": chosen.count(lv)})
