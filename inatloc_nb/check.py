@@ -118,7 +118,7 @@ def check_dataset(
     Malformed metadata raises :class:`MetadataError` (file and line) before any image is read.
     ``size_order`` is how ``image_sizes.txt`` is read (:func:`inatloc_nb.metadata.read_split`).
     """
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     root = Path(metadata_root)
     image_root = Path(image_root) if image_root is not None else default_image_root(root)
@@ -128,8 +128,8 @@ def check_dataset(
     metas = {split: read_split(root / split, size_order=size_order) for split in present}  # type: ignore[arg-type]
     jobs = [(split, image_id) for split, meta in metas.items() for image_id in meta.images["image_id"]]
     report = CheckReport(images={split: meta.images.height for split, meta in metas.items()})
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-            total=len(jobs), desc="decoding images", unit="img", disable=not progress) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool, track(
+            total=len(jobs), desc="decoding images", unit="img", show=progress) as bar:
         results = []
         for result in pool.map(lambda job: decode_image(image_root / job[1]), jobs, chunksize=64):
             results.append(result)
