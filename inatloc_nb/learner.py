@@ -43,6 +43,7 @@ from fastai.torch_core import set_seed
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.images import clear_worker_errors
+from inatloc_nb.method_support import check_support
 from inatloc_nb.device import apply_settings, default_device, prepare_model, resolve_settings
 from inatloc_nb.models import build_backbone
 from inatloc_nb.protocol import DECAY_EVERY, check_reading
@@ -258,6 +259,7 @@ def build_learner(
         method = get_method(method, **(method_params or {}))
     elif method_params:
         raise InatlocError("method_params are only used with a method name")
+    check_support(method.name, backbone)
     sched = Schedule.parse(schedule, lr_decay)
     check_reading("lr_groups", lr_groups)
     settings = resolve_settings(device, amp, channels_last, compile)
