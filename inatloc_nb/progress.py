@@ -126,8 +126,8 @@ class LineTracker:
         self.postfix = f", {text}" if text else ""
 
     def write(self, text: str) -> None:
-        """Print ``text`` as its own line (``tqdm.write``)."""
-        self._say(text, always=True)
+        """Print ``text`` as its own line on stdout, as ``tqdm.write`` does."""
+        print(text, file=sys.stdout, flush=True)
 
     def close(self) -> None:
         """Print the stage's line: items, time and rate (once)."""
@@ -139,8 +139,8 @@ class LineTracker:
         of = f"/{self.total}" if self.total and self.total != self.n else ""
         self._say(f"{self.desc}: {self.n}{of} {self.unit} in {format_seconds(seconds)}{rate}{self.postfix}")
 
-    def _say(self, text: str, always: bool = False) -> None:
-        if always or not self.silent:
+    def _say(self, text: str) -> None:
+        if not self.silent:
             print(text, file=self.stream, flush=True)
 
 

@@ -52,13 +52,14 @@ def test_silent_and_bar_only_modes(monkeypatch):
     assert "drawn" in terminal.getvalue() and "\r" in terminal.getvalue()  # a tqdm bar
 
 
-def test_long_stages_report_while_running_and_errors_end_without_a_done_line():
+def test_long_stages_report_while_running_and_errors_end_without_a_done_line(capsys):
     log = io.StringIO()
     tracker = LineTracker(None, 4, "runs", "run", log, interval=0.0)
     tracker.set_postfix(failed=0)
     tracker.update()
-    tracker.write("run-1: ok")
-    assert log.getvalue().splitlines() == ["runs: 1/4 run (25%), 0:00 so far, failed 0", "run-1: ok"]
+    tracker.write("run-1: ok")  # on stdout, as tqdm.write
+    assert log.getvalue().splitlines() == ["runs: 1/4 run (25%), 0:00 so far, failed 0"]
+    assert capsys.readouterr().out == "run-1: ok\n"
     log.seek(0), log.truncate()
     with pytest.raises(RuntimeError), LineTracker(None, 4, "runs", "run", log):
         raise RuntimeError("worker died")
