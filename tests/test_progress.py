@@ -72,3 +72,20 @@ def test_long_stages_report_while_running_and_errors_end_without_a_done_line(cap
 
 def test_format_seconds():
     assert [format_seconds(s) for s in (0, 59.6, 61, 3725)] == ["0:00", "1:00", "1:01", "1:02:05"]
+
+
+def test_check_and_prepare_log_one_line_per_stage(tiny_dataset_dir, tmp_path, capfd, monkeypatch):
+    import re
+
+    from inatloc_nb.cli import main
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    assert main(["check", str(tiny_dataset_dir), "--workers", "1"]) == 0
+    assert main(["prepare", str(tiny_dataset_dir), "--out", str(tmp_path / "cache"), "--image-size", "32",
+                 "--workers", "1"]) == 0
+    captured = capfd.readouterr()
+    both = captured.out + captured.err
+    assert "\r" not in both and "█" not in both
+    stages = re.findall(r"^(decoding images|prepare \w+): (\d+) img in \d+:\d\d", captured.err, re.M)
+    assert stages == [("decoding images", "80"), ("prepare train", "48"), ("prepare val", "16"),
+                      ("prepare test", "16")]
