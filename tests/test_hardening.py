@@ -397,6 +397,8 @@ def _sweep_error(tmp_path: Path, text: str | bytes) -> str:
     (GOOD.replace("species, genus", "species, genera"), "levels: 'genera' not in dataset 'tiny'"),
     (GOOD.replace("backbone: tinycnn", "backbone: resnet5"), "x.yaml: backbone: unknown backbone 'resnet5'"),
     (GOOD.replace("pretrained: false", "pretrained: true"), "x.yaml: pretrained: backbone 'tinycnn' has no pretrained"),
+    (GOOD.replace("backbone: tinycnn", "backbone: deit_small") + "methods: [cam, adl]\n",
+     "x.yaml: methods: method 'adl' does not run on backbone 'deit_small': .*vision transformer"),
     (GOOD + "schedule: 0\n", r"x.yaml: schedule: .*expected an integer >= 1"),
     (GOOD + "schedule: fortnight\n", "x.yaml: schedule: expected 2epoch, paper, 10epoch"),
     (GOOD + "batch_size: 0\n", "x.yaml: batch_size: expected an integer in 1..65536"),
