@@ -71,19 +71,30 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def format_count(value: float) -> str:
+    """``value`` with an SI prefix and three significant digits: ``950``, ``1.5k``, ``2.34G``."""
+    prefixes = ("", "k", "M", "G", "T")
+    step = 0
+    while abs(value) >= 999.5 and step < len(prefixes) - 1:
+        value /= 1000
+        step += 1
+    return f"{value:.0f}" if step == 0 else f"{value:.3g}{prefixes[step]}"
+
+
 class LineTracker:
     """The line-printing stand-in of a ``tqdm`` bar (the subset the package uses: iteration,
     ``update``, ``set_postfix``, ``write``, ``close``, context manager)."""
 
     def __init__(self, iterable: Iterable | None, total: int | None, desc: str, unit: str,
-                 stream: IO[str], silent: bool = False, interval: float = LINE_INTERVAL) -> None:
+                 stream: IO[str], silent: bool = False, interval: float = LINE_INTERVAL,
+                 unit_scale: bool = False) -> None:
         if total is None and iterable is not None:
             try:
                 total = len(iterable)  # type: ignore[arg-type]
             except TypeError:
                 total = None
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
-        self.stream, self.silent, self.interval = stream, silent, interval
+        self.stream, self.silent, self.interval, self.unit_scale = stream, silent, interval, unit_scale
         self.n = 0
         self.postfix = ""
         self.start = self._last = time.perf_counter()
@@ -113,8 +124,7 @@ class LineTracker:
         if now - self._last >= self.interval and not self.closed:
             self._last = now
             share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-            of = f"/{self.total}" if self.total else ""
-            self._say(f"{self.desc}: {self.n}{of} {self.unit}{share}, "
+            self._say(f"{self.desc}: {self._count(self.n, self.total)}{share}, "
                       f"{format_seconds(now - self.start)} so far{self.postfix}")
 
     def set_postfix(self, **values: Any) -> None:
@@ -135,9 +145,16 @@ class LineTracker:
             return
         self.closed = True
         seconds = time.perf_counter() - self.start
-        rate = f" ({self.n / seconds:.1f} {self.unit}/s)" if seconds > 0 and self.n else ""
-        of = f"/{self.total}" if self.total and self.total != self.n else ""
-        self._say(f"{self.desc}: {self.n}{of} {self.unit} in {format_seconds(seconds)}{rate}{self.postfix}")
+        rate = f" ({self._count(self.n / seconds)}/s)" if seconds > 0 and self.n else ""
+        total = self.total if self.total != self.n else None
+        self._say(f"{self.desc}: {self._count(self.n, total)} in {format_seconds(seconds)}{rate}{self.postfix}")
+
+    def _count(self, n: float, total: int | None = None) -> str:
+        """``n[/total] unit``; SI-scaled with ``unit_scale`` (``1.5/2GB``, as tqdm writes it)."""
+        if self.unit_scale:
+            return f"{format_count(n)}{f'/{format_count(total)}' if total else ''}{self.unit}"
+        shown = f"{n:.1f}" if isinstance(n, float) else str(n)
+        return f"{shown}{f'/{total}' if total else ''} {self.unit}"
 
     def _say(self, text: str) -> None:
         if not self.silent:
@@ -145,16 +162,17 @@ class LineTracker:
 
 
 def track(iterable: Iterable | None = None, *, desc: str, total: int | None = None, unit: str = "it",
-          show: Show = True, stream: IO[str] | None = None) -> Any:
+          unit_scale: bool = False, show: Show = True, stream: IO[str] | None = None) -> Any:
     """Progress over ``iterable`` (or, without one, over ``update`` calls up to ``total``):
     a ``tqdm.auto`` bar, one line per stage, or nothing (see the module docstring). The
-    result is iterated, or used as a context manager, like a ``tqdm`` bar."""
+    result is iterated, or used as a context manager, like a ``tqdm`` bar; ``unit_scale``
+    writes counts with SI prefixes (bytes)."""
     stream = sys.stderr if stream is None else stream
     if show and bars_wanted(stream):
         from tqdm.auto import tqdm
 
-        return tqdm(iterable, total=total, desc=desc, unit=unit, file=stream)
-    return LineTracker(iterable, total, desc, unit, stream, silent=show is not True)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, file=stream)
+    return LineTracker(iterable, total, desc, unit, stream, silent=show is not True, unit_scale=unit_scale)
 
 
 @functools.cache
@@ -266,4 +284,4 @@ def install(learn: Any) -> Any:
 
 
 __all__ = ["LINE_INTERVAL", "PROGRESS_ENV", "STYLES", "LineTracker", "ProgressCallback", "bars_wanted",
-           "format_seconds", "in_notebook", "install", "track"]
+           "format_count", "format_seconds", "in_notebook", "install", "track"]

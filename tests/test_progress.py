@@ -6,7 +6,7 @@ import io
 import pytest
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.progress import PROGRESS_ENV, LineTracker, bars_wanted, format_seconds, track
+from inatloc_nb.progress import PROGRESS_ENV, LineTracker, bars_wanted, format_count, format_seconds, track
 
 
 class Terminal(io.StringIO):
@@ -70,8 +70,13 @@ def test_long_stages_report_while_running_and_errors_end_without_a_done_line(cap
     assert log.getvalue().startswith("runs: 3/4 run in 0:00")
 
 
-def test_format_seconds():
+def test_formats():
     assert [format_seconds(s) for s in (0, 59.6, 61, 3725)] == ["0:00", "1:00", "1:01", "1:02:05"]
+    assert [format_count(v) for v in (950, 1500, 2_345_678_901, 7e15)] == ["950", "1.5k", "2.35G", "7e+03T"]
+    log = io.StringIO()
+    with LineTracker(None, 3_000_000, "reading train.json", "B", log, unit_scale=True) as bar:
+        bar.update(1_500_000)
+    assert log.getvalue().startswith("reading train.json: 1.5M/3MB in 0:00")
 
 
 def test_check_and_prepare_log_one_line_per_stage(tiny_dataset_dir, tmp_path, capfd, monkeypatch):
