@@ -39,11 +39,8 @@ Show = bool | Literal["bars"]
 
 def in_notebook() -> bool:
     """Whether the code runs in a Jupyter kernel (where bars are widgets, not redraws)."""
-    try:
-        from IPython import get_ipython
-    except ImportError:  # pragma: no cover - IPython ships with fastai's dependencies
-        return False
-    shell = get_ipython()
+    ipython = sys.modules.get("IPython")  # a kernel has imported it; nothing to import otherwise
+    shell = None if ipython is None else ipython.get_ipython()
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
 
 
