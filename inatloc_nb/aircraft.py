@@ -123,10 +123,10 @@ def _pixel(text: str) -> int | None:
 
 def _image_sizes(folder: Path, names: list[str], progress: bool) -> list[tuple[int, int]]:
     from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     sizes, problems = [], []
-    for name in tqdm(names, desc="reading image sizes", unit="img", disable=not progress):
+    for name in track(names, desc="reading image sizes", unit="img", show=progress):
         path = folder / f"{name}.jpg"
         try:
             with Image.open(path) as im:

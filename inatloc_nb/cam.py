@@ -41,6 +41,7 @@ if TYPE_CHECKING:  # torch is imported where models run, so reading and scoring 
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.methods import WSOLMethod
     from inatloc_nb.metrics import BoxAccuracy, BoxAccuracyResult
+    from inatloc_nb.progress import Show
 
 #: Version of the ``cams/<split>.npz`` layout written by ``CamSet.save``. Version 1 (no
 #: ``format_version`` field) held 224 x 224 float16 normalised maps under ``maps``.
@@ -274,6 +275,7 @@ def extract_cams(
     batch_size: int = 32,
     device: torch.device | str | None = None,
     num_workers: int | None = None,
+    progress: Show = True,
 ) -> CamSet:
     """Raw float32 CAMs of every image of ``split`` for its class at ``level``.
 
@@ -282,15 +284,17 @@ def extract_cams(
     transforms, device and ``learn.method`` are used; given a bare model, evaluation loaders
     are built with ``image_size``/``batch_size`` on ``device`` (default: the model's) and
     ``method`` (default: the model's own ``class_activation_maps``) supplies the maps.
-    Autocast is disabled throughout, so features, logits and maps are float32.
+    Autocast is disabled throughout, so features, logits and maps are float32. ``progress``:
+    a bar in terminals and notebooks, one line for the pass in logs (``True``), nothing
+    (``False``) or the bar only (``"bars"``; ``inatloc_nb.progress.track``).
     """
     import torch
     from fastai.callback.hook import hook_output
-    from fastprogress.fastprogress import progress_bar
     from torch import Tensor
 
     from inatloc_nb.learner import build_dataloaders, labelled_items
     from inatloc_nb.models import prepare_for_device
+    from inatloc_nb.progress import track
 
     if split not in dataset.splits:
         raise InatlocError(f"dataset {dataset.name!r} has no split {split!r}")
@@ -326,8 +330,8 @@ def extract_cams(
     try:
         with torch.no_grad(), torch.autocast(device_type, enabled=False), hook_output(
             model.features, detach=True
-        ) as hook:
-            for xb, yb in progress_bar(dl, leave=False):
+        ) as hook, track(desc=f"CAMs of {split}", total=n, unit="img", show=progress) as bar:
+            for xb, yb in dl:
                 xb, yb = xb.as_subclass(Tensor).float(), yb.as_subclass(Tensor)  # drop fastai tensor types
                 if device_type == "cuda":
                     xb = xb.contiguous(memory_format=torch.channels_last)
@@ -350,6 +354,7 @@ def extract_cams(
                 predictions[start:stop] = top.indices.cpu().numpy()
                 top1_logits[start:stop] = top.values.cpu().numpy()
                 start = stop
+                bar.update(len(xb))
     finally:
         model.train(was_training)
     return CamSet(

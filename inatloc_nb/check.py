@@ -117,7 +117,7 @@ def check_dataset(
     ``decode=False`` reads no image: every split's metadata and the hierarchy of its levels
     (:meth:`inatloc_nb.data.WSOLDataset.from_folder`) are checked, nothing else.
     """
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     root = Path(metadata_root)
     metas = read_splits(root, splits, size_order)  # type: ignore[arg-type]
@@ -129,8 +129,8 @@ def check_dataset(
     image_root = Path(image_root) if image_root is not None else default_image_root(root)
     jobs = [(split, image_id) for split, meta in metas.items() for image_id in meta.images["image_id"]]
     report = CheckReport(images={split: meta.images.height for split, meta in metas.items()})
-    with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
-            total=len(jobs), desc="decoding images", unit="img", disable=not progress) as bar:
+    with ThreadPoolExecutor(max_workers=workers) as pool, track(
+            total=len(jobs), desc="decoding images", unit="img", show=progress) as bar:
         results = []
         for result in pool.map(lambda job: decode_image(image_root / job[1]), jobs, chunksize=64):
             results.append(result)

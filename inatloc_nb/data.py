@@ -230,11 +230,11 @@ class WSOLDataset:
         is in the exception's ``problems`` attribute).
         """
         from PIL import Image, UnidentifiedImageError
-        from tqdm.auto import tqdm
+        from inatloc_nb.progress import track
 
         ids = self._split(split).images["image_id"].to_list()
         problems: list[str] = []
-        for image_id in tqdm(ids, desc=f"checking {self.name} {split} images", disable=not progress):
+        for image_id in track(ids, desc=f"checking {self.name} {split} images", show=progress):
             path = self.image_path(image_id)
             if not path.is_file():
                 problems.append(f"{path} (missing)")

@@ -68,7 +68,8 @@ class EpochSelect(Callback):
         start = time.perf_counter()
         states = get_random_states()
         try:
-            cams = extract_cams(self.learn, self.dataset, self.split, self.level)
+            # a bar where one is watched; in logs the epoch's line reports the score
+            cams = extract_cams(self.learn, self.dataset, self.split, self.level, progress="bars")
         finally:
             set_random_states(**states)
         cam_seconds = time.perf_counter() - start
@@ -81,6 +82,13 @@ class EpochSelect(Callback):
             self.best_cam_seconds = cam_seconds
             self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.learn.model.state_dict().items()}
         self.seconds += time.perf_counter() - start
+
+    def progress_note(self) -> str | None:
+        """The latest evaluation for the epoch's progress line (``inatloc_nb.progress``)."""
+        if not self.scores:
+            return None
+        top1 = self.top1[-1]
+        return f"D_f MaxBoxAccV2 {self.scores[-1]:.1f}" + ("" if top1 is None else f"  D_f top-1 {top1:.1f}")
 
     def summary(self) -> dict[str, Any]:
         """The ``metrics.json`` keys of the selection: ``selected_epoch``,

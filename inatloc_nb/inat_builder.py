@@ -117,14 +117,14 @@ def stream_coco(path: str | Path, sections: Sequence[str], progress: bool = True
     missing or empty.
     """
     import ijson
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     path = Path(path)
     if not path.is_file():
         raise MetadataError("JSON file not found", path)
     size = path.stat().st_size
-    with tqdm(total=size * len(sections), unit="B", unit_scale=True, desc=f"reading {path.name}",
-              disable=not progress) as bar:
+    with track(total=size * len(sections), unit="B", unit_scale=True, desc=f"reading {path.name}",
+              show=progress) as bar:
         for section in sections:
             count = 0
             with path.open("rb") as raw:

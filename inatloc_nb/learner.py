@@ -21,7 +21,9 @@ code, wsolevaluation, unless an option names the other reading):
   starts, so a CPU run is repeatable (for a given ``num_workers``);
 - device switches (``inatloc_nb.device``): on CUDA by default mixed precision (bfloat16
   autocast where supported, else float16 with loss scaling) and channels-last model and
-  inputs; on CPU float32 and contiguous; ``torch.compile`` of the backbone stages on request.
+  inputs; on CPU float32 and contiguous; ``torch.compile`` of the backbone stages on request;
+- progress: fastprogress bars in terminals and notebooks, one line per epoch otherwise
+  (``inatloc_nb.progress``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import fastai.callback.progress  # noqa: F401  (registers fastai's progress bars as a default callback)
 import torch
 from fastai.callback.core import Callback
 from fastai.data.core import DataLoaders
@@ -42,9 +43,11 @@ from fastai.torch_core import set_seed
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.images import clear_worker_errors
+from inatloc_nb.method_support import check_support
 from inatloc_nb.device import apply_settings, default_device, prepare_model, resolve_settings
 from inatloc_nb.models import build_backbone
 from inatloc_nb.protocol import DECAY_EVERY, check_reading
+from inatloc_nb import progress
 from inatloc_nb.pipeline import (  # noqa: F401  (public here too)
     TRAIN_RESIZE_RATIO,
     default_num_workers,
@@ -256,6 +259,7 @@ def build_learner(
         method = get_method(method, **(method_params or {}))
     elif method_params:
         raise InatlocError("method_params are only used with a method name")
+    check_support(method.name, backbone)
     sched = Schedule.parse(schedule, lr_decay)
     check_reading("lr_groups", lr_groups)
     settings = resolve_settings(device, amp, channels_last, compile)
@@ -280,6 +284,7 @@ def build_learner(
         cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],
     )
     learn.recorder.train_metrics = True
+    progress.install(learn)  # bars in terminals and notebooks, one line per epoch in logs
     apply_settings(learn, settings)
     learn.method, learn.schedule, learn.level, learn.base_lrs = method, sched, level, base_lrs
     learn.train_ids = train_ids

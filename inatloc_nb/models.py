@@ -22,10 +22,11 @@ from torch import Tensor, nn
 from inatloc_nb.backbones_timm import TIMM_BACKBONES, build_timm_backbone
 from inatloc_nb.device import prepare_model, resolve_settings
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.method_support import BACKBONE_LAYOUTS
 from inatloc_nb.surgery import unit_stride
 
-#: Backbone names accepted by ``build_backbone``.
-BACKBONES = ("resnet50", "resnet18", "tinycnn", "convnext_tiny", "deit_small", "timm_resnet50")
+#: Backbone names accepted by ``build_backbone`` (which methods run on each: ``inatloc_nb.method_support``).
+BACKBONES = tuple(BACKBONE_LAYOUTS)
 #: Backbones without pretrained weights (``pretrained=True`` is refused).
 UNPRETRAINED = ("tinycnn",)
 

@@ -255,7 +255,7 @@ def prepare_dataset(
     """
     import multiprocessing
 
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     from inatloc_nb.io import atomic_write_json
 
@@ -288,8 +288,8 @@ def prepare_dataset(
                                                   shape=(len(ids), side, side, 3))
                 tasks = [(str(dataset.image_path(i)), side) for i in ids]
                 rows = pool.imap(_load_task, tasks, chunksize=16)
-                for row, pixels in enumerate(tqdm(rows, total=len(ids), desc=f"prepare {split}",
-                                                  unit="img", disable=not progress)):
+                for row, pixels in enumerate(track(rows, total=len(ids), desc=f"prepare {split}",
+                                                   unit="img", show=progress)):
                     array[row] = pixels
                 array.flush()
                 del array

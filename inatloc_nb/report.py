@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import html
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,9 +215,14 @@ def _short_levels(table: pl.DataFrame) -> pl.DataFrame:
                               for c in ("level", "train_level") if c in table.columns)
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = True) -> Path:
+def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = True,
+                 skipped: list[str] | None = None) -> Path:
     """Write the tables, figures and ``report.html`` of ``results_dir`` under ``out_dir``; return
-    the path of ``report.html``."""
+    the path of ``report.html``.
+
+    ``progress`` prints what is written; damaged run files left out of the report are named
+    (with the reason) on stderr whatever ``progress`` says, and appended to ``skipped`` when
+    it is a list."""
     say = print if progress else (lambda *a, **k: None)
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     problems: list[str] = []
@@ -233,7 +239,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path, progress: bool = 
         page.heading(f"Skipped: {len(problems)} damaged run file(s), left out of every table and figure")
         for problem in problems:
             page.note(problem)
-            say(f"warning: skipped {problem}")
+            print(f"warning: skipped {problem}", file=sys.stderr)
+        if skipped is not None:
+            skipped.extend(problems)
     n_failed = runs.filter(pl.col("status") != "ok").height
     page.heading(f"Runs: {runs.height} ({n_failed} failed); learning rates chosen on D_f, scores on D_test")
     if n_failed:

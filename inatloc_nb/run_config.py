@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from inatloc_nb import validate
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import make_temp_dir
+from inatloc_nb.method_support import check_support
 from inatloc_nb.protocol import check_reading
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class RunConfig:
         for name in ("data", "level", "method", "backbone"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise InatlocError(f"RunConfig.{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        check_support(self.method, self.backbone, "RunConfig")
         if self.lr is not None:
             self.lr = validate.positive_float(self.lr, "RunConfig.lr")
         self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")

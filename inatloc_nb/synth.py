@@ -65,7 +65,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import polars as pl
-from tqdm.auto import tqdm
+from inatloc_nb.progress import track
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -314,7 +314,7 @@ def generate(
     total = int(sum(c.sum() for c in counts.values()))
     records: list[dict[str, object]] = []
     boxes: list[tuple[int, int, int, int]] = []
-    with tqdm(total=total, desc=f"synth {preset}", unit="img", disable=not progress) as bar:
+    with track(total=total, desc=f"synth {preset}", unit="img", show=progress) as bar:
         for split in SPLITS:
             for species, n in enumerate(counts[split].tolist()):
                 for index in range(n):

@@ -285,6 +285,23 @@ def test_report_has_a_granularity_section(granularity_results, tmp_path):
     assert (tmp_path / "report" / "figures" / "granularity_comparison.png").is_file()
 
 
+def test_head_rescoring_shows_its_cam_passes_only_when_asked(granularity_results, capfd, monkeypatch):
+    import json
+
+    from inatloc_nb.granularity import selection
+    from inatloc_nb.progress import PROGRESS_ENV
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    run = next(f for f in (granularity_results / "runs").iterdir()
+               if json.loads((f / "params.json").read_text())["config"]["method"] == "multihead")
+    quiet = selection.head_scores(run, refresh=True, progress=False)
+    assert capfd.readouterr() == ("", "")
+    shown = selection.head_scores(run, refresh=True)
+    err = capfd.readouterr().err
+    assert err.count("CAMs of ") == shown.height and "\r" not in err  # one line per pass in a log
+    assert quiet.equals(shown)
+
+
 @pytest.mark.slow
 def test_choosing_granularity_notebook(granularity_results, tmp_path):
     import nbformat

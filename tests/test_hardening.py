@@ -338,6 +338,42 @@ def test_report_lists_skipped_runs_and_uses_the_sweep_name(tmp_path: Path, monke
     assert "Skipped: 1 damaged run file(s)" in page and "broken" in page
 
 
+@pytest.mark.parametrize("strict", [False, True])
+def test_quiet_report_still_names_skipped_files_on_stderr(tmp_path: Path, monkeypatch, capsys, strict: bool) -> None:
+    from inatloc_nb import report
+
+    monkeypatch.setattr(report, "FIGURES", ())
+    results_dir = tmp_path / "results"
+    for lr, val in ((0.01, 50.0), (0.1, 60.0)):
+        make_run(results_dir, f"cam-{lr}", lr=lr, val=val)
+    truncated = make_run(results_dir, "truncated")
+    (truncated / "metrics.json").write_text('{"maxboxacc_v2": 4')
+    nan = make_run(results_dir, "nan")
+    text = (nan / "metrics.json").read_text()
+    (nan / "metrics.json").write_text(text.replace('"maxboxacc_v2": 40.0', '"maxboxacc_v2": NaN', 1))
+    args = ["report", str(results_dir), "--out", str(tmp_path / "out"), "--quiet", *(["--strict"] if strict else [])]
+    assert main(args) == (1 if strict else 0)
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "out" / "report.html")  # quiet: only the path
+    skipped = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+    assert len(skipped) == 2
+    assert any(str(truncated / "metrics.json") in line for line in skipped)
+    assert any(str(nan / "metrics.json") in line and "not a finite number" in line for line in skipped)
+    assert ("--strict" in err) == strict
+    assert (tmp_path / "out" / "report.html").is_file()
+
+
+def test_strict_report_of_sound_results_exits_zero(tmp_path: Path, monkeypatch, capsys) -> None:
+    from inatloc_nb import report
+
+    monkeypatch.setattr(report, "FIGURES", ())
+    results_dir = tmp_path / "results"
+    for lr, val in ((0.01, 50.0), (0.1, 60.0)):
+        make_run(results_dir, f"cam-{lr}", lr=lr, val=val)
+    assert main(["report", str(results_dir), "--out", str(tmp_path / "out"), "--quiet", "--strict"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 # --------------------------------------------------------------------------- sweep configurations
 
 GOOD = "datasets:\n  tiny: synth:tiny\nlevels: [species, genus]\nlrs: [1e-3, 1e-2]\nbackbone: tinycnn\npretrained: false\n"
@@ -361,6 +397,8 @@ def _sweep_error(tmp_path: Path, text: str | bytes) -> str:
     (GOOD.replace("species, genus", "species, genera"), "levels: 'genera' not in dataset 'tiny'"),
     (GOOD.replace("backbone: tinycnn", "backbone: resnet5"), "x.yaml: backbone: unknown backbone 'resnet5'"),
     (GOOD.replace("pretrained: false", "pretrained: true"), "x.yaml: pretrained: backbone 'tinycnn' has no pretrained"),
+    (GOOD.replace("backbone: tinycnn", "backbone: deit_small") + "methods: [cam, adl]\n",
+     "x.yaml: methods: method 'adl' does not run on backbone 'deit_small': .*vision transformer"),
     (GOOD + "schedule: 0\n", r"x.yaml: schedule: .*expected an integer >= 1"),
     (GOOD + "schedule: fortnight\n", "x.yaml: schedule: expected 2epoch, paper, 10epoch"),
     (GOOD + "batch_size: 0\n", "x.yaml: batch_size: expected an integer in 1..65536"),

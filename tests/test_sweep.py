@@ -163,7 +163,8 @@ FAKE_TRAINING = textwrap.dedent('''
                 "optimal_threshold": {"30": 0.2, "50": 0.3, "70": 0.4}, "top1": 12.5}
     score = 40.0 + 100 * lr + seed
     metrics = {**block(score), "val": block(score + 1), "level": level, "method": method,
-               "n_train_images": 10 * seed + 7, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES")}
+               "n_train_images": 10 * seed + 7, "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+               "progress": os.environ.get("INATLOC_NB_PROGRESS")}
     if method == "cam-agg":  # reuses the species CAM run, which must have finished
         species = json.loads(pathlib.Path(model_run, "metrics.json").read_text())
         metrics["per_level"] = {lv: {**block(species["maxboxacc_v2"] - i), "val": block(0.0)}
@@ -201,6 +202,7 @@ def fake_notebook(tmp_path: Path) -> Path:
 def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_notebook: Path, monkeypatch,
                                                        capsys) -> None:
     monkeypatch.setattr(sweep.executors, "visible_gpus", lambda: ["3", "5"])  # pinning, checked without GPUs
+    monkeypatch.delenv("INATLOC_NB_PROGRESS", raising=False)
     grids = {**BASE, "levels": "species", "methods": "cam", "extra": [{"methods": "adl", "lrs": 0.1}],
              "baselines": {"cam-agg": {"lrs": 0.1}}}
     config = SweepConfig.from_dict({**grids, "lrs": [0.1, 0.01]})
@@ -214,6 +216,7 @@ def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_note
     ok = out / "runs" / ids["cam", 0.1]
     assert (ok / "02_train_wsol.ipynb").is_file() and (ok / "results.parquet").is_file()
     assert json.loads((ok / "metrics.json").read_text())["gpu"] in {"3", "5"}  # one GPU per worker
+    assert json.loads((ok / "metrics.json").read_text())["progress"] == "lines"  # executed notebooks log lines
     failed = out / "runs" / ids["adl", 0.1]
     error = json.loads((failed / "error.json").read_text())
     assert "RuntimeError: cannot train adl at lr=0.1" in error["message"]

@@ -232,3 +232,42 @@ def test_cli_train_prints_metrics(tmp_path, tiny_dataset_dir, capsys):
            "--backbone", "tinycnn", "--no-pretrained", "--out", str(tmp_path / "bad")]
     assert main(bad) == 2
     assert "tribe" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_train_logs_one_line_per_epoch_when_not_a_terminal(tmp_path, tiny_dataset_dir, capfd, monkeypatch):
+    """Output going to a file or pipe gets lines, not bar redraws (captured at the file descriptors)."""
+    import re
+
+    from inatloc_nb.cli import main
+    from inatloc_nb.progress import PROGRESS_ENV
+
+    monkeypatch.delenv(PROGRESS_ENV, raising=False)
+    args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--lr", "0.01", "--epochs", "2",
+            "--backbone", "tinycnn", "--no-pretrained", "--image-size", "32", "--batch-size", "16",
+            "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main(args) == 0
+    captured = capfd.readouterr()
+    both = captured.out + captured.err
+    assert "\r" not in both and "█" not in both and "|" not in both
+    number = r"\d+\.\d+"
+    epoch_line = re.compile(
+        rf"^epoch (\d)/2  train_loss {number}  train_accuracy {number}  valid_loss {number}  "
+        rf"valid_accuracy {number}  D_f MaxBoxAccV2 {number}  D_f top-1 {number}  time \d+:\d\d$")
+    epochs = [int(m.group(1)) for m in map(epoch_line.match, captured.out.splitlines()) if m]
+    assert epochs == [1, 2]
+    assert re.search(rf"^epoch 0/2  D_f MaxBoxAccV2 {number}", captured.out, re.M)  # the untrained model
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    scores = [float(s) for s in re.findall(rf"D_f MaxBoxAccV2 ({number})", captured.out)]
+    assert scores == pytest.approx(metrics["val_maxboxacc_v2_per_epoch"], abs=0.051)
+    # one line for the test split's CAM pass (D_f's passes are reported on the epoch lines)
+    assert re.findall(r"^CAMs of (\w+): 16 img in \d+:\d\d", captured.err + captured.out, re.M) == ["test"]
+
+
+def test_cam_extraction_progress_switch(tiny_dataset, fitted, capfd):
+    learn = fitted[0]
+    extract_cams(learn, tiny_dataset, "val", LEVEL, progress=False)
+    assert capfd.readouterr() == ("", "")
+    extract_cams(learn, tiny_dataset, "val", LEVEL)  # not a terminal: one line
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("CAMs of val: 16 img in ") and "\r" not in err

@@ -69,11 +69,10 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
     ``metrics.json`` holds one block per level under ``"per_level"`` and, at the top level,
     the keys of ``config.level``; ``cams/<split>.npz`` holds the raw maps at ``config.level``.
     """
-    from fastprogress.fastprogress import progress_bar
-
     from inatloc_nb.cam import CamSet, evaluation_maps
     from inatloc_nb.learner import build_dataloaders, labelled_items
     from inatloc_nb.metrics.boxacc import BoxAccuracy
+    from inatloc_nb.progress import track
 
     levels = list(levels or dataset.levels)
     if config.level not in levels:
@@ -98,7 +97,7 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
         dl = dls.test_dl(labelled_items(dataset, split, finest), with_labels=True, shuffle=False)
         start = 0
         with torch.no_grad(), torch.autocast(device.type, enabled=False):
-            for xb, _ in progress_bar(dl, leave=False):
+            for xb, _ in track(dl, desc=f"CAM-Agg on {split}", unit="batch"):
                 feats = model.feature_maps(xb.as_subclass(Tensor).float())
                 probs = model.classifier(torch.flatten(model.pool(feats), 1)).softmax(1)
                 stop = start + len(xb)

@@ -186,9 +186,8 @@ def train_detector(model: nn.Module, loader, config: RunConfig, device: torch.de
     """Fit on ``loader`` for ``config.schedule``'s epochs with the warmup + cosine schedule
     (``warmup_cosine``) peaking at ``config.lr``; returns the mean loss per epoch.
     ``max_iters`` caps the iterations (the schedule then spans them)."""
-    from fastprogress.fastprogress import progress_bar
-
     from inatloc_nb.learner import Schedule
+    from inatloc_nb.progress import track
 
     epochs = Schedule.parse(config.schedule).epochs
     total = epochs * len(loader) if max_iters is None else min(max_iters, epochs * len(loader))
@@ -199,7 +198,7 @@ def train_detector(model: nn.Module, loader, config: RunConfig, device: torch.de
     history, done = [], 0
     for epoch in range(epochs):
         losses = []
-        for images, targets in progress_bar(loader, leave=False):
+        for images, targets in track(loader, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", show="bars"):
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             loss = sum(model(images, targets).values())
@@ -222,10 +221,10 @@ def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
                 say: Callable[[str], None] = print, max_iters: int | None = None) -> dict[str, Any]:
     """Train FSL-Det on D_f, score its top boxes on ``config.eval_splits``; write the run folder."""
     from fastai.torch_core import set_seed
-    from fastprogress.fastprogress import progress_bar
 
     from inatloc_nb.metrics.boxacc import BoxAccuracy
     from inatloc_nb.device import default_device
+    from inatloc_nb.progress import track
 
     device = default_device() if config.device is None else torch.device(config.device)
     set_seed(config.seed, reproducible=True)
@@ -248,8 +247,9 @@ def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
         data = DetectionImages(dataset, split, size, flip=False)
         predicted = []
         with torch.no_grad():
-            for images, _ in progress_bar(torch.utils.data.DataLoader(
-                    data, batch_size=config.batch_size, collate_fn=_collate, num_workers=workers), leave=False):
+            for images, _ in track(torch.utils.data.DataLoader(
+                    data, batch_size=config.batch_size, collate_fn=_collate, num_workers=workers),
+                    desc=f"detecting on {split}", unit="batch"):
                 predicted += [top_box(d, data.resized_shape(len(predicted) + i))
                               for i, d in enumerate(model([im.to(device) for im in images]))]
         accuracy = BoxAccuracy()

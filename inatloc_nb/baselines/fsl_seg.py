@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inatloc_nb import progress
 from inatloc_nb.io import atomic_path
 from inatloc_nb.baselines.runfolder import (
     analysis_frame, finish, split_metrics, write_analysis, write_params,
@@ -124,6 +125,7 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
     learn = Learner(dls, model, loss_func=balanced_bce, opt_func=sgd_nesterov, lr=config.lr,
                     splitter=partial(param_groups, lr_groups=config.lr_groups), wd_bn_bias=True,
                     cbs=[Reseed(config.seed), StepLR(base_lrs, schedule)])
+    progress.install(learn)
     n_train = len(dls.train_ds)
     write_params(out, config, dataset, n_train_images=n_train, train_split="val")
     say(f"training FSL-Seg on D_f ({n_train} images, {schedule.epochs} epochs, lr {config.lr:g})")

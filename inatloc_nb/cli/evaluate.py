@@ -65,11 +65,11 @@ def iter_score_maps(folder: Path, image_ids: list[str], size: int,
     """
     import cv2
     import numpy as np
-    from tqdm.auto import tqdm
 
     from inatloc_nb.cam import evaluation_maps
     from inatloc_nb.errors import ScoreMapError
     from inatloc_nb.metrics.scoremaps import check_score_map_range, read_score_map
+    from inatloc_nb.progress import track
 
     paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -77,7 +77,7 @@ def iter_score_maps(folder: Path, image_ids: list[str], size: int,
         shown = ", ".join(missing[:_MISSING_SHOWN])
         more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
         raise ScoreMapError(f"{len(missing)} score map files missing under {folder}: {shown}{more}")
-    with tqdm(total=len(paths), desc="scoring score maps", unit="map") as bar:
+    with track(total=len(paths), desc="scoring score maps", unit="map") as bar:
         for start in range(0, len(paths), chunk):
             maps = []
             for i in range(start, min(start + chunk, len(paths))):

@@ -5,6 +5,7 @@ import argparse
 from typing import Any
 
 from inatloc_nb import validate as v
+from inatloc_nb.method_support import BACKBONE_LAYOUTS
 from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS, SELECT_EPOCHS
 
 #: argparse types of the shared numeric options (the ranges of ``RunConfig``).
@@ -42,7 +43,7 @@ def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> N
                    help="score the model after the last epoch (the reference code's default) or the "
                         "epoch (0 = before training) with the best D_f MaxBoxAccV2")
     p.add_argument("--backbone", default="resnet50",
-                   help="resnet50, resnet18, tinycnn, convnext_tiny, deit_small or timm_resnet50")
+                   help=f"{', '.join(BACKBONE_LAYOUTS)} (which methods run on each: `inatloc-nb train --help`)")
     p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                    help="start from random weights instead of ImageNet")
     p.add_argument("--weights", metavar="PATH",

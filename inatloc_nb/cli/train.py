@@ -27,15 +27,22 @@ def _param(text: str) -> tuple[str, object]:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand."""
+    from inatloc_nb.method_support import support_table
+
     p = subparsers.add_parser(
         "train",
         help="train a WSOL classifier at one label granularity, extract and score its CAMs",
-        description="Train at --level, extract CAMs of D_f (val) and D_test (test), score them "
+        description="Train at --level, extract CAMs of D_f (val) and D_test (test), score them\n"
         "with MaxBoxAccV2 and write a run folder (params.json, model.pth, cams/, metrics.json, ...).",
+        epilog="methods (--method) on backbones (--backbone):\n" + support_table(TRAIN_METHODS)
+        + "\nADL, SPG and bridgegap place their layers and taps by one rule on the backbone's last two\n"
+        "stages (ResNet-50: the reference's layer3.0, layer4.0 and layer4.2); see docs/protocol.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_data_options(p)
     p.add_argument("--level", required=True, help="training label level, e.g. species, genus, order")
-    p.add_argument("--method", choices=TRAIN_METHODS, default="cam")
+    p.add_argument("--method", choices=TRAIN_METHODS, default="cam",
+                   help="WSOL method (which backbones each runs on: the table below)")
     p.add_argument("--param", type=_param, action="append", default=[], metavar="KEY=VALUE",
                    help="override a method hyperparameter (repeatable), e.g. drop_rate=0.1")
     p.add_argument("--lr", type=LEARNING_RATE, required=True, help="learning rate (the classifier gets 10x)")

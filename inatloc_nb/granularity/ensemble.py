@@ -66,7 +66,7 @@ def ensemble_scores(results_dir: str | Path, variants: pl.DataFrame, splits: tup
     range of levels of the ``single`` runs in ``variants`` (from
     :func:`~inatloc_nb.granularity.selection.run_variants`), per dataset and seed. Cached in
     ``results_dir`` (:data:`ENSEMBLES_FILE`, written atomically), recomputed when the runs change."""
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     from inatloc_nb.granularity.evidence import sweep_dataset
     from inatloc_nb.io import atomic_write_parquet
@@ -83,7 +83,7 @@ def ensemble_scores(results_dir: str | Path, variants: pl.DataFrame, splits: tup
     rows = []
     datasets = {name: sweep_dataset(variants, name) for name in runs["dataset"].unique()}
     groups = list(runs.group_by("dataset", "seed", maintain_order=True))
-    for (dataset, seed), group in tqdm(groups, desc="level ensembles", disable=not progress):
+    for (dataset, seed), group in track(groups, desc="level ensembles", show=progress):
         ds = datasets[dataset]
         by_level = dict(zip(group["level"], group["run_id"], strict=True))  # one run each: run_variants checks
         levels = [lv for lv in ds.hierarchy.levels if lv in by_level]

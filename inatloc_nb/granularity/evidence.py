@@ -89,7 +89,7 @@ def run_evidence(results_dir: str | Path, dataset: str, schedule: str | None = N
                  split: str = "val", progress: bool = True) -> pl.DataFrame:
     """``run_id, level, seed, image_id, category, hit`` for every single-level CAM run of
     ``dataset`` in ``results_dir`` (see :func:`single_level_runs`), on ``split`` (D_f)."""
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import track
 
     from inatloc_nb import results
 
@@ -98,8 +98,8 @@ def run_evidence(results_dir: str | Path, dataset: str, schedule: str | None = N
     runs = single_level_runs(store, dataset, schedule)
     ds = sweep_dataset(store, dataset)
     frames = []
-    for row in tqdm(runs.iter_rows(named=True), total=runs.height, desc=f"D_f evidence of {dataset}",
-                    disable=not progress):
+    for row in track(runs.iter_rows(named=True), total=runs.height, desc=f"D_f evidence of {dataset}",
+                    show=progress):
         hits = run_image_hits(results_dir / "runs" / row["run_id"], ds, split)
         frames.append(hits.with_columns(run_id=pl.lit(row["run_id"]), level=pl.lit(row["level"]),
                                         seed=pl.lit(row["seed"], dtype=pl.Int64)))

@@ -78,10 +78,12 @@ def run_variants(store: pl.DataFrame, full_schedule: str | None = None, short_sc
     return out
 
 
-def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), refresh: bool = False) -> pl.DataFrame:
+def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), refresh: bool = False,
+                progress: bool = True) -> pl.DataFrame:
     """``run_id, head, split, maxboxacc_v2`` of a finished multi-head run: the CAMs of every
     head (``head`` = its level) and the fused CAM, scored like the run's own. Cached in the
-    run folder (``heads.parquet``, written atomically); ``refresh`` recomputes."""
+    run folder (``heads.parquet``, written atomically); ``refresh`` recomputes; ``progress``
+    shows the CAM passes (``inatloc_nb.progress``)."""
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.io import atomic_write_parquet
     from inatloc_nb.run_config import load_dataset
@@ -100,7 +102,7 @@ def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), 
         model.cam_level = head
         for split in splits:
             cams = extract_cams(model, dataset, split, config.level, image_size=config.image_size,
-                                batch_size=config.batch_size, device="cpu", num_workers=0)
+                                batch_size=config.batch_size, device="cpu", num_workers=0, progress=progress)
             rows.append({"run_id": run_dir.name, "head": head, "split": split,
                          "maxboxacc_v2": score_cams(cams, dataset).mean})
     table = pl.DataFrame(rows)
@@ -108,13 +110,13 @@ def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), 
     return table
 
 
-def all_head_scores(results_dir: str | Path, variants: pl.DataFrame) -> pl.DataFrame:
+def all_head_scores(results_dir: str | Path, variants: pl.DataFrame, progress: bool = True) -> pl.DataFrame:
     """:func:`head_scores` of every multi-head run in ``variants``, with ``dataset`` and ``seed``."""
     runs = variants.filter(pl.col("variant") == "multihead").select("run_id", "dataset", "seed").unique()
     if runs.height == 0:
         return pl.DataFrame(schema={"run_id": pl.String, "head": pl.String, "split": pl.String,
                                     "maxboxacc_v2": pl.Float64, "dataset": pl.String, "seed": pl.Int64})
-    frames = [head_scores(Path(results_dir) / "runs" / run_id) for run_id in runs["run_id"]]
+    frames = [head_scores(Path(results_dir) / "runs" / run_id, progress=progress) for run_id in runs["run_id"]]
     return pl.concat(frames).join(runs, on="run_id")
 
 
@@ -251,7 +253,8 @@ def granularity_tables(results_dir: str | Path, store: pl.DataFrame,
                        progress: bool = False) -> dict[str, tuple[str, pl.DataFrame]] | None:
     """The report's tables (name -> (title, table)) when ``store`` holds multi-head or mixed
     runs, else None. Schedules as :func:`infer_schedules` finds them; ``progress`` shows the
-    level ensembles' progress bar (minutes on a first call, cached afterwards)."""
+    multi-head re-scoring and level ensembles' progress (minutes on a first call, cached
+    afterwards)."""
     beyond = store.filter((pl.col("status") == "ok") & ((pl.col("method") == "multihead")
                                                          | pl.col("level").map_elements(is_mixed, return_dtype=pl.Boolean)))
     if beyond.height == 0:
@@ -259,7 +262,7 @@ def granularity_tables(results_dir: str | Path, store: pl.DataFrame,
     from inatloc_nb.granularity.ensemble import ensemble_scores
 
     variants = run_variants(store)
-    heads = all_head_scores(results_dir, variants)
+    heads = all_head_scores(results_dir, variants, progress=progress)
     ensembles = ensemble_scores(results_dir, variants, progress=progress)
     tables = {"granularity_comparison": ("Choosing the granularity: D_test MaxBoxAccV2 (%) over seeds",
                                          comparison_table(variants, heads, ensembles))}

@@ -6,10 +6,13 @@ either by the *drop mask* (1 where A < ``erase_threshold`` * max A, per image: t
 discriminative region is hidden), with probability ``drop_rate``, or by the *importance
 map* sigmoid(A) otherwise. At evaluation it is the identity.
 
-Placement (``ADL_POSITIONS``), as the reference code's ResNet-50 (``_ADL_POSITION``): three
-ADL layers, after block 0 of ``layer3`` and after blocks 0 and 2 of ``layer4`` (the last one
-acts on the final feature maps). A backbone without ResNet stages (``tinycnn``) gets one ADL
-layer after each of its last two top-level stages instead.
+Placement, one rule for every backbone (``ADL_RULE``, stages as
+:func:`inatloc_nb.surgery.backbone_stages` sees them): after the first block of the
+second-to-last stage, and after the first and the last block of the last stage (the last
+one acts on the final feature maps). On ResNet-50 that is the reference code's placement
+(``_ADL_POSITION``: after ``layer3.0``, ``layer4.0`` and ``layer4.2``); ResNet-18: ``layer3.0``,
+``layer4.0``, ``layer4.1``; ConvNeXt-T: ``stage2`` block 0, ``stage3`` blocks 0 and 2;
+``tinycnn``, whose stages are single conv blocks: after its last two blocks.
 """
 from __future__ import annotations
 
@@ -18,11 +21,11 @@ from torch import Tensor, nn
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.base import WSOLMethod
+from inatloc_nb.surgery import Stage, backbone_stages, insert_after_blocks
 
-#: ResNet stage -> indices of the blocks followed by an ADL layer (the reference's placement).
-ADL_POSITIONS: dict[str, tuple[int, ...]] = {"layer3": (0,), "layer4": (0, 2)}
-#: Backbones without those stages: how many last top-level stages get an ADL layer after them.
-N_ADL_STAGES = 2
+#: Where ADL layers go, in words (``adl_places`` implements it).
+ADL_RULE = ("after the first block of the second-to-last stage and after the first and the last "
+            "block of the last stage")
 
 
 class AttentionDropout(nn.Module):
@@ -53,38 +56,20 @@ class AttentionDropout(nn.Module):
         return f"drop_rate={self.drop_rate}, erase_threshold={self.erase_threshold}"
 
 
-def insert_adl(features: nn.Module, drop_rate: float, erase_threshold: float) -> list[AttentionDropout]:
-    """Insert ADL layers into ``features`` (an ``nn.Sequential``) and return them, in order.
+def adl_places(features: nn.Module) -> list[tuple[Stage, int]]:
+    """Where ADL layers go (``ADL_RULE``): ``(stage, block)`` pairs, in forward order, without
+    repeats (a one-block last stage gets one layer)."""
+    stages = backbone_stages(features, "adl")
+    third, last = stages[-2], stages[-1]
+    places = [(third, 0), (last, 0), (last, len(last) - 1)]
+    return [p for n, p in enumerate(places) if p not in places[:n]]
 
-    When ``features`` has every stage of ``ADL_POSITIONS`` (a ResNet), each such stage is
-    rebuilt as ``nn.Sequential`` of its blocks with an ADL layer after each listed block;
-    otherwise each of the last ``N_ADL_STAGES`` children ``s`` becomes ``nn.Sequential(s, ADL)``.
-    """
-    if not isinstance(features, nn.Sequential) or len(features) < N_ADL_STAGES:
-        raise InatlocError(
-            f"method 'adl' needs a backbone that is an nn.Sequential of at least {N_ADL_STAGES} "
-            f"stages, got {type(features).__name__}"
-        )
-    stages = dict(features.named_children())
-    layers: list[AttentionDropout] = []
-    if all(name in stages for name in ADL_POSITIONS):
-        for name, positions in ADL_POSITIONS.items():
-            blocks = list(stages[name].children())
-            if max(positions) >= len(blocks):
-                raise InatlocError(f"method 'adl': stage {name} has {len(blocks)} blocks, "
-                                   f"an ADL layer goes after block {max(positions)}")
-            rebuilt: list[nn.Module] = []
-            for index, block in enumerate(blocks):
-                rebuilt.append(block)
-                if index in positions:
-                    layers.append(AttentionDropout(drop_rate, erase_threshold))
-                    rebuilt.append(layers[-1])
-            setattr(features, name, nn.Sequential(*rebuilt))
-        return layers
-    for index in range(len(features) - N_ADL_STAGES, len(features)):
-        layers.append(AttentionDropout(drop_rate, erase_threshold))
-        features[index] = nn.Sequential(features[index], layers[-1])
-    return layers
+
+def insert_adl(features: nn.Module, drop_rate: float, erase_threshold: float) -> list[AttentionDropout]:
+    """Insert ADL layers into ``features`` after the blocks :func:`adl_places` names; return
+    them in forward order."""
+    return insert_after_blocks(features, adl_places(features),
+                               lambda: AttentionDropout(drop_rate, erase_threshold))
 
 
 class ADL(WSOLMethod):

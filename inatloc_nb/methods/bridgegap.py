@@ -28,10 +28,10 @@ The similarity and norm terms start after ``warm_epochs`` epochs (the reference 
 Defaults are the reference's CUB / ResNet-50 configuration. Evaluation is plain CAM on the
 intact features (the dropout branch exists only in training).
 
-Backbone requirement: ``features`` must be an ``nn.Sequential`` of stages. When its last
-stage is itself a sequence of blocks that each contain a convolution (ResNet ``layer4``,
-ConvNeXt stages), it is split after its first block, as in the reference; otherwise
-(``tinycnn``) the split is between the last two stages.
+Backbone requirement: ``features`` must be an ``nn.Sequential`` of convolutional stages
+(:func:`inatloc_nb.surgery.backbone_stages`). When its last stage has several blocks
+(ResNet ``layer4``, ConvNeXt ``stage3``), it is split after its first block, as in the
+reference; otherwise (``tinycnn``) the split is between the last two stages.
 """
 from __future__ import annotations
 
@@ -44,6 +44,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.base import WSOLMethod
 from inatloc_nb.methods.guided import GuidedTraining, min_max_normalize
 from inatloc_nb.models import CAMNet
+from inatloc_nb.surgery import backbone_stages, cut_backbone
 
 
 class AttentiveDropout(nn.Module):
@@ -67,23 +68,13 @@ class AttentiveDropout(nn.Module):
         return f"drop_threshold={self.drop_threshold}, drop_prob={self.drop_prob}"
 
 
-def _has_conv(module: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) for m in module.modules())
-
-
 def split_last_stage(features: nn.Module) -> tuple[nn.Module, nn.Module]:
     """``(head, tail)`` with ``tail(head(x)) == features(x)``: the cut is after the first block
-    of the last stage when that stage is a sequence of conv blocks, else before the last stage.
-    Both share ``features``' modules (no copies)."""
-    if not isinstance(features, nn.Sequential) or len(features) < 2:
-        raise InatlocError(
-            "method 'bridgegap' needs a backbone that is an nn.Sequential of at least 2 stages, "
-            f"got {type(features).__name__} (ViT backbones are not supported)"
-        )
-    last = features[-1]
-    if isinstance(last, nn.Sequential) and len(last) >= 2 and all(_has_conv(b) for b in last):
-        return nn.Sequential(*features[:-1], last[0]), last[1:]
-    return features[:-1], last
+    of the last stage when it has several, else before the last stage (stages as
+    :func:`inatloc_nb.surgery.backbone_stages` sees them). Both share ``features``' modules."""
+    last = backbone_stages(features, "bridgegap")[-1]
+    head, tail = cut_backbone(features, [(last, 1 if len(last) > 1 else 0)])
+    return head, tail
 
 
 class BridgeGapNet(CAMNet):

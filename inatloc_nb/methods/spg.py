@@ -8,8 +8,13 @@ out as in the reference code's ResNet-50 SPG (wsolevaluation):
   (conv3x3 - ReLU - conv1x1 to one channel);
 - ``head_c`` reads the final feature maps (2048 -> 512 -> 1).
 
-A backbone without ResNet stages (``tinycnn``) taps the outputs of its third-last and
-second-last top-level stages instead. During training each head is supervised, by per-pixel
+The taps follow one rule on every backbone (``spg_cuts``; stages as
+:func:`inatloc_nb.surgery.backbone_stages` sees them): B1 reads the second-to-last stage
+after its first block (the stage's input when it is a single block, so that B1 and B2
+always read different depths), B2 that stage's output, C the last stage's. On ResNets that
+is the reference's ``layer3`` block 0 / ``layer3`` / ``layer4``; ConvNeXt-T: ``stage2``
+block 0 / ``stage2`` / ``stage3``; ``tinycnn``: the input and output of its second-to-last
+conv block and its output. During training each head is supervised, by per-pixel
 BCE, with a pixel mask made by thresholding another map with a (low, high) pair: pixels
 above ``high`` are foreground, below ``low`` background, in between ignored:
 
@@ -38,6 +43,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods.base import WSOLMethod
 from inatloc_nb.methods.guided import GuidedTraining, min_max_normalize
 from inatloc_nb.models import CAMNet, init_convs
+from inatloc_nb.surgery import Stage, backbone_stages, cut_backbone
 
 #: Mask value of ignored pixels.
 IGNORE = -1.0
@@ -45,8 +51,19 @@ IGNORE = -1.0
 FALLBACK_RATIO = 0.7
 #: Fewest pixels above ``high`` for ``high`` to be the foreground threshold (the reference's 30).
 MIN_FOREGROUND = 30
-#: The ResNet stages SPG's branches tap (``layer3`` block 0 for B1, ``layer3`` for B2).
-RESNET_TAPS = ("layer3", "layer4")
+
+
+def spg_cuts(features: nn.Module) -> list[tuple[Stage, int]]:
+    """The cuts of ``features`` (``surgery.cut_backbone``) after which B1 and B2 read: the
+    second-to-last stage after its first block (before it, for a one-block stage) and after
+    its last block. Refuses a backbone with nothing before B1's tap."""
+    stages = backbone_stages(features, "spg")
+    tapped = stages[-2]
+    first = 1 if len(tapped) > 1 else 0
+    if first == 0 and tapped.index == 0:
+        raise InatlocError("method 'spg' needs a backbone of at least 3 stages when its second-to-last "
+                           f"stage is a single block, got {len(stages)}")
+    return [(tapped, first), (tapped, len(tapped))]
 
 
 def guidance_mask(scores: Tensor, low: float, high: float, min_foreground: int = MIN_FOREGROUND) -> Tensor:
@@ -80,11 +97,10 @@ class SPGNet(CAMNet):
 
     def __init__(self, features: nn.Module, n_channels: int, n_classes: int,
                  thresholds: dict[str, float]) -> None:
-        if not isinstance(features, nn.Sequential) or len(features) < 3:
-            raise InatlocError("method 'spg' needs a backbone that is an nn.Sequential of at "
-                               f"least 3 stages, got {type(features).__name__}")
+        cuts = spg_cuts(features)
         super().__init__(features, n_channels, n_classes)
-        self.resnet_taps = [name for name, _ in features.named_children()][-2:] == list(RESNET_TAPS)
+        # kept outside the module tree: they only re-group ``features``' own modules
+        self._parts = tuple(cut_backbone(features, cuts))
         c1, c2 = _tap_channels(self)
         self.head_b1 = nn.Sequential(*_conv_relu(c1, c2))
         self.head_b2 = nn.Sequential(*_conv_relu(c2, c2))
@@ -101,14 +117,10 @@ class SPGNet(CAMNet):
 
     def taps(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The maps branches B1 and B2 read and the final feature maps."""
-        if self.resnet_taps:
-            layer3 = self.features[-2]
-            f1 = layer3[:1](self.features[:-2](x))
-            f2 = layer3[1:](f1)
-        else:
-            f1 = self.features[:-2](x)
-            f2 = self.features[-2](f1)
-        return f1, f2, self.features[-1](f2)
+        to_b1, to_b2, to_c = self._parts
+        f1 = to_b1(x)
+        f2 = to_b2(f1)
+        return f1, f2, to_c(f2)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:

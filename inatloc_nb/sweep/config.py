@@ -338,11 +338,17 @@ def _parse_grid(name: str, raw: Mapping, base: Grid | None, fail: Callable, pref
 
 
 def _check_backbone(grid: Grid, prefix: str, fail: Callable) -> None:
-    """The grid's backbone exists and, with ``pretrained: true``, has pretrained weights."""
+    """The grid's backbone exists, runs every method of the grid
+    (``inatloc_nb.method_support``) and, with ``pretrained: true``, has pretrained weights."""
+    from inatloc_nb.method_support import refusal
     from inatloc_nb.models import BACKBONES, UNPRETRAINED
 
     if grid.backbone not in BACKBONES:
         raise fail(prefix + "backbone", f"unknown backbone {grid.backbone!r}; expected one of {', '.join(BACKBONES)}")
+    for method in grid.methods:
+        why = refusal(method, grid.backbone)
+        if why is not None:
+            raise fail(prefix + "methods", f"method {method!r} does not run on backbone {grid.backbone!r}: {why}")
     if grid.pretrained and grid.backbone in UNPRETRAINED:
         raise fail(prefix + "pretrained", f"backbone {grid.backbone!r} has no pretrained weights; "
                    "set pretrained: false")

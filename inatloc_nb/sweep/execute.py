@@ -88,7 +88,7 @@ def run_sweep(
     Worker processes are spawned: a script calling this needs an
     ``if __name__ == "__main__":`` guard.
     """
-    from tqdm.auto import tqdm
+    from inatloc_nb.progress import PROGRESS_ENV, track
 
     from inatloc_nb import pipeline
 
@@ -130,8 +130,10 @@ def run_sweep(
         pool = (executors._local_pool(parallel, gpus, loader_workers) if executor == "local"
                 else executors._dask_client(parallel, gpus, scheduler, loader_workers))
         prepared = {PREPARED_ENV: config.prepared} if config.prepared else {}
-        with _environment(prepared), pool as (submit, as_completed), tqdm(
-                total=len(todo), desc="runs", unit="run", disable=not progress) as bar:
+        # executed notebooks are read afterwards, not watched: lines, not bars, unless set
+        headless = {PROGRESS_ENV: os.environ.get(PROGRESS_ENV, "lines")}
+        with track(total=len(todo), desc="runs", unit="run", show=progress) as bar, \
+                _environment({**prepared, **headless}), pool as (submit, as_completed):
             for phase in filter(None, phases):
                 futures = {submit(execute_run, spec, *args): spec for spec in phase}
                 for future in as_completed(futures):
