@@ -21,6 +21,7 @@ import yaml
 
 from inatloc_nb import resources
 from inatloc_nb.cli import main
+from inatloc_nb.cli.demo import DEMO_CONFIG
 from inatloc_nb.shipped import data_dir
 from inatloc_nb.sweep import default_notebook
 
@@ -45,6 +46,7 @@ def test_source_tree_reads_the_repository_folders(monkeypatch: pytest.MonkeyPatc
     assert not resources.is_bundled()
     assert data_dir() == REPO / "data"
     assert default_notebook() == REPO / "notebooks" / "02_train_wsol.ipynb"
+    assert DEMO_CONFIG == REPO / "configs" / "demo.yaml"
     with pytest.raises(ValueError, match="unknown shipped folder 'docs'"):
         resources.shipped_folder("docs")
 
