@@ -36,7 +36,11 @@ beyond: env
 	  -p results_dir $(abspath $(BEYOND_DIR)) --cwd notebooks
 	$(BIN)/inatloc-nb report $(BEYOND_DIR) --out $(BEYOND_DIR)/report
 
+# Installs Debian's chromium for the browser tests first when it is missing and it can (root,
+# apt-get); INATLOC_NB_PROVISION_CHROMIUM=no turns that off. Skipped browser tests are named
+# in the last lines of the run.
 test: env
+	@.ci/provision-chromium
 	$(BIN)/python -m pytest -q tests
 
 lab: env

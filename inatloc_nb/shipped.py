@@ -1,6 +1,7 @@
 """The real metadata shipped in the project's ``data/`` folder (see ``data/PROVENANCE.md``).
 
-The folder is ``$INATLOC_NB_DATA`` when set, else the repository's ``data/``. The readers
+The folder is ``$INATLOC_NB_DATA`` when set, else the shipped ``data/`` (the installed
+package's copy, or the repository's folder in a source tree: :mod:`inatloc_nb.resources`). The readers
 of the hierarchies (:mod:`inatloc_nb.inaturalist`, :mod:`inatloc_nb.imagenet`) and of the
 datasets (:func:`inatloc_nb.data.load_shipped`) find their tables here.
 """
@@ -12,11 +13,12 @@ from pathlib import Path
 import polars as pl
 
 from inatloc_nb.errors import MetadataError
+from inatloc_nb.resources import shipped_folder
 
 
 def data_dir() -> Path:
-    """The folder of shipped metadata: ``$INATLOC_NB_DATA`` or the repository's ``data/``."""
-    return Path(os.environ.get("INATLOC_NB_DATA") or Path(__file__).resolve().parents[1] / "data")
+    """The folder of shipped metadata: ``$INATLOC_NB_DATA`` or the shipped ``data/``."""
+    return Path(os.environ.get("INATLOC_NB_DATA") or shipped_folder("data"))
 
 
 def shipped_path(file: str, what: str = "shipped metadata file", fix: str = "") -> Path:

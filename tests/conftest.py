@@ -1,4 +1,5 @@
-"""Shared fixtures: the ``tiny`` synthetic dataset, generated once per test session."""
+"""Shared fixtures: the ``tiny`` synthetic dataset, generated once per test session; a closing
+line when browser tests were skipped."""
 from __future__ import annotations
 
 import os
@@ -12,6 +13,30 @@ def pytest_configure(config: pytest.Config) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, "2")
     os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: The closing line about skipped browser tests, written after pytest's own last line.
+BROWSER_NOTE = pytest.StashKey[str]()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Note when browser tests were skipped, and why: the run did not test everything the suite
+    lists (``make test`` installs Chromium where it can)."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if "browser" in getattr(r, "keywords", {})]
+    if skipped:
+        reasons = sorted({str(r.longrepr[2]).removeprefix("Skipped: ") if isinstance(r.longrepr, tuple)
+                          else "skipped" for r in skipped})
+        config.stash[BROWSER_NOTE] = (
+            f"BROWSER TESTS NOT RUN: {len(skipped)} skipped ({'; '.join(reasons)}); `make test` installs "
+            "Debian's chromium when run as root with apt-get, or install Chromium and rerun")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Write the browser note as the run's last line."""
+    note, reporter = config.stash.get(BROWSER_NOTE, None), config.pluginmanager.get_plugin("terminalreporter")
+    if note and reporter is not None:
+        reporter.write_line(note, yellow=True, bold=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

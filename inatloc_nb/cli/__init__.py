@@ -12,7 +12,7 @@ import sys
 from inatloc_nb.errors import InatlocError
 
 #: Command modules under ``inatloc_nb.cli``, in the order ``--help`` lists them.
-COMMAND_MODULES = ("synth", "stats", "evaluate", "prepare", "train", "baseline", "explain", "sweep", "choose_levels", "make_dataset", "check", "report", "demo")
+COMMAND_MODULES = ("synth", "stats", "evaluate", "prepare", "train", "baseline", "explain", "sweep", "choose_levels", "make_dataset", "check", "report", "demo", "shipped")
 
 
 def build_parser() -> argparse.ArgumentParser:

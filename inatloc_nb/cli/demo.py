@@ -11,8 +11,10 @@ import dataclasses
 import os
 from pathlib import Path
 
-#: The sweep the demo runs, in the repository the package is installed from.
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+from inatloc_nb.resources import shipped_folder
+
+#: The sweep the demo runs: the shipped ``configs/demo.yaml`` (installed package or source tree).
+DEMO_CONFIG = shipped_folder("configs") / "demo.yaml"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

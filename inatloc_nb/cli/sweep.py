@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         metavar="N", help="runs packed on each GPU (default: the config's runs_per_gpu, "
                         "else 1); lowered to what free GPU memory holds")
     parser.add_argument("--notebook", default=None,
-                        help="training notebook (default: notebooks/02_train_wsol.ipynb of this repository)")
+                        help="training notebook (default: the shipped notebooks/02_train_wsol.ipynb; "
+                             "see inatloc-nb shipped)")
     parser.add_argument("--grid", action="append", default=None, metavar="NAME",
                         help="run only this grid (main, an extra grid's name or a baseline); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and which are finished; run nothing")

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from inatloc_nb import results
+from inatloc_nb.resources import shipped_folder
 
 
 #: File name of the executed notebook inside a run folder.
@@ -14,8 +15,8 @@ NOTEBOOK_NAME = "02_train_wsol.ipynb"
 
 
 def default_notebook() -> Path:
-    """``notebooks/02_train_wsol.ipynb`` of the repository the package is installed from."""
-    return Path(__file__).resolve().parents[2] / "notebooks" / NOTEBOOK_NAME
+    """The shipped ``notebooks/02_train_wsol.ipynb`` (installed package or source tree)."""
+    return shipped_folder("notebooks") / NOTEBOOK_NAME
 
 
 def runs_dir(results_dir: str | Path) -> Path:
