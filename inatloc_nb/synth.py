@@ -219,6 +219,14 @@ class SynthWorld:
 
     # --- taxonomy ----------------------------------------------------------------------------
 
+    def hierarchy(self):
+        """The world's taxonomy as a ``Hierarchy`` (the one its generated folder loads with),
+        without drawing any image."""
+        from inatloc_nb.taxonomy import Hierarchy
+
+        table = pl.DataFrame({level: [self.names[level][i] for i in self.lineage[level]] for level in LEVELS})
+        return Hierarchy.from_lineage(table, LEVELS, ROOT_NAME, root_level=ROOT_LEVEL)
+
     def appearance(self, species: int) -> Appearance:
         """What each rank contributes to the look of ``species`` (see the module docstring)."""
         at = {level: int(self.lineage[level][species]) for level in LEVELS}
