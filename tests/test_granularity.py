@@ -281,7 +281,11 @@ def test_report_has_a_granularity_section(granularity_results, tmp_path):
 
     page = build_report(granularity_results, tmp_path / "report", progress=False).read_text(encoding="utf-8")
     assert "Choosing the granularity: single level, mixed labelling, multi-head" in page
-    assert (tmp_path / "report" / "tables" / "granularity_comparison.csv").is_file()
+    comparison = pl.read_csv(tmp_path / "report" / "tables" / "granularity_comparison.csv")
+    assert {"ci_low", "ci_high"} <= set(comparison.columns)
+    assert comparison.filter(pl.col("strategy") == "mixed labelling")["ci_low"].is_not_null().all()
+    levels = pl.read_csv(tmp_path / "report" / "tables" / "granularity_levels.csv")
+    assert levels["oracle"].sum() == 1 and "D_test MaxBoxAccV2 (%) of every single level" in page
     assert (tmp_path / "report" / "figures" / "granularity_comparison.png").is_file()
 
 

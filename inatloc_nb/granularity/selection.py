@@ -1,6 +1,6 @@
 """Automatic level selection and the side-by-side comparison of granularity strategies.
 
-A results store of ``configs/beyond.yaml`` holds, per dataset and seed, four kinds of runs
+A results store of ``configs/beyond.yaml`` (or ``configs/replication.yaml``) holds, per dataset and seed, four kinds of runs
 (:func:`run_variants`): ``single`` (CAM at one named level, the full schedule), ``short``
 (the same with the short schedule), ``mixed`` (CAM on a ``mixed:FILE`` labelling) and
 ``multihead`` (one run with a head per level). :func:`head_scores` re-scores a multi-head run
@@ -8,11 +8,13 @@ with the CAM of every head and the fused CAM.
 
 - :func:`comparison_table`: D_test MaxBoxAccV2 (mean, std over seeds) of the best single level
   (chosen on D_f, as the paper's grid search does; and the D_test oracle), of the mixed
-  labelling and of the multi-head variants.
+  labelling and of the multi-head variants, with paired bootstrap intervals of the gains
+  (:mod:`~inatloc_nb.granularity.intervals`); :func:`level_table`: every level's scores.
 - :func:`selection_agreement`: for each cheap selector (the short runs, the heads of one
-  multi-head run) and seed, the level it picks on D_f, whether it is the level the full grid
-  picks on D_f, the rank correlation of the two D_f rankings, the D_test cost of its pick and
-  its share of the grid's training time.
+  multi-head run, the species run's CAMs coarsened to every level: :func:`coarsened_scores`)
+  and seed, the level it picks on D_f, whether it is the level the full grid picks on D_f, the
+  rank correlation of the two D_f rankings, the D_test cost of its pick and its share of the
+  grid's training time.
 """
 from __future__ import annotations
 
