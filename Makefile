@@ -19,22 +19,25 @@ $(STAMP): pyproject.toml
 demo: env
 	$(BIN)/inatloc-nb demo --out $(DEMO_DIR)
 
-# Single level vs mixed labelling vs multi-head on two synthetic worlds (docs/granularity.md).
-# configs/beyond.yaml reads its mixed labellings from $(BEYOND_DIR).
-BEYOND_DIR := demo_output/beyond
+# The pre-registered replication of the mixed labelling's gain (docs/granularity.md,
+# "Replication protocol"; configs/replication.yaml): the select grid (seeds 0-2), the labellings
+# chosen from it, the evaluation grid and the mixed runs (seeds 3-6), notebook 05, the report.
+# configs/replication.yaml reads its mixed labellings from $(BEYOND_DIR).
+BEYOND_DIR := demo_output/replication
+BEYOND_WORLDS := demo1 wide1 longtail1
 # One single-threaded run per core.
 CORES := $(shell nproc)
-BEYOND_SWEEP := OMP_NUM_THREADS=1 $(BIN)/inatloc-nb sweep configs/beyond.yaml --results $(BEYOND_DIR) --max-parallel $(CORES)
+BEYOND_SWEEP := OMP_NUM_THREADS=1 $(BIN)/inatloc-nb sweep configs/replication.yaml --max-parallel $(CORES)
 beyond: env
-	$(BEYOND_SWEEP) --grid main --grid multihead --grid short
-	for world in demo wide; do \
-	  $(BIN)/inatloc-nb choose-levels $(BEYOND_DIR) --dataset $$world --schedule 3 \
+	$(BEYOND_SWEEP) --results $(BEYOND_DIR)/select --grid select
+	for world in $(BEYOND_WORLDS); do \
+	  $(BIN)/inatloc-nb choose-levels $(BEYOND_DIR)/select --dataset $$world --schedule 3 \
 	    --out $(BEYOND_DIR)/mixed-$$world.csv || exit 1; \
 	done
-	$(BEYOND_SWEEP)
+	$(BEYOND_SWEEP) --results $(BEYOND_DIR)/evaluate --grid main --grid mixed
 	$(BIN)/papermill notebooks/05_choosing_granularity.ipynb $(BEYOND_DIR)/05_choosing_granularity.ipynb \
-	  -p results_dir $(abspath $(BEYOND_DIR)) --cwd notebooks
-	$(BIN)/inatloc-nb report $(BEYOND_DIR) --out $(BEYOND_DIR)/report
+	  -p results_dir $(abspath $(BEYOND_DIR)/evaluate) --cwd notebooks
+	$(BIN)/inatloc-nb report $(BEYOND_DIR)/evaluate --out $(BEYOND_DIR)/report
 
 # Installs Debian's chromium for the browser tests first when it is missing and it can (root,
 # apt-get); INATLOC_NB_PROVISION_CHROMIUM=no turns that off. Skipped browser tests are named

@@ -22,17 +22,21 @@ allowed; a leading byte-order mark, as spreadsheet programs write, is ignored)::
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.io import atomic_write_text
+from inatloc_nb.io import atomic_write_bytes, atomic_write_text
 
 #: Prefix of a level naming a mixed labelling file.
 MIXED_PREFIX = "mixed:"
 #: Columns of a labelling file (``level`` is optional when reading).
 COLUMNS = ("category", "node", "level")
+#: The copy of its labelling file a run on a mixed level keeps in its run folder.
+RUN_COPY = "labelling.csv"
 
 
 class LabellingError(InatlocError):
@@ -153,6 +157,63 @@ def write_labelling(path: str | Path, hierarchy: Tree, nodes: Mapping[str, str])
     atomic_write_text(Path(path), "\n".join(rows) + "\n")
     read_labelling(path, hierarchy)
     return Path(path)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-1 (hex) of a file's bytes."""
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+
+
+def store_run_labelling(level: str, run_dir: str | Path) -> dict[str, str]:
+    """Copy the file of the ``mixed:FILE`` ``level`` into ``run_dir`` (:data:`RUN_COPY`,
+    atomically) and return what ``params.json`` records of it: ``{"source", "sha1"}``."""
+    source = labelling_path(level)
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise LabellingError(f"{source}: cannot read the labelling ({exc.strerror or exc})") from None
+    atomic_write_bytes(Path(run_dir) / RUN_COPY, data)
+    return {"source": str(source), "sha1": hashlib.sha1(data).hexdigest()}
+
+
+def run_labelling(run_dir: str | Path) -> Path:
+    """The labelling file a finished mixed run was trained on: its copy in the run folder,
+    checked against the digest ``params.json`` recorded at training time. A run trained before
+    runs kept a copy falls back to the original file, checked against the digest in its run
+    id's parameters (``run.json``). Raises :class:`LabellingError` naming the file and both
+    digests when the content is not the one trained on."""
+    run_dir = Path(run_dir)
+    params = _json(run_dir / "params.json")
+    recorded = params.get("labelling") if isinstance(params.get("labelling"), dict) else None
+    copy = run_dir / RUN_COPY
+    if recorded is not None:
+        if not copy.is_file():
+            raise LabellingError(f"{copy}: missing; the run recorded a labelling copy (sha1 {recorded['sha1'][:10]})")
+        found = file_digest(copy)
+        if found != recorded["sha1"]:
+            raise LabellingError(f"{copy}: sha1 {found[:10]} is not the {recorded['sha1'][:10]} recorded in "
+                                 f"{run_dir / 'params.json'} when the run trained; the copy was altered")
+        return copy
+    level = (params.get("config") or {}).get("level", "")
+    source = labelling_path(level)
+    expected = (_json(run_dir / "run.json").get("params") or {}).get("labelling")
+    if not source.is_file():
+        raise LabellingError(f"{source}: the labelling of run {run_dir.name} is gone (the run kept no copy)")
+    found = file_digest(source)[:10]
+    if expected is None or found != expected:
+        raise LabellingError(f"{source}: sha1 {found} is not the {expected or 'unrecorded'} digest run {run_dir.name} "
+                             "was trained with: the file was overwritten after training (the run kept no copy)")
+    return source
+
+
+def _json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise LabellingError(f"{path}: damaged ({exc})") from None
+    return value if isinstance(value, dict) else {}
 
 
 def _csv_field(value: str) -> str:

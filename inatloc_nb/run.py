@@ -39,6 +39,7 @@ from inatloc_nb import validate
 from inatloc_nb.baselines import run_baseline
 from inatloc_nb.baselines.runfolder import analysis_frame, split_metrics
 from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
+from inatloc_nb.labelling import is_mixed, store_run_labelling
 from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset, package_versions
 
 
@@ -84,6 +85,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     )
     n_train = len(learn.dls.train_ds)
     n_classes = len(dataset.hierarchy.level_names(config.level))
+    labelling = store_run_labelling(config.level, out) if is_mixed(config.level) else None
     atomic_write_json(out / "params.json", {
         "config": config.to_dict(), "dataset": dataset.name, "n_classes": n_classes,
         "n_train_images": n_train, "train_image_ids": learn.train_ids,
@@ -91,6 +93,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         "device_settings": learn.device_settings.to_dict(), "num_workers": learn.dls.train.fake_l.num_workers,
         "prepared": prepared,
         "versions": package_versions(),
+        **({"labelling": labelling} if labelling else {}),
     })
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "

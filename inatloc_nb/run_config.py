@@ -156,6 +156,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("INATLOC_NB_CACHE") or Path.home() / ".cache" / "inatloc-nb")
 
 
+def parse_synth_spec(spec: str) -> tuple[str, int]:
+    """``(preset, seed)`` of ``"synth:PRESET[:SEED]"`` (seed 0 when omitted); ``InatlocError``
+    for an unknown preset or a seed that is not a non-negative integer."""
+    from inatloc_nb.synth import PRESETS
+
+    preset, _, seed_text = spec[len(SYNTH_PREFIX):].partition(":") if spec.startswith(SYNTH_PREFIX) else ("", "", "")
+    if preset not in PRESETS or not (seed_text or "0").isdigit():
+        raise InatlocError(f"unknown synthetic preset or bad spec {spec!r}: use synth:PRESET[:SEED] with PRESET one of "
+                           f"{', '.join(PRESETS)} and SEED a non-negative integer")
+    return preset, int(seed_text or 0)
+
+
 def synth_folder(spec: str) -> Path:
     """The folder of ``"synth:PRESET[:SEED]"``, generated on first use.
 
@@ -164,11 +176,7 @@ def synth_folder(spec: str) -> Path:
     """
     from inatloc_nb.synth import generate
 
-    preset, _, seed_text = spec[len(SYNTH_PREFIX):].partition(":")
-    try:
-        seed = int(seed_text or 0)
-    except ValueError:
-        raise InatlocError(f"bad synthetic data spec {spec!r}: use synth:PRESET[:SEED]") from None
+    preset, seed = parse_synth_spec(spec)
     target = cache_dir() / "synth" / f"{preset}-seed{seed}"
     if (target / "synth_config.json").is_file():
         return target

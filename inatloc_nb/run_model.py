@@ -4,12 +4,14 @@ reuse runs this way).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inatloc_nb import validate
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.labelling import MIXED_PREFIX, is_mixed, run_labelling
 from inatloc_nb.run_config import REDO_RUN, RunConfig, load_dataset
 
 if TYPE_CHECKING:
@@ -65,6 +67,8 @@ def load_run_model(run_dir: str | Path, device: str | None = None) -> tuple[nn.M
     if not weights_path.is_file():
         raise InatlocError(f"{weights_path}: missing; is {run_dir} a finished training run? "
                            f"{REDO_RUN.format(run=run_dir)}")
+    if is_mixed(config.level):  # the labelling it was trained on, not whatever the file holds now
+        config = dataclasses.replace(config, level=f"{MIXED_PREFIX}{run_labelling(run_dir)}")
     model, method = build_model_for(config, n_classes, pretrained=False)
     try:
         state = torch.load(weights_path, map_location="cpu", weights_only=True)

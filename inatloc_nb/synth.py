@@ -167,7 +167,7 @@ class SynthConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> SynthConfig:
-        """A preset (``"tiny"``, ``"demo"`` or ``"wide"``) with some fields replaced."""
+        """A preset (a key of :data:`PRESETS`) with some fields replaced."""
         if name not in PRESETS:
             raise InatlocError(f"unknown synthetic preset {name!r}; choose from {sorted(PRESETS)}")
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -186,6 +186,11 @@ PRESETS: dict[str, SynthConfig] = {
     # distribution (train counts 7-30) and fewer evaluation images per species.
     "wide": SynthConfig(
         branching=(3, 2, 2, 2, 2, 2), image_size=64, per_class=(30, 6, 6), species_imbalance=4.0,
+    ),
+    # A third shape: three genera per family (48 genera, 96 species) and a steeper long tail
+    # (train counts 4-40, largest / smallest 10).
+    "longtail": SynthConfig(
+        branching=(2, 2, 2, 2, 3, 2), image_size=64, per_class=(40, 6, 6), species_imbalance=10.0,
     ),
 }
 
@@ -213,6 +218,14 @@ class SynthWorld:
         ]
 
     # --- taxonomy ----------------------------------------------------------------------------
+
+    def hierarchy(self):
+        """The world's taxonomy as a ``Hierarchy`` (the one its generated folder loads with),
+        without drawing any image."""
+        from inatloc_nb.taxonomy import Hierarchy
+
+        table = pl.DataFrame({level: [self.names[level][i] for i in self.lineage[level]] for level in LEVELS})
+        return Hierarchy.from_lineage(table, LEVELS, ROOT_NAME, root_level=ROOT_LEVEL)
 
     def appearance(self, species: int) -> Appearance:
         """What each rank contributes to the look of ``species`` (see the module docstring)."""

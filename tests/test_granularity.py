@@ -281,7 +281,11 @@ def test_report_has_a_granularity_section(granularity_results, tmp_path):
 
     page = build_report(granularity_results, tmp_path / "report", progress=False).read_text(encoding="utf-8")
     assert "Choosing the granularity: single level, mixed labelling, multi-head" in page
-    assert (tmp_path / "report" / "tables" / "granularity_comparison.csv").is_file()
+    comparison = pl.read_csv(tmp_path / "report" / "tables" / "granularity_comparison.csv")
+    assert {"ci_low", "ci_high"} <= set(comparison.columns)
+    assert comparison.filter(pl.col("strategy") == "mixed labelling")["ci_low"].is_not_null().all()
+    levels = pl.read_csv(tmp_path / "report" / "tables" / "granularity_levels.csv")
+    assert levels["oracle"].sum() == 1 and "D_test MaxBoxAccV2 (%) of every single level" in page
     assert (tmp_path / "report" / "figures" / "granularity_comparison.png").is_file()
 
 
@@ -326,3 +330,244 @@ def test_labelling_encoding_byte_order_mark_and_non_utf8(hierarchy, tmp_path):
     latin.write_bytes(("category,node,level\n# chosen by Andr\xe9\n" + rows).encode("latin-1"))
     with pytest.raises(InatlocError, match=r"latin1.csv:2: not UTF-8 text \(byte 0xe9"):
         read_labelling(latin, hierarchy)
+
+
+# --- evidence that holds: intervals, guards, the cost of choosing -----------------------------
+
+def test_bootstrap_replicates_repick_the_threshold():
+    from inatloc_nb.granularity.intervals import percentile_interval, replicate_scores
+    from inatloc_nb.metrics import BoxAccuracy
+
+    rng = np.random.default_rng(0)
+    accuracy = BoxAccuracy(n_thresholds=50)
+    accuracy._add(rng.uniform(0, 1, size=(40, 50)))  # best IoU per image and CAM threshold
+    curves = np.stack([accuracy.image_curves()[d] for d in accuracy.iou_thresholds], axis=1)
+    ones = np.ones((1, 40), dtype=np.int64)
+    assert replicate_scores(curves, ones)[0] == pytest.approx(accuracy.compute().mean)
+    # a replicate drawing only image 0 twice per image: correct at any threshold where image 0 is
+    only_first = np.zeros((1, 40), dtype=np.int64)
+    only_first[0, 0] = 40
+    expected = 100 * np.mean([curves[0, d].any() for d in range(3)])
+    assert replicate_scores(curves, only_first)[0] == pytest.approx(expected)
+    assert percentile_interval(np.arange(101.0)) == pytest.approx((2.5, 97.5))
+
+
+def _toy_variants(seed: int = 0) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Variants, head scores and ensemble scores of two datasets, four levels, three seeds."""
+    rng = np.random.default_rng(seed)
+    levels = ["species", "genus", "family", "order"]
+    rows, heads, ens = [], [], []
+    for dataset in ("a", "b"):
+        for s in range(3):
+            for split in ("val", "test"):
+                for lv in levels:
+                    rows.append({"dataset": dataset, "variant": "single", "level": lv, "seed": s, "split": split,
+                                 "run_id": f"{dataset}-{lv}-{s}", "maxboxacc_v2": rng.uniform(40, 90),
+                                 "wall_seconds": 10.0})
+                    rows.append({"dataset": dataset, "variant": "short", "level": lv, "seed": s, "split": split,
+                                 "run_id": f"{dataset}-{lv}-{s}-short", "maxboxacc_v2": rng.uniform(40, 90),
+                                 "wall_seconds": 5.0})
+                    heads.append({"run_id": f"{dataset}-mh-{s}", "head": lv, "split": split,
+                                  "maxboxacc_v2": rng.uniform(40, 90), "dataset": dataset, "seed": s})
+                rows.append({"dataset": dataset, "variant": "mixed", "level": "mixed:x.csv", "seed": s, "split": split,
+                             "run_id": f"{dataset}-mixed-{s}", "maxboxacc_v2": rng.uniform(40, 90), "wall_seconds": 10.0})
+                rows.append({"dataset": dataset, "variant": "multihead", "level": "species", "seed": s, "split": split,
+                             "run_id": f"{dataset}-mh-{s}", "maxboxacc_v2": rng.uniform(40, 90), "wall_seconds": 12.0})
+                heads.append({"run_id": f"{dataset}-mh-{s}", "head": "fused", "split": split,
+                              "maxboxacc_v2": rng.uniform(40, 90), "dataset": dataset, "seed": s})
+                for name in ("species..genus", "genus..order"):
+                    ens.append({"dataset": dataset, "seed": s, "levels": name, "split": split,
+                                "maxboxacc_v2": rng.uniform(40, 90)})
+    return pl.DataFrame(rows), pl.DataFrame(heads), pl.DataFrame(ens)
+
+
+def _scrambled(frame: pl.DataFrame, split: str, seed: int) -> pl.DataFrame:
+    """``frame`` with every ``split`` score replaced by random values."""
+    rng = np.random.default_rng(seed)
+    noise = pl.Series(rng.uniform(0, 100, frame.height))
+    return frame.with_columns(maxboxacc_v2=pl.when(pl.col("split") == split).then(noise).otherwise(pl.col("maxboxacc_v2")))
+
+
+def _picks(variants: pl.DataFrame, heads: pl.DataFrame, ensembles: pl.DataFrame) -> tuple:
+    from inatloc_nb.granularity import selection
+
+    table = selection.comparison_table(variants, heads, ensembles)
+    picks = (table.filter(~pl.col("strategy").str.contains("oracle")).sort("dataset", "strategy")
+             .select("dataset", "strategy", "detail").rows())
+    agreement = selection.selection_agreement(variants, heads).select(
+        "dataset", "seed", "selector", "picked", "grid_pick", "agrees", "spearman").rows()
+    return picks, agreement, selection.level_table(variants).select("dataset", "level", "df_pick").rows()
+
+
+def test_scrambling_d_test_changes_no_pick():
+    variants, heads, ensembles = _toy_variants()
+    before = _picks(variants, heads, ensembles)
+    for seed in range(5):
+        assert _picks(_scrambled(variants, "test", seed), _scrambled(heads, "test", seed + 10),
+                      _scrambled(ensembles, "test", seed + 20)) == before
+    changed = _picks(_scrambled(variants, "val", 1), _scrambled(heads, "val", 2), _scrambled(ensembles, "val", 3))
+    assert changed != before  # the picks do read D_f
+
+
+def test_choose_levels_ignores_d_test(explorer_results, tmp_path):
+    """The labelling is the same when every run's D_test CAMs are swapped with another run's."""
+    from inatloc_nb.cli import main
+
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(explorer_results, scrambled)
+    tests = sorted((scrambled / "runs").glob("*/cams/test.npz"))
+    assert len(tests) == 3
+    data = [p.read_bytes() for p in tests]
+    for path, other in zip(tests, data[1:] + data[:1], strict=True):
+        path.write_bytes(other)
+    outs = []
+    for folder in (explorer_results, scrambled):
+        outs.append(tmp_path / f"{folder.name}.csv")
+        assert main(["choose-levels", str(folder), "--dataset", "tiny", "--out", str(outs[-1])]) == 0
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
+def _no_heads() -> pl.DataFrame:
+    return pl.DataFrame(schema={"run_id": pl.String, "head": pl.String, "split": pl.String,
+                                "maxboxacc_v2": pl.Float64, "dataset": pl.String, "seed": pl.Int64})
+
+
+def test_comparison_ignores_explainer_rows(granularity_results):
+    from inatloc_nb import results
+    from inatloc_nb.granularity import selection
+
+    store = results.load(granularity_results)
+    variants = selection.run_variants(store, full_schedule="2")
+    own = selection.comparison_table(variants, _no_heads())
+    gradcam = store.filter(pl.col("explainer") == "cam").with_columns(explainer=pl.lit("gradcam"),
+                                                                      maxboxacc_v2=pl.lit(1.0))
+    for mixed_in in (pl.concat([gradcam, store]), pl.concat([store, gradcam])):  # Grad-CAM rows first or last
+        with_explainers = selection.run_variants(mixed_in, full_schedule="2")
+        assert set(with_explainers["explainer"]) == {"cam"}
+        assert selection.comparison_table(with_explainers, _no_heads()).equals(own)
+    with pytest.raises(InatlocError, match="more than once; one row per run and split"):
+        selection.comparison_table(pl.concat([variants, variants.head(1)]), _no_heads())
+
+
+def test_comparison_intervals_include_the_test_sample(granularity_results):
+    from inatloc_nb import results
+    from inatloc_nb.granularity import selection
+    from inatloc_nb.granularity.evidence import sweep_dataset
+    from inatloc_nb.granularity.intervals import PairedBootstrap, replicate_scores, run_image_curves
+
+    variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
+    test_rows = variants.filter(pl.col("split") == "test")
+    dataset = sweep_dataset(variants, "tiny")
+    for run_id, score in test_rows.select("run_id", "maxboxacc_v2").iter_rows():  # all weights 1: the run's score
+        curves = run_image_curves(granularity_results / "runs" / run_id, dataset)
+        assert curves.shape == (dataset.images("test").height, 3, 1000)
+        assert replicate_scores(curves, np.ones((1, curves.shape[0]), dtype=np.int64))[0] == pytest.approx(score)
+    intervals = PairedBootstrap(granularity_results, variants, n_boot=500)
+    table = selection.comparison_table(variants, _no_heads(), intervals=intervals)
+    best = table.filter(pl.col("strategy") == "best single level (D_f)").row(0, named=True)
+    assert (best["ci_low"], best["ci_high"]) == (0.0, 0.0)
+    mixed = table.filter(pl.col("strategy") == "mixed labelling").row(0, named=True)
+    assert mixed["ci_low"] <= mixed["gain"] <= mixed["ci_high"] and mixed["ci_low"] < mixed["ci_high"]
+    again = selection.comparison_table(variants, _no_heads(), intervals=PairedBootstrap(granularity_results, variants,
+                                                                                        n_boot=500))
+    assert again.equals(table)  # reproducible draws
+    # two worlds (the same runs under a second name): pooled rows average the worlds
+    twin = variants.with_columns(dataset=pl.lit("tiny2"))
+    pooled = selection.comparison_table(pl.concat([variants, twin]), _no_heads(),
+                                        intervals=PairedBootstrap(granularity_results, pl.concat([variants, twin]),
+                                                                  n_boot=500))
+    row = pooled.filter((pl.col("dataset") == selection.ALL_WORLDS) & (pl.col("strategy") == "mixed labelling"))
+    assert row["gain"][0] == pytest.approx(mixed["gain"]) and row["n_seeds"][0] == 2
+    assert row["ci_low"][0] <= row["gain"][0] <= row["ci_high"][0]
+    levels = selection.level_table(variants)
+    assert levels["level"].to_list() == ["species", "order", "phylum"]
+    assert levels["df_pick"].sum() == 1 and levels["oracle"].sum() == 1
+
+
+def test_mixed_runs_keep_a_checked_copy_of_their_labelling(granularity_results):
+    import json
+
+    from inatloc_nb import results
+    from inatloc_nb.granularity import selection
+    from inatloc_nb.labelling import RUN_COPY, LabellingError, labelling_path, run_labelling
+    from inatloc_nb.run_model import load_run_model
+
+    variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
+    run_dir = granularity_results / "runs" / variants.filter(pl.col("variant") == "mixed")["run_id"][0]
+    source = labelling_path(variants.filter(pl.col("variant") == "mixed")["level"][0])
+    assert run_labelling(run_dir) == run_dir / RUN_COPY
+    assert (run_dir / RUN_COPY).read_bytes() == source.read_bytes()
+    summary = selection.labelling_summary(variants, granularity_results)
+    original = source.read_bytes()
+    try:
+        # overwritten after training: the summary and the model still use what the run trained on
+        lines = original.decode().splitlines()
+        source.write_text("\n".join(lines[:1] + [f"{line.split(',')[0]},{line.split(',')[0]},species"
+                                                 for line in lines[1:]]) + "\n", encoding="utf-8")
+        assert selection.labelling_summary(variants, granularity_results).equals(summary)
+        _, config, _ = load_run_model(run_dir, device="cpu")
+        assert config.level == f"mixed:{run_dir / RUN_COPY}"
+        # a run without a copy checks the original against its run id's digest
+        params = json.loads((run_dir / "params.json").read_text())
+        copy = (run_dir / RUN_COPY).read_bytes()
+        (run_dir / "params.json").write_text(json.dumps({k: v for k, v in params.items() if k != "labelling"}))
+        with pytest.raises(LabellingError, match="overwritten after training"):
+            run_labelling(run_dir)
+        source.write_bytes(original)
+        assert run_labelling(run_dir) == source
+        (run_dir / "params.json").write_text(json.dumps(params))
+        (run_dir / RUN_COPY).write_bytes(copy + b"# edited\n")
+        with pytest.raises(LabellingError, match="the copy was altered"):
+            selection.labelling_summary(variants, granularity_results)
+        (run_dir / RUN_COPY).write_bytes(copy)
+    finally:
+        source.write_bytes(original)
+    assert selection.labelling_summary(variants, granularity_results).equals(summary)
+
+
+def test_sweep_dry_run_validates_the_labelling_content(hierarchy, tmp_path):
+    from inatloc_nb.sweep import ConfigError, SweepConfig, plan
+
+    config = SweepConfig.from_dict({"datasets": {"tiny": "synth:tiny:3"}, "levels": ["species", "mixed:tiny.csv"],
+                                    "lrs": [0.1]}, path=tmp_path / "sweep.yaml")
+    rows = "\n".join(f"{leaf},{hierarchy.parent(leaf)},genus" for leaf in hierarchy.leaves[1:])
+    (tmp_path / "tiny.csv").write_text(f"category,node,level\nspeciesX,genus0,genus\n{rows}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"sweep.yaml: levels: the labelling for dataset 'tiny' is not valid: "
+                                          r".*tiny.csv:2: unknown category 'speciesX'"):
+        plan(config, tmp_path / "results")
+    write_labelling(tmp_path / "tiny.csv", hierarchy, {leaf: hierarchy.parent(leaf) for leaf in hierarchy.leaves})
+    assert len(plan(config, tmp_path / "results")) == 2
+
+
+def test_synthetic_taxonomy_is_known_without_images(tiny_dataset):
+    from inatloc_nb.sweep.checks import dataset_hierarchy
+
+    built = dataset_hierarchy("synth:tiny:5")
+    loaded = tiny_dataset.hierarchy
+    assert built.leaves == loaded.leaves and built.nodes == loaded.nodes and built.levels == loaded.levels
+    assert all(built.ancestors(n) == loaded.ancestors(n) for n in loaded.nodes)
+
+
+def test_coarsened_species_cams_rank_the_levels(granularity_results):
+    from inatloc_nb import results
+    from inatloc_nb.granularity import selection
+
+    variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
+    coarsened = selection.all_coarsened_scores(granularity_results, variants)
+    assert coarsened["level"].to_list() == sorted(["species", "genus", "family", "order", "class", "phylum"])
+    species = variants.filter((pl.col("variant") == "single") & (pl.col("level") == "species") & (pl.col("split") == "val"))
+    rescored = selection.coarsened_scores(granularity_results / "runs" / species["run_id"][0], levels=["species"])
+    # the finest level's weights are the classifier's own: its CAMs and score are the run's
+    assert rescored["maxboxacc_v2"][0] == pytest.approx(species["maxboxacc_v2"][0], abs=1e-9)
+    assert coarsened["maxboxacc_v2"].is_between(0, 100).all()
+    assert coarsened["seconds"].n_unique() == 1 and coarsened["seconds"][0] > 0
+    agreement = selection.selection_agreement(variants, _no_heads(), coarsened)
+    row = agreement.filter(pl.col("selector") == selection.COARSENED).row(0, named=True)
+    assert row["picked"] in {"species", "order", "phylum"} and row["grid_pick"] in {"species", "order", "phylum"}
+    seconds = variants.filter((pl.col("variant") == "single") & (pl.col("split") == "val"))["wall_seconds"]
+    assert row["cost"] == pytest.approx((species["wall_seconds"][0] + coarsened["seconds"][0]) / seconds.sum())
+    summary = selection.agreement_summary(agreement)
+    assert summary.filter(pl.col("selector") == selection.COARSENED)["n_seeds"][0] == 1
+    with pytest.raises(InatlocError, match="coarsened CAMs need a plain cam run at the finest level"):
+        order = variants.filter((pl.col("variant") == "single") & (pl.col("level") == "order"))["run_id"][0]
+        selection.coarsened_scores(granularity_results / "runs" / order)

@@ -172,3 +172,19 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert set(meta.levels) >= set(LEVELS[1:])
     assert main(["synth", "--out", str(out), "--preset", "tiny", "--image-size", "4", "--quiet"]) == 2
     assert "image_size" in capsys.readouterr().err
+
+
+def test_longtail_preset_and_world_draw_specs():
+    from inatloc_nb.run_config import parse_synth_spec
+    from inatloc_nb.sweep import ConfigError, SweepConfig
+
+    world = SynthWorld(PRESETS["longtail"], 1)
+    counts = world.split_counts("train")
+    assert world.config.n_nodes("genus") == 48 and len(counts) == 96
+    assert counts.max() == 40 and counts.min() == 4
+    assert parse_synth_spec("synth:longtail:1") == ("longtail", 1)
+    assert parse_synth_spec("synth:demo") == ("demo", 0)
+    config = SweepConfig.from_dict({"datasets": {"w1": "synth:wide:1"}, "levels": ["species"], "lrs": [0.1]})
+    assert config.datasets == {"w1": "synth:wide:1"}
+    with pytest.raises(ConfigError, match="datasets.w1: unknown synthetic preset or bad spec 'synth:wide:x'"):
+        SweepConfig.from_dict({"datasets": {"w1": "synth:wide:x"}, "levels": ["species"], "lrs": [0.1]})

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the phylum, silhouettes the class and order, colour and texture the family and genus, "
         "and a small mark the species. Same seed, same bytes.",
     )
-    parser.add_argument("--preset", choices=("tiny", "demo", "wide"), default="tiny", help="world (default: tiny)")
+    parser.add_argument("--preset", choices=("tiny", "demo", "wide", "longtail"), default="tiny", help="world (default: tiny)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (empty or a previous synth output)")
     parser.add_argument("--image-size", type=int, help="image side in pixels")

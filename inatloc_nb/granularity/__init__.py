@@ -5,6 +5,8 @@
   into a valid labelling (``inatloc-nb choose-levels``);
 - :mod:`~inatloc_nb.granularity.selection`: automatic level selection (short runs or the heads
   of one multi-head run) and its agreement with the full grid; the side-by-side comparison;
+- :mod:`~inatloc_nb.granularity.intervals`: paired bootstrap intervals of D_test gains over the
+  test images and the seeds;
 - :mod:`~inatloc_nb.granularity.ensemble`: level ensembles, the fused CAM of the single-level
   runs of a range of levels (no training beyond the grid).
 

@@ -248,6 +248,13 @@ class BoxAccuracy:
         self.n_images += other.n_images
         return self
 
+    def image_curves(self) -> dict[int, np.ndarray]:
+        """Per delta, the (N, T) per-image correctness at every CAM threshold (bool, update
+        order): its column mean is the accuracy curve; for bootstrap replicates of the metric
+        that re-pick the optimal threshold."""
+        return {d: np.unpackbits(np.concatenate(self._packed[d]), axis=1, count=self.n_thresholds).astype(bool)
+                for d in self.iou_thresholds}
+
     def compute(self) -> BoxAccuracyResult:
         """MaxBoxAcc per delta, their mean, the optimal thresholds and the accuracy curves."""
         if self.n_images == 0:

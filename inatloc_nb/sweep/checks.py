@@ -5,25 +5,59 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inatloc_nb.labelling import is_mixed, labelling_path
+from inatloc_nb.labelling import LabellingError, is_mixed, labelling_path, read_labelling
 from inatloc_nb.sweep.config import ConfigError, SweepConfig
 from inatloc_nb.sweep.grid import RunSpec, expand
 from inatloc_nb.sweep.layout import is_finished
 
 
 def check_data(config: SweepConfig) -> None:
-    """Fail clearly when a dataset folder or a mixed labelling file of the config does not exist."""
+    """Fail clearly when a dataset folder of the config does not exist, or a mixed labelling file
+    does not exist or is not valid for its dataset."""
     for name, data in config.datasets.items():
         if not data.startswith("synth:") and not Path(data).is_dir():
             where = config.path or "<config>"
             raise ConfigError(f"{where}: datasets.{name}: no such metadata folder {data} (edit the path)")
     if config.check_images:
         _check_images(config)
-    for spec in expand(config):
-        if is_mixed(spec.level) and not labelling_path(spec.level).is_file():
-            raise ConfigError(f"{config.path or '<config>'}: levels: no labelling file {labelling_path(spec.level)} "
-                              f"for dataset {spec.dataset!r} (write it with inatloc-nb choose-levels)")
+    _check_labellings(config)
     _check_levels(config)
+
+
+def _check_labellings(config: SweepConfig) -> None:
+    """Every mixed labelling file of the config exists and is valid for its dataset's hierarchy
+    (:func:`inatloc_nb.labelling.read_labelling`), checked once per dataset and file."""
+    checked: set[tuple[str, Path]] = set()
+    hierarchies: dict[str, object] = {}
+    for spec in expand(config):
+        if not is_mixed(spec.level) or (spec.dataset, labelling_path(spec.level)) in checked:
+            continue
+        path = labelling_path(spec.level)
+        if not path.is_file():
+            raise ConfigError(f"{config.path or '<config>'}: levels: no labelling file {path} "
+                              f"for dataset {spec.dataset!r} (write it with inatloc-nb choose-levels)")
+        if spec.dataset not in hierarchies:
+            hierarchies[spec.dataset] = dataset_hierarchy(spec.data)
+        try:
+            read_labelling(path, hierarchies[spec.dataset])
+        except LabellingError as exc:
+            raise ConfigError(f"{config.path or '<config>'}: levels: the labelling for dataset {spec.dataset!r} "
+                              f"is not valid: {exc}") from None
+        checked.add((spec.dataset, path))
+
+
+def dataset_hierarchy(data: str):
+    """The taxonomy of a sweep data source (a metadata folder or ``synth:PRESET[:SEED]``, whose
+    taxonomy is known without generating its images)."""
+    if data.startswith("synth:"):
+        from inatloc_nb.run_config import parse_synth_spec
+        from inatloc_nb.synth import PRESETS, SynthWorld
+
+        preset, seed = parse_synth_spec(data)
+        return SynthWorld(PRESETS[preset], seed).hierarchy()
+    from inatloc_nb.data import WSOLDataset
+
+    return WSOLDataset.from_folder(data, allow_overlap=True).hierarchy
 
 
 def dataset_levels(data: str) -> tuple[str, ...]:
