@@ -59,8 +59,14 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     if config.method in BASELINES:
         return run_baseline(config, out_dir, say=say)
 
+    from inatloc_nb.fused import shared
+
+    finished = _finished(config, out_dir)
+    if finished is not None:
+        say(f"already finished: {out_dir}")
+        return finished
     say(f"loading data {config.data}")
-    dataset = load_dataset(config.data, config.image_root, config.allow_split_overlap)
+    dataset = shared("dataset", lambda: load_dataset(config.data, config.image_root, config.allow_split_overlap))
 
     import polars as pl
     import torch
@@ -144,3 +150,16 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     atomic_write_json(out / "metrics.json", summary)
     say(f"done: {out}")
     return summary
+
+
+def _finished(config: RunConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """``metrics.json`` of ``out_dir`` when it holds a finished run of this very ``config``
+    (e.g. trained by a fused group, ``inatloc_nb.fused``), else None."""
+    import json
+
+    out = Path(out_dir)
+    if not (out / "metrics.json").is_file() or not (out / "params.json").is_file():
+        return None
+    if json.loads((out / "params.json").read_text()).get("config") != json.loads(json.dumps(config.to_dict())):
+        return None
+    return json.loads((out / "metrics.json").read_text())
