@@ -312,24 +312,39 @@ def run_fused(configs: Sequence[RunConfig], out_dirs: Sequence[str | Path],
     device = configs[0].device
     if torch.cuda.is_available() and (device is None or str(device).startswith("cuda")):
         torch.cuda.init()  # the CUDA random state is part of every run's state from the start
-    group = LockstepGroup(len(configs))
-    outcomes: list[dict[str, Any] | BaseException | None] = [None] * len(configs)
+
+    def job(config: RunConfig, folder: str | Path) -> Callable[[], dict[str, Any]]:
+        def work() -> dict[str, Any]:
+            try:
+                return run_experiment(config, folder, say=lambda m: say(f"[lr {config.lr:g}] {m}"))
+            except BaseException as exc:
+                say(f"[lr {config.lr:g}] FAILED: {type(exc).__name__}: {exc}")
+                raise
+        return work
+
+    return run_lockstep([job(c, f) for c, f in zip(configs, out_dirs, strict=True)],
+                        [f"lr {c.lr:g}" for c in configs])
+
+
+def run_lockstep(jobs: Sequence[Callable[[], Any]], names: Sequence[str]) -> list[Any]:
+    """Run ``jobs`` in lockstep threads (:class:`LockstepGroup`), each starting from this
+    thread's random state; returns per job its result or the exception that ended it."""
+    group = LockstepGroup(len(jobs))
+    outcomes: list[Any] = [None] * len(jobs)
     initial = _rng_state()
 
     def work(index: int) -> None:
-        config = configs[index]
-        _local.group, _local.index, _local.name = group, index, f"lr {config.lr:g}"
+        _local.group, _local.index, _local.name = group, index, names[index]
         group.wait_turn(index)
         _set_rng_state(initial)
         try:
-            outcomes[index] = run_experiment(config, out_dirs[index], say=lambda m: say(f"[lr {config.lr:g}] {m}"))
-        except BaseException as exc:  # this run fails; the others go on
+            outcomes[index] = jobs[index]()
+        except BaseException as exc:  # this job fails; the others go on
             outcomes[index] = exc
-            say(f"[lr {config.lr:g}] FAILED: {type(exc).__name__}: {exc}")
         finally:
             group.leave(index)
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"fused-lr-{c.lr:g}") for i, c in enumerate(configs)]
+    threads = [threading.Thread(target=work, args=(i,), name=f"fused-{names[i]}") for i in range(len(jobs))]
     try:
         for thread in threads:
             thread.start()
@@ -338,7 +353,7 @@ def run_fused(configs: Sequence[RunConfig], out_dirs: Sequence[str | Path],
     finally:
         group.close()
         _set_rng_state(initial)
-    return outcomes  # type: ignore[return-value]
+    return outcomes
 
 
 def config_from_parameters(params: dict[str, Any]) -> RunConfig:
