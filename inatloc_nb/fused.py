@@ -29,6 +29,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,22 @@ def shared(kind: str, compute: Callable[[], Any]) -> Any:
     the first run to make it computed (with its random draws). Outside a group: ``compute()``."""
     group = active()
     return compute() if group is None else group.shared((kind, group.count(kind)), compute)
+
+
+@contextmanager
+def step_aside() -> Iterator[None]:
+    """Leave the group's turns for a while, to do CPU work that draws no random numbers and
+    touches nothing shared (scoring CAMs, writing files) while the other runs use the GPU;
+    this run takes its turn again afterwards. Outside a group: nothing."""
+    group = active()
+    if group is None:
+        yield
+        return
+    group.leave_turns(_local.index)
+    try:
+        yield
+    finally:
+        group.rejoin_turns(_local.index)
 
 
 def shared_dataloaders(build: Callable[[], Any]) -> Any:
@@ -128,8 +145,10 @@ class LockstepGroup:
     def __init__(self, n: int):
         self.n = n
         self._cond = threading.Condition()
-        self._live = list(range(n))
-        self._turn = 0
+        self._live = list(range(n))  # runs not ended: what is shared is kept until they all took it
+        self._turns = list(range(n))  # runs taking turns (the live ones not stepped aside)
+        self._turn: int | None = 0
+        self._aside_state: dict[int, tuple] = {}
         self._cache: dict[Hashable, _Entry] = {}
         self._passes: dict[Hashable, Iterator] = {}
         self._keep: list[Any] = []  # loaders made in the group: alive, so their ids stay unique
@@ -162,15 +181,35 @@ class LockstepGroup:
         with self._cond:
             following = self._next_after(index)
             self._live.remove(index)
-            if self._turn == index and self._live:
-                self._turn = following
+            self._turns.remove(index)
+            if self._turn == index:
+                self._turn = following if self._turns else None
             for key in [k for k, e in self._cache.items() if e.consumers >= set(self._live)]:
                 del self._cache[key]
             self._cond.notify_all()
 
+    def leave_turns(self, index: int) -> None:
+        """Run ``index`` (holding the turn) steps aside: the others take turns without it."""
+        self._aside_state[index] = _rng_state()
+        with self._cond:
+            following = self._next_after(index)
+            self._turns.remove(index)
+            self._turn = following if self._turns else None
+            self._cond.notify_all()
+
+    def rejoin_turns(self, index: int) -> None:
+        """Run ``index`` takes turns again: it waits for its turn and gets its random state back."""
+        with self._cond:
+            self._turns = sorted([*self._turns, index])
+            if self._turn is None:
+                self._turn = index
+            while self._turn != index:
+                self._cond.wait()
+        _set_rng_state(self._aside_state.pop(index))
+
     def _next_after(self, index: int) -> int:
-        live = self._live
-        return live[(live.index(index) + 1) % len(live)]
+        turns = self._turns
+        return turns[(turns.index(index) + 1) % len(turns)]
 
     # sharing
     def count(self, kind: Hashable) -> int:

@@ -59,7 +59,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     if config.method in BASELINES:
         return run_baseline(config, out_dir, say=say)
 
-    from inatloc_nb.fused import shared
+    from inatloc_nb.fused import shared, step_aside
 
     finished = _finished(config, out_dir)
     if finished is not None:
@@ -131,12 +131,13 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
             start = time.perf_counter()
             cams, result = extract_cams(learn, dataset, split, config.level), None
             cam_s = time.perf_counter() - start
-        cams.save(out / "cams" / f"{split}.npz")
         if result is None:
             say(f"scoring {split}")
-            result = score_cams(cams, dataset)
+        with step_aside():  # CPU work: in a fused group, the other runs use the GPU meanwhile
+            cams.save(out / "cams" / f"{split}.npz")
+            result = score_cams(cams, dataset) if result is None else result
+            analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         metrics[split] = split_metrics(result, cams.top1)
-        analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
         timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
     atomic_write_parquet(out / "analysis.parquet", pl.concat(analyses))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -86,6 +87,21 @@ def test_lockstep_keeps_each_stream_and_refuses_diverging_draws() -> None:
 
     same = fused.run_lockstep([job(0), job(0)], ["a", "b"])
     assert same[0] == same[1]
+
+    def aside(pause: float):
+        def work():
+            seen = []
+            for step in range(3):
+                seen.append(fused.shared("batch", lambda: random.random()))
+                fused.active().yield_turn()
+                with fused.step_aside():  # the others go on meanwhile; the stream is kept
+                    time.sleep(pause)
+                seen.append(random.random())
+            return seen
+        return work
+
+    stepped = fused.run_lockstep([aside(0.05), aside(0.0), aside(0.01)], ["a", "b", "c"])
+    assert stepped[0] == stepped[1] == stepped[2]
     random.seed(0)
     diverging = fused.run_lockstep([job(0), job(1)], ["a", "b"])
     assert isinstance(diverging[1], fused.FusedDivergence) and "run b" in str(diverging[1])
