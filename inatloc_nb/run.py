@@ -46,7 +46,9 @@ def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], 
     """Train, extract and score CAMs per ``config``; write the run folder; return metrics.json.
 
     A bad image stops the run with an ``ImageError`` naming it, also when it is read by a
-    data-loading worker process.
+    data-loading worker process. A folder already holding a finished run of this same
+    configuration (``params.json`` and ``metrics.json``) is not trained again: its metrics are
+    returned (a sweep's fused runs are trained first, then shown by their notebooks).
     """
     from inatloc_nb.images import clear_worker_errors
 
