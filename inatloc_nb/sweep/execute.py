@@ -81,7 +81,8 @@ def run_sweep(
     it is lowered, with a message, to what the GPU with the least free memory holds at the
     config's ``gpu_memory_per_run_gb``. ``fuse_lrs`` (default: the config's ``fuse_lrs``,
     else on with GPUs) trains runs that differ only in lr as one group from one loader
-    (``execute_group``; a group takes one slot of the pool). With GPUs, each run's data loading gets its share of
+    (``execute_group``; a group takes one slot of the pool, and packing counts the memory of
+    its models together). With GPUs, each run's data loading gets its share of
     the cores (``inatloc_nb.pipeline.workers_per_run``). The config's ``prepared`` cache
     reaches the runs as ``$INATLOC_NB_PREPARED`` (local pool and local Dask cluster; workers
     of an existing cluster need it in their own environment). ``executor="dask"``: a
@@ -120,11 +121,13 @@ def run_sweep(
                       {"name": config.name, "config": None if config.path is None else str(config.path.resolve())})
     if todo:
         gpus = executors.visible_gpus() if scheduler is None else []
+        fuse = (config.fuse_lrs if config.fuse_lrs is not None else bool(gpus)) if fuse_lrs is None else fuse_lrs
+        # a fused group holds all its models on the GPU: a slot needs the memory of the largest group
+        per_slot_gb = config.gpu_memory_per_run_gb * (max(map(len, fused_groups(todo))) if fuse else 1)
         if gpus and runs_per_gpu > 1 and max_parallel is None:
-            runs_per_gpu = executors.fit_runs_per_gpu(runs_per_gpu, executors.free_gpu_memory(gpus), config.gpu_memory_per_run_gb, say)
+            runs_per_gpu = executors.fit_runs_per_gpu(runs_per_gpu, executors.free_gpu_memory(gpus), per_slot_gb, say)
         parallel = max_parallel if max_parallel is not None else max(1, len(gpus) * runs_per_gpu)
         loader_workers = pipeline.workers_per_run(pipeline.available_cores(), parallel) if gpus else None
-        fuse = (config.fuse_lrs if config.fuse_lrs is not None else bool(gpus)) if fuse_lrs is None else fuse_lrs
         if gpus:
             say(f"{parallel} runs at once on GPU(s) {', '.join(gpus)}, {loader_workers} data-loading workers each")
         if fuse:
