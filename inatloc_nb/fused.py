@@ -383,7 +383,8 @@ def run_lockstep(jobs: Sequence[Callable[[], Any]], names: Sequence[str]) -> lis
         finally:
             group.leave(index)
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"fused-{names[i]}") for i in range(len(jobs))]
+    threads = [threading.Thread(target=work, args=(i,), name=f"fused-{names[i]}", daemon=True)
+               for i in range(len(jobs))]
     try:
         for thread in threads:
             thread.start()
