@@ -36,9 +36,12 @@ SIZES = ((500, 375), (375, 500), (500, 333), (500, 500), (333, 500), (500, 281))
 N_CLASSES = 10
 
 
-def write_jpeg_dataset(out: Path, n_train: int, n_eval: int, seed: int = 0) -> Path:
-    """A Choe-format folder (``train/``, ``val/``, ``images/``) of textured JPEG photos with
-    one object each, written with the project's metadata writer; returns ``out``."""
+def write_jpeg_dataset(out: Path, n_train: int, n_eval: int, seed: int = 0,
+                       eval_splits: tuple[str, ...] = ("val",), unique: int | None = None) -> Path:
+    """A Choe-format folder (``train/``, one folder per split of ``eval_splits``, ``images/``)
+    of textured JPEG photos with one object each, written with the project's metadata writer;
+    returns ``out``. ``unique``: draw only that many distinct photos and write their bytes
+    again under the other ids (decoding costs the same; generating is faster)."""
     import cv2
     import polars as pl
 
@@ -46,11 +49,20 @@ def write_jpeg_dataset(out: Path, n_train: int, n_eval: int, seed: int = 0) -> P
     from inatloc_nb.metadata import SplitMetadata, write_class_names, write_split
 
     rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_eval)):
+    drawn: dict[int, tuple[bytes, tuple[int, ...]]] = {}
+    for split, n in (("train", n_train), *((name, n_eval) for name in eval_splits)):
         rows, boxes = [], []
         for i in range(n):
             w, h = SIZES[i % len(SIZES)]
             label = i % N_CLASSES
+            image_id = f"{split}/{label}/{i:06d}.jpg"
+            slot = None if unique is None else i % unique
+            if slot in drawn:
+                jpeg_bytes, (w, h, x0, y0, x1, y1) = drawn[slot]
+                atomic_write_bytes(out / "images" / image_id, jpeg_bytes)
+                rows.append({"image_id": image_id, "width": w, "height": h, "label": label})
+                boxes.append({"image_id": image_id, "x0": x0, "y0": y0, "x1": min(x1, w - 1), "y1": min(y1, h - 1)})
+                continue
             coarse = cv2.resize(rng.integers(0, 256, (h // 25 + 2, w // 25 + 2, 3), dtype=np.uint8), (w, h),
                                 interpolation=cv2.INTER_CUBIC)
             image = np.clip(coarse.astype(np.int16) + rng.integers(-25, 26, (h, w, 3)), 0, 255).astype(np.uint8)
@@ -61,8 +73,9 @@ def write_jpeg_dataset(out: Path, n_train: int, n_eval: int, seed: int = 0) -> P
             ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
             if not ok:
                 raise RuntimeError("JPEG encoding failed")
-            image_id = f"{split}/{label}/{i:06d}.jpg"
             atomic_write_bytes(out / "images" / image_id, jpeg.tobytes())
+            if slot is not None and split == "train":
+                drawn[slot] = jpeg.tobytes(), (w, h, x0, y0, x1, y1)
             rows.append({"image_id": image_id, "width": w, "height": h, "label": label})
             boxes.append({"image_id": image_id, "x0": x0, "y0": y0, "x1": min(x1, w - 1), "y1": min(y1, h - 1)})
         write_split(out / split, SplitMetadata(split, pl.DataFrame(rows), pl.DataFrame(boxes)))

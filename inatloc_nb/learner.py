@@ -211,12 +211,15 @@ def build_dataloaders(
     if len(train) < 2:
         raise InatlocError(f"dataset {dataset.name!r}: {len(train)} training image(s) at level {level!r}; "
                            "batch normalisation needs at least 2")
+    from inatloc_nb.fused import shared_dataloaders
+
     copy = None if prepared is None else open_prepared(prepared, dataset, image_size)
     # The last, incomplete training batch is kept, as the reference code's loader does.
-    return protocol_dataloaders(
+    # Runs of a fused group (inatloc_nb.fused) share one set of loaders.
+    return shared_dataloaders(lambda: protocol_dataloaders(
         train, valid, dataset.hierarchy.level_names(level), image_size, batch_size,
         default_device() if device is None else device, num_workers, dataset.image_root, copy,
-    )
+    ))
 
 
 def build_learner(

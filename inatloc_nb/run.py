@@ -47,7 +47,9 @@ def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], 
     """Train, extract and score CAMs per ``config``; write the run folder; return metrics.json.
 
     A bad image stops the run with an ``ImageError`` naming it, also when it is read by a
-    data-loading worker process.
+    data-loading worker process. A folder already holding a finished run of this same
+    configuration (``params.json`` and ``metrics.json``) is not trained again: its metrics are
+    returned (a sweep's fused runs are trained first, then shown by their notebooks).
     """
     from inatloc_nb.images import clear_worker_errors
 
@@ -60,8 +62,14 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     if config.method in BASELINES:
         return run_baseline(config, out_dir, say=say)
 
+    from inatloc_nb.fused import shared, step_aside
+
+    finished = _finished(config, out_dir)
+    if finished is not None:
+        say(f"already finished: {out_dir}")
+        return finished
     say(f"loading data {config.data}")
-    dataset = load_dataset(config.data, config.image_root, config.allow_split_overlap)
+    dataset = shared("dataset", lambda: load_dataset(config.data, config.image_root, config.allow_split_overlap))
 
     import polars as pl
     import torch
@@ -128,12 +136,13 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
             start = time.perf_counter()
             cams, result = extract_cams(learn, dataset, split, config.level), None
             cam_s = time.perf_counter() - start
-        cams.save(out / "cams" / f"{split}.npz")
         if result is None:
             say(f"scoring {split}")
-            result = score_cams(cams, dataset)
+        with step_aside():  # CPU work: in a fused group, the other runs use the GPU meanwhile
+            cams.save(out / "cams" / f"{split}.npz")
+            result = score_cams(cams, dataset) if result is None else result
+            analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         metrics[split] = split_metrics(result, cams.top1)
-        analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
         timings[f"cam_{split}_seconds"] = cam_s
         timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
     atomic_write_parquet(out / "analysis.parquet", pl.concat(analyses))
@@ -147,3 +156,16 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     atomic_write_json(out / "metrics.json", summary)
     say(f"done: {out}")
     return summary
+
+
+def _finished(config: RunConfig, out_dir: str | Path) -> dict[str, Any] | None:
+    """``metrics.json`` of ``out_dir`` when it holds a finished run of this very ``config``
+    (e.g. trained by a fused group, ``inatloc_nb.fused``), else None."""
+    import json
+
+    out = Path(out_dir)
+    if not (out / "metrics.json").is_file() or not (out / "params.json").is_file():
+        return None
+    if json.loads((out / "params.json").read_text()).get("config") != json.loads(json.dumps(config.to_dict())):
+        return None
+    return json.loads((out / "metrics.json").read_text())

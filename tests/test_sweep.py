@@ -207,7 +207,7 @@ def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_note
              "baselines": {"cam-agg": {"lrs": 0.1}}}
     config = SweepConfig.from_dict({**grids, "lrs": [0.1, 0.01]})
     out = tmp_path / "results"
-    summary = sweep.run_sweep(config, out, notebook=fake_notebook)
+    summary = sweep.run_sweep(config, out, notebook=fake_notebook, fuse_lrs=False)  # one notebook per run
     ids = {(r.method, r.lr): r.run_id for r in expand(config)}
     assert (summary.total, summary.skipped, len(summary.done), len(summary.failed)) == (4, 0, 3, 1)
     assert summary.done[-1] == ids["cam-agg", 0.1]  # after the run it reuses
@@ -240,7 +240,7 @@ def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_note
     stale = out / "runs" / f".{killed}.tmp-abc123"
     stale.mkdir()
     (stale / "metrics.json").write_text('{"maxboxacc_v2": 9')
-    summary = sweep.run_sweep(more, out, notebook=fake_notebook, max_parallel=1, progress=False)
+    summary = sweep.run_sweep(more, out, notebook=fake_notebook, max_parallel=1, progress=False, fuse_lrs=False)
     assert (summary.total, summary.skipped, len(summary.done), len(summary.failed)) == (5, 3, 1, 1)
     assert summary.done == [killed] and not stale.exists()
     assert (ok / "metrics.json").read_text() == "{}"

@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs-per-gpu", type=arg_type(integer, int, minimum=1, maximum=64), default=None,
                         metavar="N", help="runs packed on each GPU (default: the config's runs_per_gpu, "
                         "else 1); lowered to what free GPU memory holds")
+    parser.add_argument("--fuse-lrs", action=argparse.BooleanOptionalAction, default=None,
+                        help="train runs that differ only in lr together, one loader per group (default: "
+                        "the config's fuse_lrs, else on with a GPU)")
     parser.add_argument("--notebook", default=None,
                         help="training notebook (default: the shipped notebooks/02_train_wsol.ipynb; "
                              "see inatloc-nb shipped)")
@@ -49,5 +52,6 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     executor = "dask" if args.scheduler else args.executor
     summary = run_sweep(config, args.results, executor=executor, scheduler=args.scheduler,
-                        max_parallel=args.max_parallel, notebook=args.notebook, runs_per_gpu=args.runs_per_gpu)
+                        max_parallel=args.max_parallel, notebook=args.notebook, runs_per_gpu=args.runs_per_gpu,
+                        fuse_lrs=args.fuse_lrs)
     return 1 if summary.failed else 0

@@ -18,7 +18,8 @@ The package, one module per part (each re-exported here):
 - :mod:`~inatloc_nb.sweep.checks`: the data checks made before any run, ``plan``;
 - :mod:`~inatloc_nb.sweep.layout`: the results folder (``runs_dir``, ``is_finished``) and the
   training notebook;
-- :mod:`~inatloc_nb.sweep.execute`: ``run_sweep``, ``execute_run``, ``resolve_lr``,
+- :mod:`~inatloc_nb.sweep.execute`: ``run_sweep``, ``execute_run``, ``execute_group``
+  (fused learning-rate runs), ``resolve_lr``,
   ``explain_runs``;
 - :mod:`~inatloc_nb.sweep.executors`: the local process pool and the Dask cluster, GPU pinning
   and packing.
@@ -43,8 +44,10 @@ from inatloc_nb.sweep.execute import (
     PREPARED_ENV,
     RunOutcome,
     SweepSummary,
+    execute_group,
     execute_run,
     explain_runs,
+    fused_groups,
     resolve_lr,
     run_sweep,
 )
@@ -56,7 +59,8 @@ __all__ = [
     "DEFAULT_GPU_MEMORY_PER_RUN_GB", "EXECUTION_KEYS", "IDENTITY_DEFAULTS", "LIST_DEFAULTS", "LIST_KEYS",
     "LOADER_WORKERS_ENV", "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "PREPARED_ENV", "SCALAR_DEFAULTS",
     "SCALAR_KEYS", "SYNTH_SOURCES", "ConfigError", "Grid", "LRSearch", "RunOutcome", "RunSpec", "SweepConfig",
-    "SweepSummary", "check_data", "dataset_levels", "default_notebook", "execute_run", "expand", "explain_runs",
+    "SweepSummary", "check_data", "dataset_levels", "default_notebook", "execute_group", "execute_run", "expand",
+    "explain_runs", "fused_groups",
     "fit_runs_per_gpu", "free_gpu_memory", "gpu_slots", "is_finished", "plan", "resolve_lr", "run_sweep",
     "runs_dir", "visible_gpus",
 ]

@@ -44,7 +44,7 @@ SCALAR_DEFAULTS: dict[str, Any] = {
 #: the main grid's finished runs of the same dataset, level and method (``resolve_lr``).
 LR_SELECTED = "selected"
 #: Sweep execution keys (``runs_per_gpu``, ``gpu_memory_per_run_gb``): how runs share GPUs.
-EXECUTION_KEYS = ("runs_per_gpu", "gpu_memory_per_run_gb", "prepared")
+EXECUTION_KEYS = ("runs_per_gpu", "gpu_memory_per_run_gb", "prepared", "fuse_lrs")
 #: GPU memory assumed per run when packing several runs on a GPU, in GiB: an upper estimate
 #: for ResNet-50 at batch 32 and 224 px with mixed precision, to be replaced by a measured
 #: figure (benchmarks/bench_training.py reports the peak; docs/cost_model.md).
@@ -106,6 +106,9 @@ class SweepConfig:
     gpu_memory_per_run_gb: float = DEFAULT_GPU_MEMORY_PER_RUN_GB
     #: ``prepared``: cache root of prepared copies (``inatloc-nb prepare``) the runs read
     prepared: str | None = None
+    #: ``fuse_lrs``: train runs differing only in lr together, one process and one loader
+    #: per group (``inatloc_nb.fused``); None (default): on when the sweep sees a GPU
+    fuse_lrs: bool | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SweepConfig:
@@ -168,10 +171,13 @@ class SweepConfig:
         runs_per_gpu = _checked(validate.integer, raw.get("runs_per_gpu", 1), "runs_per_gpu", fail, 1, 64)
         memory = _checked(validate.positive_float, raw.get("gpu_memory_per_run_gb", DEFAULT_GPU_MEMORY_PER_RUN_GB),
                           "gpu_memory_per_run_gb", fail)
+        fuse_lrs = raw.get("fuse_lrs")
+        if fuse_lrs is not None and not isinstance(fuse_lrs, bool):
+            raise fail("fuse_lrs", f"expected true or false, got {fuse_lrs!r}")
         return cls(name=str(name), datasets=datasets, grids=tuple(grids), path=path, check_images=check_images,
                    explainers=_parse_explainers(raw.get("explainers") or [], fail),
                    runs_per_gpu=runs_per_gpu, gpu_memory_per_run_gb=memory,
-                   prepared=_parse_prepared(raw.get("prepared"), path, fail))
+                   prepared=_parse_prepared(raw.get("prepared"), path, fail), fuse_lrs=fuse_lrs)
 
 
     def select_grids(self, names: Sequence[str]) -> SweepConfig:

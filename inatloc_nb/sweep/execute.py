@@ -71,6 +71,7 @@ def run_sweep(
     notebook: str | Path | None = None,
     kernel_name: str = "python3",
     runs_per_gpu: int | None = None,
+    fuse_lrs: bool | None = None,
 ) -> SweepSummary:
     """Execute every unfinished run of ``config`` and consolidate the results store.
 
@@ -78,7 +79,10 @@ def run_sweep(
     ``runs_per_gpu`` per visible GPU, each pinned to its GPU round-robin, or 1 without GPUs).
     ``runs_per_gpu`` (default: the config's ``runs_per_gpu``) above 1 packs runs on each GPU:
     it is lowered, with a message, to what the GPU with the least free memory holds at the
-    config's ``gpu_memory_per_run_gb``. With GPUs, each run's data loading gets its share of
+    config's ``gpu_memory_per_run_gb``. ``fuse_lrs`` (default: the config's ``fuse_lrs``,
+    else on with GPUs) trains runs that differ only in lr as one group from one loader
+    (``execute_group``; a group takes one slot of the pool, and packing counts the memory of
+    its models together). With GPUs, each run's data loading gets its share of
     the cores (``inatloc_nb.pipeline.workers_per_run``). The config's ``prepared`` cache
     reaches the runs as ``$INATLOC_NB_PREPARED`` (local pool and local Dask cluster; workers
     of an existing cluster need it in their own environment). ``executor="dask"``: a
@@ -117,12 +121,17 @@ def run_sweep(
                       {"name": config.name, "config": None if config.path is None else str(config.path.resolve())})
     if todo:
         gpus = executors.visible_gpus() if scheduler is None else []
+        fuse = (config.fuse_lrs if config.fuse_lrs is not None else bool(gpus)) if fuse_lrs is None else fuse_lrs
+        # a fused group holds all its models on the GPU: a slot needs the memory of the largest group
+        per_slot_gb = config.gpu_memory_per_run_gb * (max(map(len, fused_groups(todo))) if fuse else 1)
         if gpus and runs_per_gpu > 1 and max_parallel is None:
-            runs_per_gpu = executors.fit_runs_per_gpu(runs_per_gpu, executors.free_gpu_memory(gpus), config.gpu_memory_per_run_gb, say)
+            runs_per_gpu = executors.fit_runs_per_gpu(runs_per_gpu, executors.free_gpu_memory(gpus), per_slot_gb, say)
         parallel = max_parallel if max_parallel is not None else max(1, len(gpus) * runs_per_gpu)
         loader_workers = pipeline.workers_per_run(pipeline.available_cores(), parallel) if gpus else None
         if gpus:
             say(f"{parallel} runs at once on GPU(s) {', '.join(gpus)}, {loader_workers} data-loading workers each")
+        if fuse:
+            say("runs differing only in lr train together (fuse_lrs)")
         args = (results_dir.resolve(), notebook.resolve(), kernel_name)
         # runs that reuse another run's model (CAM-Agg) or select their lr among other runs
         # (lr: selected) start once those have ended
@@ -135,7 +144,8 @@ def run_sweep(
         with track(total=len(todo), desc="runs", unit="run", show=progress) as bar, \
                 _environment({**prepared, **headless}), pool as (submit, as_completed):
             for phase in filter(None, phases):
-                futures = {submit(execute_run, spec, *args): spec for spec in phase}
+                groups = fused_groups(phase) if fuse else [[spec] for spec in phase]
+                futures = {submit(execute_group, group, *args): group for group in groups}
                 for future in as_completed(futures):
                     _report(futures[future], future, summary, len(todo), bar, progress)
     if config.explainers:
@@ -147,12 +157,18 @@ def run_sweep(
     return summary
 
 
-def _report(spec: RunSpec, future: Any, summary: SweepSummary, n_todo: int, bar: Any, progress: bool) -> None:
-    """Count a completed run and print its line (done / failed / left)."""
+def _report(group: Sequence[RunSpec], future: Any, summary: SweepSummary, n_todo: int, bar: Any,
+            progress: bool) -> None:
+    """Count the completed runs of a group and print their lines (done / failed / left)."""
     try:
-        outcome = future.result()
+        outcomes = future.result()
     except Exception as exc:  # the worker itself died (not a notebook error)
-        outcome = RunOutcome(spec.run_id, "failed", float("nan"), _describe(exc)["message"])
+        outcomes = [RunOutcome(spec.run_id, "failed", float("nan"), _describe(exc)["message"]) for spec in group]
+    for outcome in outcomes:
+        _report_one(outcome, summary, n_todo, bar, progress)
+
+
+def _report_one(outcome: RunOutcome, summary: SweepSummary, n_todo: int, bar: Any, progress: bool) -> None:
     (summary.done if outcome.status == "ok" else summary.failed).append(outcome.run_id)
     left = n_todo - len(summary.done) - len(summary.failed)
     note = f"ok in {outcome.wall_seconds:.1f} s" if outcome.status == "ok" else f"FAILED: {outcome.error}"
@@ -168,13 +184,44 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
 
     The kernel inherits this process's environment (``CUDA_VISIBLE_DEVICES`` included).
     """
-    import papermill
+    return execute_group([spec], results_dir, notebook, kernel_name)[0]
 
-    run_id = spec.run_id
+
+def execute_group(specs: Sequence[RunSpec], results_dir: str | Path, notebook: str | Path,
+                  kernel_name: str = "python3") -> list[RunOutcome]:
+    """Execute runs that differ only in their learning rate as one fused group
+    (``inatloc_nb.fused``, in a child process: one loader, one decode, each run its own
+    folder and random stream), then each run's notebook, which finds its folder finished
+    and shows it; publish every ``runs/<id>``. A single spec is executed by its notebook
+    alone. A run that fails is recorded as failed; the others go on."""
     parent = runs_dir(results_dir)
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = make_temp_dir(f".{run_id}.tmp-", parent)
+    started = [_begin(spec, results_dir, parent) for spec in specs]
+    start = time.perf_counter()
+    if len(specs) > 1:
+        _train_fused([s for s in started if s[3] is None], results_dir)
+    outcomes = []
+    for spec, tmp, record, error in started:
+        if error is None:
+            error = _fused_error(tmp) if len(specs) > 1 else None
+        if error is None:
+            try:
+                papermill_execute(notebook, tmp, spec, results_dir, kernel_name)
+            except Exception as exc:  # the run failed: recorded, the sweep goes on
+                error = _describe(exc)
+        if len(specs) > 1:
+            record["fused_with"] = [s.run_id for s in specs if s.run_id != spec.run_id]
+        outcomes.append(_publish(spec, tmp, record, error, time.perf_counter() - start, parent))
+    return outcomes
+
+
+def _begin(spec: RunSpec, results_dir: str | Path, parent: Path
+           ) -> tuple[RunSpec, Path, dict[str, Any], dict[str, str] | None]:
+    """A run's temporary folder and ``run.json`` record, its learning rate resolved (an
+    error when it cannot be)."""
+    tmp = make_temp_dir(f".{spec.run_id}.tmp-", parent)
     error = selection = None
+    run_id = spec.run_id
     try:
         spec, selection = resolve_lr(spec, results_dir)
     except InatlocError as exc:  # recorded as a failed run (lr unknown), retried next sweep
@@ -186,17 +233,71 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
         **({} if selection is None else {"lr_selection": selection}),
     }
     atomic_write_json(tmp / results.RUN_RECORD, record)
-    start = time.perf_counter()
-    if error is None:
-        try:
-            papermill.execute_notebook(
-                str(notebook), str(tmp / NOTEBOOK_NAME),
-                parameters=spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
-                kernel_name=kernel_name, cwd=str(tmp), progress_bar=False,
-            )
-        except Exception as exc:  # the run failed: recorded, the sweep goes on
-            error = _describe(exc)
-    record.update(wall_seconds=time.perf_counter() - start, finished_at=_now())
+    return spec, tmp, record, error
+
+
+def papermill_execute(notebook: str | Path, tmp: Path, spec: RunSpec, results_dir: str | Path,
+                      kernel_name: str) -> None:
+    """Execute the training notebook for ``spec`` into ``tmp``."""
+    import papermill
+
+    papermill.execute_notebook(
+        str(notebook), str(tmp / NOTEBOOK_NAME),
+        parameters=spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
+        kernel_name=kernel_name, cwd=str(tmp), progress_bar=False,
+    )
+
+
+def _train_fused(started: Sequence[tuple[RunSpec, Path, dict[str, Any], Any]], results_dir: str | Path) -> None:
+    """Train the runs of ``started`` as one fused group in a child process
+    (``python -m inatloc_nb.fused``); its output goes to each run's ``fused.log``. A run
+    that did not finish finds why in its folder (``_fused_error``)."""
+    import subprocess
+    import sys
+
+    from inatloc_nb.fused import ERROR_FILE
+
+    if not started:
+        return
+    group = [{"params": spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
+              "out_dir": str(tmp.resolve())} for spec, tmp, _, _ in started]
+    group_file = started[0][1] / "fused_group.json"
+    atomic_write_json(group_file, group)
+    log = started[0][1] / "fused.log"
+    with open(log, "w") as out:
+        code = subprocess.run([sys.executable, "-m", "inatloc_nb.fused", str(group_file)],
+                              stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    text = _ANSI.sub("", log.read_text(errors="replace"))
+    for _, tmp, _, _ in started:
+        if tmp != started[0][1]:
+            (tmp / "fused.log").write_text(text)
+        if code != 0 and not (tmp / "metrics.json").is_file() and not (tmp / ERROR_FILE).is_file():
+            tail = "\n".join(text.splitlines()[-20:])
+            atomic_write_json(tmp / ERROR_FILE, {"type": "FusedGroupError",
+                                                 "message": f"the fused group's process exited with code {code}",
+                                                 "traceback": tail})
+    group_file.unlink()
+
+
+def _fused_error(tmp: Path) -> dict[str, str] | None:
+    """The error a fused group recorded for the run in ``tmp``, or None."""
+    import json
+
+    from inatloc_nb.fused import ERROR_FILE
+
+    path = tmp / ERROR_FILE
+    if not path.is_file():
+        return None
+    error = json.loads(path.read_text())
+    path.unlink()
+    return error
+
+
+def _publish(spec: RunSpec, tmp: Path, record: dict[str, Any], error: dict[str, str] | None,
+             wall_seconds: float, parent: Path) -> RunOutcome:
+    """Write the run's record, results table and ``error.json``; move ``tmp`` to ``runs/<id>``."""
+    run_id = record["run_id"]
+    record.update(wall_seconds=wall_seconds, finished_at=_now())
     if error is None:
         record["status"] = "ok"
         atomic_write_json(tmp / results.RUN_RECORD, record)
@@ -214,6 +315,17 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
         shutil.rmtree(final)
     os.rename(tmp, final)
     return RunOutcome(run_id, record["status"], record["wall_seconds"], None if error is None else error["message"])
+
+
+def fused_groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
+    """``specs`` in groups of runs that differ only in their (given) learning rate, in
+    first-appearance order; baselines and ``lr: selected`` runs stay alone."""
+    groups: dict[Any, list[RunSpec]] = {}
+    for spec in specs:
+        fusable = spec.method not in BASELINES and isinstance(spec.lr, float)
+        key = (dataclasses.replace(spec, lr=None), spec.data) if fusable else spec.run_id
+        groups.setdefault(key, []).append(spec)
+    return list(groups.values())
 
 
 def resolve_lr(spec: RunSpec, results_dir: str | Path) -> tuple[RunSpec, dict[str, Any] | None]:

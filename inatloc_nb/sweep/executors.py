@@ -116,8 +116,9 @@ def _dask_client(max_parallel: int, gpus: list[str], scheduler: str | None, load
         if gpus:
             client.run(_pin_dask_worker_gpu, gpus, loader_workers)
 
-    def submit(fn: Callable, spec: RunSpec, *args: Any) -> Any:
-        return client.submit(fn, spec, *args, key=f"run-{spec.run_id}", pure=False)
+    def submit(fn: Callable, runs: RunSpec | Sequence[RunSpec], *args: Any) -> Any:
+        first = runs if isinstance(runs, RunSpec) else runs[0]
+        return client.submit(fn, runs, *args, key=f"run-{first.run_id}", pure=False)
 
     try:
         yield submit, as_completed

@@ -1,0 +1,458 @@
+"""The project's GPU figures in one command: every rate the cost model uses, and the grid estimate.
+
+    python benchmarks/gpu_check.py --json            # on a GPU machine, about 6 minutes on one H200
+    python benchmarks/gpu_check.py --smoke --json    # tiny sizes on the CPU: checks the script runs
+
+Needs only torch, torchvision, numpy, pillow, opencv and the project with its pure-Python
+dependencies. Sections, in order of importance (each one's failure is recorded and the next
+runs; sections that would not fit in ``--budget-s`` are skipped and say so):
+
+- ``bare_loop``: the paper's model (28 x 28 ResNet-50, 224 px, the device's precision and
+  memory format) on tensors already on the device, SGD step, batch 32 / 64 / 128 / 256:
+  training and forward + CAM images/s (float32 as ``extract_cams``, and bf16), GFLOP per
+  forward; no data loading.
+- ``run_jpeg``: ``bench_training.run_once`` (the real Learner and loaders) on generated 500 px
+  JPEGs at batch 32; ``run_prepared``: the same from a prepared copy; ``run_batch64`` /
+  ``run_batch128`` / ``run_batch128_prepared``; ``packed3``: three packed runs
+  (``bench_training.run_packed``); ``compile``: ``--compile``, with the compilation's
+  batches and graph counts.
+- ``train_end_to_end``: ``run_experiment`` (what ``inatloc-nb train`` and the notebook run),
+  one epoch, D_f and D_test, with where its wall time goes (``phases``) and the fixed cost
+  (wall minus training and CAM extraction), plus the import time of a fresh process.
+- ``fused``: ``inatloc_nb.fused.run_fused`` of ``--fused-k`` learning rates on the same data:
+  aggregate training and CAM images/s and the fixed cost per run.
+- ``maxboxacc``: ``bench_maxboxacc.run``: ms per map on one core and with all threads.
+- ``grid_estimate``: ``docs/cost_model.md``'s formula with the measured rates.
+
+JSON goes to stdout (``--json``) and, section by section, to ``--out`` (so a run cut short
+keeps what it measured).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_maxboxacc  # noqa: E402
+import bench_training  # noqa: E402
+
+#: The paper grid (docs/cost_model.md): training images, CAMs, runs; and the part of it made
+#: of runs that differ only in lr (main grid 150 + ACoL 5 runs of 2 x 138k images, 25k CAMs each).
+GRID = {"train_images": 55.6e6, "cams": 7.06e6, "runs": 287,
+        "fusable_runs": 155, "fusable_train_images": 155 * 276_000, "fusable_cams": 155 * 25_000}
+
+
+class Check:
+    """Runs the sections within a time budget and keeps the results."""
+
+    def __init__(self, budget_s: float, out: Path | None):
+        self.start, self.budget_s, self.out = time.perf_counter(), budget_s, out
+        self.results: dict[str, Any] = {}
+
+    def left(self) -> float:
+        return self.budget_s - (time.perf_counter() - self.start)
+
+    def section(self, name: str, needs_s: float, fn: Callable[[], Any]) -> Any:
+        if self.left() < needs_s:
+            self.results[name] = {"skipped": f"{self.left():.0f} s of the budget left, needs about {needs_s:.0f} s"}
+        else:
+            start = time.perf_counter()
+            try:
+                self.results[name] = fn()
+            except Exception as exc:  # recorded; the other sections go on
+                self.results[name] = {"error": f"{type(exc).__name__}: {exc}",
+                                      "traceback": traceback.format_exc()[-3000:]}
+            if isinstance(self.results[name], dict):
+                self.results[name]["section_seconds"] = round(time.perf_counter() - start, 2)
+        print(f"[gpu_check] {name}: {json.dumps(self.results[name])[:400]}", file=sys.stderr, flush=True)
+        _free()
+        self.save()
+        return self.results[name]
+
+    def save(self) -> None:
+        if self.out is not None:
+            tmp = self.out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.results, indent=2, default=str))
+            os.replace(tmp, self.out)
+
+
+def _free() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()  # each section's peak_gpu_memory_gb is its own
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def environment() -> dict[str, Any]:
+    import fastai
+    import PIL
+    import torchvision
+
+    gpu = torch.cuda.is_available()
+    return {
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "host": platform.node(),
+        "gpu": torch.cuda.get_device_name(0) if gpu else None,
+        "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 2**30 if gpu else None,
+        "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+        "versions": {"torch": torch.__version__, "cuda": torch.version.cuda, "torchvision": torchvision.__version__,
+                     "fastai": fastai.__version__, "pillow": PIL.__version__, "numpy": np.__version__},
+        "driver": _nvidia_smi("driver_version") if gpu else None,
+    }
+
+
+def _nvidia_smi(field: str) -> str | None:
+    try:
+        return subprocess.run(["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True,
+                              text=True, timeout=20).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# --- bare loop ------------------------------------------------------------------------------
+
+
+def bare_loop(model_factory: Callable[[], tuple[torch.nn.Module, Any]], batches: list[int], steps: int,
+              warmup: int, image_size: int) -> dict[str, Any]:
+    """Training and forward + CAM images/s of the paper's model on device-resident tensors."""
+    from fastai.callback.hook import hook_output
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, settings = model_factory()
+    device = torch.device(settings.device)
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    n_classes = bench_training.N_CLASSES
+    out: dict[str, Any] = {"amp_dtype": str(settings.amp_dtype) if settings.amp else None,
+                           "channels_last": settings.channels_last,
+                           "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                           "cudnn_deterministic": torch.backends.cudnn.deterministic, "batches": {}}
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, 3, image_size, image_size, device=device).contiguous(memory_format=fmt))
+    out["gflop_per_forward"] = counter.get_total_flops() / 1e9
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9, nesterov=True, weight_decay=1e-5)
+    autocast = (lambda: torch.autocast(device.type, dtype=settings.amp_dtype)) if settings.amp else contextlib.nullcontext
+    runs = [(bs, False) for bs in batches] + [(batches[0], True)]
+    for bs, autotune in runs:
+        # the last row: cuDNN autotuning on (training runs keep it off: fastai's reproducible seeding)
+        before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = (True, False) if autotune else before
+        x = torch.randn(bs, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+        y = torch.randint(0, n_classes, (bs,), device=device)
+        model.train()
+
+        def train_step() -> None:
+            with autocast():
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def cam_step(precision: str) -> None:
+            ctx = autocast() if precision == "bf16" else torch.autocast(device.type, enabled=False)
+            with torch.no_grad(), ctx, hook_output(model.features, detach=True) as hook:
+                logits = model(x).float()
+                cams = model.class_activation_maps(hook.stored.float(), logits.argmax(1))
+                cams.float().cpu()
+
+        row = {"train_images_per_s": _rate(train_step, bs, steps, warmup)}
+        model.eval()
+        row["forward_cam_fp32_images_per_s"] = _rate(lambda: cam_step("fp32"), bs, steps, warmup)
+        if settings.amp:
+            row["forward_cam_bf16_images_per_s"] = _rate(lambda: cam_step("bf16"), bs, steps, warmup)
+        out["batches"][f"{bs}{'_cudnn_benchmark' if autotune else ''}"] = row
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+        del x, y
+        _free()
+    if device.type == "cuda":
+        out["peak_gpu_memory_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def _rate(step: Callable[[], None], batch: int, steps: int, warmup: int) -> float:
+    for _ in range(warmup):
+        step()
+    _sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync()
+    return batch * steps / (time.perf_counter() - start)
+
+
+# --- the real pipeline ----------------------------------------------------------------------
+
+
+def bench_run(data: Path, argv: list[str], packed: int = 1) -> dict[str, Any]:
+    """``bench_training`` on ``data`` with its command-line ``argv`` (one run, or ``packed``)."""
+    args = bench_training.parse_args([*argv, "--runs", str(packed)])
+    with contextlib.redirect_stdout(sys.stderr):
+        result = bench_training.run_packed(args, data) if packed > 1 else bench_training.run_once(args, data)
+    for block in (result, *result.get("runs", [])):
+        block["train"].pop("window", None)
+    return result
+
+
+def compile_run(data: Path, argv: list[str]) -> dict[str, Any]:
+    """``--compile``: the timed rate, plus how long the warm-up batches (which compile) took
+    and how many graphs dynamo compiled over training and CAM extraction."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    start = time.perf_counter()
+    result = bench_run(data, [*argv, "--compile"])
+    result["wall_seconds_incl_compilation"] = time.perf_counter() - start
+    counters = torch._dynamo.utils.counters
+    result["dynamo"] = {"unique_graphs": counters["stats"].get("unique_graphs", 0),
+                        "calls_captured": counters["stats"].get("calls_captured", 0),
+                        "recompiles": {str(k): v for k, v in counters.get("recompiles", {}).items()}}
+    torch._dynamo.reset()
+    return result
+
+
+class Phases:
+    """``say`` for ``run_experiment`` that timestamps its messages: where a run's time goes."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.marks: list[tuple[float, str]] = []
+
+    def __call__(self, message: str) -> None:
+        self.marks.append((time.perf_counter() - self.start, message))
+        print(f"[{self.marks[-1][0]:7.2f} s] {message}", file=sys.stderr, flush=True)
+
+    def table(self, end: float) -> list[dict[str, Any]]:
+        times = [t for t, _ in self.marks] + [end]
+        return [{"phase": m, "seconds": round(times[i + 1] - t, 3)} for i, (t, m) in enumerate(self.marks)]
+
+
+def _run_config(data: Path, args: argparse.Namespace, lr: float, select_epoch: str) -> Any:
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.run_config import RunConfig
+
+    level = WSOLDataset.from_folder(data, image_root=data / "images").levels[0]
+    return RunConfig(data=str(data), level=level, method="cam", lr=lr, schedule=1, select_epoch=select_epoch,
+                     backbone=args.backbone, pretrained=False, image_size=args.image_size, batch_size=32,
+                     device=args.device)
+
+
+def end_to_end(data: Path, work: Path, args: argparse.Namespace, select_epoch: str) -> dict[str, Any]:
+    """One ``run_experiment``: wall, training and CAM seconds from its timings, and its phases."""
+    from inatloc_nb.run import run_experiment
+
+    config = _run_config(data, args, 0.01, select_epoch)
+    out = work / f"e2e-{select_epoch}"
+    phases = Phases()
+    with contextlib.redirect_stdout(sys.stderr):
+        run_experiment(config, out, say=phases)
+    _sync()
+    wall = time.perf_counter() - phases.start
+    timings = json.loads((out / "timings.json").read_text())
+    # with "best", D_f's CAMs are those of the selected epoch, timed inside select_epoch_seconds
+    cams = sum(v for k, v in timings.items() if k.startswith("cam_") and k.endswith("_seconds")
+               and not (select_epoch == "best" and k == "cam_val_seconds"))
+    return {"select_epoch": select_epoch, "wall_seconds": wall, "timings": timings,
+            "fixed_seconds": wall - timings["train_seconds"] - timings["select_epoch_seconds"] - cams,
+            "phases": phases.table(wall), "n_train_images": json.loads((out / "metrics.json").read_text())["n_train_images"]}
+
+
+def fused_group(data: Path, work: Path, args: argparse.Namespace, k: int) -> dict[str, Any]:
+    """``run_fused`` of ``k`` learning rates: aggregate rates and fixed cost per run."""
+    from inatloc_nb.fused import run_fused
+
+    lrs = [0.01 * 2**i for i in range(k)]
+    configs = [_run_config(data, args, lr, "last") for lr in lrs]
+    folders = [work / f"fused-{lr:g}" for lr in lrs]
+    phases = Phases()
+    with contextlib.redirect_stdout(sys.stderr):
+        outcomes = run_fused(configs, folders, say=phases)
+    _sync()
+    wall = time.perf_counter() - phases.start
+    failed = [f"{type(o).__name__}: {o}" for o in outcomes if isinstance(o, BaseException)]
+    if failed:
+        raise RuntimeError(f"fused runs failed: {failed}")
+    timings = [json.loads((f / "timings.json").read_text()) for f in folders]
+    n_train = json.loads((folders[0] / "metrics.json").read_text())["n_train_images"]
+    train_s = max(t["train_seconds"] for t in timings)
+    cam_splits = [key for key in timings[0] if key.startswith("cam_") and key.endswith("_seconds")]
+    cam_s = sum(max(t[key] for t in timings) for key in cam_splits)
+    n_cams = sum(round(timings[0][key] * timings[0][key.replace("_seconds", "_images_per_s")]) for key in cam_splits)
+    return {"k": k, "lrs": lrs, "wall_seconds": wall, "n_train_images": n_train,
+            "train_images_per_s_aggregate": k * n_train / train_s, "train_seconds": train_s,
+            "cam_images_per_s_aggregate": k * n_cams / cam_s, "cam_seconds": cam_s,
+            "fixed_seconds_per_run": (wall - train_s - cam_s) / k, "phases": phases.table(wall)}
+
+
+def import_seconds() -> dict[str, Any]:
+    """Seconds a fresh interpreter takes to import what a run imports."""
+    code = ("import time; t = time.perf_counter(); import torch, fastai.vision.all, polars; "
+            "import inatloc_nb.run, inatloc_nb.learner, inatloc_nb.cam, inatloc_nb.fused; "
+            "print(time.perf_counter() - t)")
+    wall = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    return {"imports_seconds": float(done.stdout.strip().splitlines()[-1]),
+            "process_seconds": time.perf_counter() - wall}
+
+
+# --- the grid ---------------------------------------------------------------------------------
+
+
+def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
+    """``docs/cost_model.md``'s GPU-hours from the measured rates, for each way of running."""
+    def hours(w_train: float, a_train: float, w_cam: float, a_cam: float, runs: float, t_run: float) -> dict:
+        parts = {"training_h": w_train / a_train / 3600, "cams_h": w_cam / a_cam / 3600,
+                 "fixed_h": runs * t_run / 3600}
+        return {**{k: round(v, 2) for k, v in parts.items()}, "total_h": round(sum(parts.values()), 2)}
+
+    out: dict[str, Any] = {"grid": GRID, "formula": "W_train / A_train + W_cam / A_cam + n_runs x t_run / k"}
+    one, e2e = r.get("run_jpeg", {}), r.get("train_end_to_end", {})
+    if "train" not in one or "fixed_seconds" not in e2e:
+        return {**out, "missing": "needs run_jpeg and train_end_to_end"}
+    a_train, a_cam, t_run = one["train"]["images_per_s"], one["cam_extraction"]["images_per_s"], e2e["fixed_seconds"]
+    out["inputs"] = {"A_train_one_run": a_train, "A_cam_one_run": a_cam, "t_run_seconds": t_run}
+    out["one_run_at_a_time"] = hours(GRID["train_images"], a_train, GRID["cams"], a_cam, GRID["runs"], t_run)
+    packed = r.get("packed3", {}).get("aggregate")
+    if packed:
+        out["packed_3"] = hours(GRID["train_images"], packed["train_images_per_s_sum"], GRID["cams"],
+                                packed["cam_images_per_s_sum"], GRID["runs"] / 3, t_run)
+    fused = r.get("fused", {})
+    if "train_images_per_s_aggregate" in fused:
+        # The fused group is measured end to end (its windows hold worker start-up, the D_f
+        # validation pass and the waits of the lockstep), the one-run rates in steady state:
+        # the fused rates are the one-run rates times the end-to-end speed-up per run of each phase.
+        k, single = fused["k"], e2e["timings"]
+        r_train = single["train_seconds"] / (fused["train_seconds"] / k)
+        r_cam = (single["cam_val_seconds"] + single["cam_test_seconds"]) / (fused["cam_seconds"] / k)
+        rest_runs = GRID["runs"] - GRID["fusable_runs"]
+        fused_part = hours(GRID["fusable_train_images"], a_train * r_train, GRID["fusable_cams"], a_cam * r_cam,
+                           GRID["fusable_runs"], fused["fixed_seconds_per_run"])
+        fused_part["speedup_per_run"] = {"training": round(r_train, 3), "cams": round(r_cam, 3),
+                                         "wall": round(e2e["wall_seconds"] / (fused["wall_seconds"] / k), 3)}
+        rest = hours(GRID["train_images"] - GRID["fusable_train_images"], a_train, GRID["cams"] - GRID["fusable_cams"],
+                     a_cam, rest_runs, t_run)
+        out["fused_lrs"] = {"fused_runs": fused_part, "other_runs_one_at_a_time": rest,
+                            "total_h": round(fused_part["total_h"] + rest["total_h"], 2),
+                            "k": fused["k"], "note": "the main grid and ACoL fused by lr; the other runs one at a time"}
+    return out
+
+
+def _distributions() -> list[str]:
+    """The installed distributions this process imported (what a bare machine must be given)."""
+    from importlib.metadata import packages_distributions
+
+    found = packages_distributions()
+    return sorted({d for name in {m.split(".")[0] for m in list(sys.modules)} for d in found.get(name, [])})
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny sizes and model: checks the script on a CPU")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--out", type=Path, help="also write the JSON here, after every section")
+    p.add_argument("--budget-s", type=float, default=330.0, help="skip sections that would end after this")
+    p.add_argument("--fused-k", type=int, default=5, help="learning rates in the fused group (the paper's 5)")
+    p.add_argument("--workdir", type=Path, help="where to generate the images (default: a temporary folder)")
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the --compile section")
+    args = p.parse_args(argv)
+    args.device = None if torch.cuda.is_available() and not args.smoke else "cpu"
+    if args.smoke:
+        args.backbone, args.image_size, args.n_train, args.n_eval, args.unique = "tinycnn", 32, 96, 32, 30
+        args.batches, args.steps, args.warmup = [4, 8], 2, 1
+        args.bench = ["--backbone", "tinycnn", "--image-size", "32", "--steps", "2", "--warmup", "1",
+                      "--device", "cpu", "--workers", "0"]
+        args.fused_k = min(args.fused_k, 2)
+    else:
+        args.backbone, args.image_size, args.n_train, args.n_eval, args.unique = "resnet50", 224, 3840, 2000, 240
+        args.batches, args.steps, args.warmup = [32, 64, 128, 256], 15, 5
+        args.bench = ["--steps", "100", "--warmup", "15"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    check = Check(args.budget_s, args.out)
+    big = not args.smoke
+    check.section("environment", 0, environment)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+        work = Path(tmp)
+        data = work / "jpegs"
+        start = time.perf_counter()
+        bench_training.write_jpeg_dataset(data, args.n_train, args.n_eval, eval_splits=("val", "test"),
+                                          unique=args.unique)
+        check.results["data"] = {"train_images": args.n_train, "eval_images_per_split": args.n_eval,
+                                 "distinct_photos": args.unique, "seconds": time.perf_counter() - start}
+
+        def model_factory() -> tuple[torch.nn.Module, Any]:
+            from inatloc_nb.data import WSOLDataset
+            from inatloc_nb.learner import build_learner
+
+            dataset = WSOLDataset.from_folder(data, image_root=data / "images")
+            learn = build_learner(dataset, dataset.levels[0], backbone=args.backbone, pretrained=False,
+                                  image_size=args.image_size, device=args.device, num_workers=0)
+            return learn.model, learn.device_settings
+
+        check.section("bare_loop", 30 if big else 0,
+                      lambda: bare_loop(model_factory, args.batches, args.steps, args.warmup, args.image_size))
+        check.section("run_jpeg", 25 if big else 0, lambda: bench_run(data, args.bench))
+        # first, so that the runs below find the MaxBoxAccV2 kernels compiled (numba caches them
+        # on disk: only a machine's first run pays the compilation)
+        check.section("maxboxacc", 15 if big else 0,
+                      lambda: bench_maxboxacc.run(512 if big else 16, 5 if big else 1, 2 if big else 1))
+        check.section("train_end_to_end", 30 if big else 0, lambda: end_to_end(data, work, args, "last"))
+        check.section("fused", 50 if big else 0, lambda: fused_group(data, work, args, args.fused_k))
+        check.section("imports", 15 if big else 0, import_seconds)
+        bs = [] if not big else ["--batch-size"]
+        check.section("run_prepared", 25 if big else 0, lambda: bench_run(data, [*args.bench, "--prepared"]))
+        check.section("run_batch128", 20 if big else 0,
+                      lambda: bench_run(data, [*args.bench, *bs, "128", "--steps", "25", "--warmup", "4"] if big
+                                        else args.bench))
+        check.section("run_batch128_prepared", 20 if big else 0,
+                      lambda: bench_run(data, [*args.bench, "--batch-size", "128", "--steps", "25", "--warmup", "4",
+                                               "--prepared"] if big else [*args.bench, "--prepared"]))
+        check.section("run_batch64", 20 if big else 0,
+                      lambda: bench_run(data, [*args.bench, "--batch-size", "64", "--steps", "50", "--warmup", "6"]
+                                        if big else args.bench))
+        if args.compile:
+            check.section("compile", 100 if big else 0,
+                          lambda: compile_run(data, [*args.bench, "--steps", "50", "--warmup", "10"] if big
+                                              else args.bench))
+        check.section("train_end_to_end_best", 35 if big else 0, lambda: end_to_end(data, work, args, "best"))
+        check.section("packed3", 50 if big else 0,
+                      lambda: bench_run(data, [*args.bench, "--prepared"], packed=3 if big else 2))
+    check.results["grid_estimate"] = grid_estimate(check.results)
+    check.results["modules"] = _distributions()
+    check.results["total_seconds"] = time.perf_counter() - check.start
+    check.save()
+    if args.json:
+        print(json.dumps(check.results, indent=2, default=str))
+    else:
+        for name, value in check.results.items():
+            print(f"{name}: {json.dumps(value, default=str)[:600]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
