@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_output
 env: $(STAMP)
 
 # Re-installs only when the dependency list changes; otherwise a no-op.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]' -c constraints.txt
