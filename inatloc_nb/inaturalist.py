@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import HierarchyError, InatlocError, MetadataError
+from inatloc_nb.errors import HierarchyError, InatlocError
 from inatloc_nb.shipped import read_shipped
 from inatloc_nb.taxonomy import Hierarchy
 

@@ -211,7 +211,7 @@ def build_dataloaders(
     if len(train) < 2:
         raise InatlocError(f"dataset {dataset.name!r}: {len(train)} training image(s) at level {level!r}; "
                            "batch normalisation needs at least 2")
-    from inatloc_nb.fused import shared_dataloaders
+    from inatloc_nb.lockstep import shared_dataloaders
 
     copy = None if prepared is None else open_prepared(prepared, dataset, image_size)
     # The last, incomplete training batch is kept, as the reference code's loader does.

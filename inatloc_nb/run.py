@@ -62,7 +62,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     if config.method in BASELINES:
         return run_baseline(config, out_dir, say=say)
 
-    from inatloc_nb.fused import shared, step_aside
+    from inatloc_nb.lockstep import shared, step_aside
 
     finished = _finished(config, out_dir)
     if finished is not None:
