@@ -60,14 +60,17 @@ GRID = {"train_images": 55.6e6, "cams": 7.06e6, "runs": 287,
 class Check:
     """Runs the sections within a time budget and keeps the results."""
 
-    def __init__(self, budget_s: float, out: Path | None):
+    def __init__(self, budget_s: float, out: Path | None, only: list[str] | None = None):
         self.start, self.budget_s, self.out = time.perf_counter(), budget_s, out
+        self.only = set(only or ())
         self.results: dict[str, Any] = {}
 
     def left(self) -> float:
         return self.budget_s - (time.perf_counter() - self.start)
 
     def section(self, name: str, needs_s: float, fn: Callable[[], Any]) -> Any:
+        if self.only and name not in self.only and name != "environment":
+            return None
         if self.left() < needs_s:
             self.results[name] = {"skipped": f"{self.left():.0f} s of the budget left, needs about {needs_s:.0f} s"}
         else:
@@ -376,6 +379,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fused-k", type=int, default=5, help="learning rates in the fused group (the paper's 5)")
     p.add_argument("--workdir", type=Path, help="where to generate the images (default: a temporary folder)")
     p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the --compile section")
+    p.add_argument("--only", action="append", metavar="SECTION",
+                   help="run only this section (repeatable; e.g. fused, train_end_to_end); default: all")
     args = p.parse_args(argv)
     args.device = None if torch.cuda.is_available() and not args.smoke else "cpu"
     if args.smoke:
@@ -393,7 +398,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check = Check(args.budget_s, args.out)
+    check = Check(args.budget_s, args.out, args.only)
     big = not args.smoke
     check.section("environment", 0, environment)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
