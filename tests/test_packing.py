@@ -85,7 +85,8 @@ def test_run_sweep_packs_runs_on_fake_gpus(monkeypatch, tmp_path):
             return False
 
     monkeypatch.setattr(sweep.executors, "_local_pool", FakePool)
-    config = SweepConfig.from_dict({**BASE, "lrs": [0.01, 0.1], "runs_per_gpu": 4, "gpu_memory_per_run_gb": 16})
+    config = SweepConfig.from_dict({**BASE, "lrs": [0.01, 0.1], "runs_per_gpu": 4, "gpu_memory_per_run_gb": 16,
+                                    "fuse_lrs": False})
     with pytest.raises(RuntimeError, match="stop before running"):
         sweep.run_sweep(config, tmp_path / "out", progress=False)
     assert pools == [(4, ["3", "5", "3", "5"], 4)]  # GPU 5 holds two 16 GiB runs: 2 per GPU, 16 cores / 4

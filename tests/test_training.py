@@ -245,7 +245,7 @@ def test_cli_train_logs_one_line_per_epoch_when_not_a_terminal(tmp_path, tiny_da
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--lr", "0.01", "--epochs", "2",
             "--backbone", "tinycnn", "--no-pretrained", "--image-size", "32", "--batch-size", "16",
-            "--num-workers", "0", "--device", "cpu", "--out", str(tmp_path / "run")]
+            "--num-workers", "0", "--device", "cpu", "--select-epoch", "best", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     captured = capfd.readouterr()
     both = captured.out + captured.err

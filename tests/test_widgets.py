@@ -54,7 +54,7 @@ def test_level_runs_one_view_per_level_finest_first(level_runs: LevelRuns, explo
     for view in level_runs.views:
         assert len(view.cams) == n and view.cams.raw.dtype == np.float32
         np.testing.assert_array_equal(view.map(n - 1), view.cams.maps()[n - 1])
-        assert view.map(0).shape == (224, 224) and view.map(0).dtype == np.float32
+        assert view.map(0).shape == (224, 224) and view.map(0).dtype == np.float64
         row = store.filter((pl.col("run_id") == view.run_id) & (pl.col("split") == "val"))
         assert view.optimal_threshold == row["threshold_50"].item()
     table = level_runs.image_table()

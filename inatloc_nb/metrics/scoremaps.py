@@ -140,8 +140,10 @@ def threshold_cutoffs(quantized: np.ndarray, thresholds: np.ndarray) -> np.ndarr
 
 
 def binarize(score_map: np.ndarray, threshold: float) -> np.ndarray:
-    """The protocol's binary map of one score map in [0, 1] at ``threshold``."""
-    q = quantize(np.asarray(score_map, dtype=np.float32)[None])
+    """The protocol's binary map of one score map in [0, 1] at ``threshold``, quantised in the
+    map's own float precision (float64 evaluation maps stay float64)."""
+    maps = np.asarray(score_map)
+    q = quantize((maps if maps.dtype.kind == "f" else maps.astype(np.float32))[None])
     cutoff = threshold_cutoffs(q, np.array([threshold], dtype=np.float64))[0, 0]
     return q[0] > cutoff
 

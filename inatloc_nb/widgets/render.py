@@ -74,7 +74,7 @@ def overlay(state: PanelState, score_map: np.ndarray, gt_boxes: np.ndarray,
 
     ``image``: (224, 224, 3) RGB uint8 or None (the CAM alone is shown).
     """
-    heat = cv2.applyColorMap((np.asarray(score_map, np.float32) * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap((np.asarray(score_map) * 255).astype(np.uint8), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     top = np.ascontiguousarray(heat if image is None else cv2.addWeighted(image, 0.5, heat, 0.5, 0))
     _boxes(top, state, gt_boxes)

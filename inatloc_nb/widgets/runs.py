@@ -32,7 +32,7 @@ class LevelView:
     optimal_threshold: float         # IoU 0.5, on the explored split
 
     def map(self, row: int) -> np.ndarray:
-        """The (224, 224) float32 evaluation map of one image row."""
+        """The (224, 224) float64 evaluation map of one image row."""
         return self.cams.map(row)
 
 
