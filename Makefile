@@ -44,7 +44,7 @@ beyond: env
 # in the last lines of the run.
 test: env
 	@.ci/provision-chromium
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 lab: env
 	$(BIN)/jupyter lab notebooks
