@@ -36,9 +36,8 @@ import polars as pl
 
 from inatloc_nb.errors import InatlocError, MetadataError
 from inatloc_nb.io import atomic_path
-from inatloc_nb.metadata import class_names_file, read_class_names, read_split
+from inatloc_nb.metadata import SPLITS, class_names_file, read_class_names, read_split
 
-SPLITS = ("train", "val", "test")
 
 
 def write(frame: pl.DataFrame, out: Path, name: str) -> None:

@@ -28,13 +28,13 @@ import polars as pl
 
 from inatloc_nb.build import link_images, write_dataset
 from inatloc_nb.errors import MetadataError
+from inatloc_nb.metadata import SPLITS
 
 __all__ = ["AIRCRAFT_LEVELS", "SPLITS", "read_image_labels", "read_names", "read_boxes", "read_aircraft",
            "build_aircraft"]
 
 #: The release's label levels, finest first, and the files naming their classes.
 AIRCRAFT_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
-SPLITS = ("train", "val", "test")
 
 
 def _data_dir(root: str | Path) -> Path:

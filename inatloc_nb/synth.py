@@ -69,7 +69,7 @@ from inatloc_nb.progress import track
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from inatloc_nb.metadata import SplitMetadata, write_class_names, write_split
+from inatloc_nb.metadata import SPLITS, SplitMetadata, write_class_names, write_split
 from inatloc_nb.synth_draw import HABITATS, Appearance, Colour, Distractor, ImageSpec, Rendering, draw
 
 #: Level names, finest first, as in the iNatLoc500 metadata.
@@ -78,7 +78,6 @@ LEVELS = ("species", "genus", "family", "order", "class", "phylum")
 RANKS = tuple(reversed(LEVELS))
 ROOT_LEVEL = "kingdom"
 ROOT_NAME = "Synthozoa"
-SPLITS = ("train", "val", "test")
 
 SILHOUETTES = ("ellipse", "polygon", "star", "blob", "flower", "egg")
 # (number of sides or lobes, aspect ratio); consecutive entries differ clearly in both
