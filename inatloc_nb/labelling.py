@@ -1,4 +1,10 @@
-"""Mixed-granularity labellings: one chosen hierarchy node per finest category.
+"""Level names, parsed once, and mixed-granularity labellings (one chosen node per finest category).
+
+A level is written as a named level (``species``, ``genus``; a hierarchy's root level), a
+deepest-only level ``cK`` or a mixed labelling ``mixed:FILE``. :func:`parse_level` reads the
+text once into a :class:`Level`; ``Hierarchy.resolve`` (``inatloc_nb.taxonomy``) turns it into
+the classes and the leaf -> class index of one hierarchy, reading a labelling file once per
+version of the file.
 
 A labelling maps every finest-level category (leaf) to one of its ancestors or itself; the
 labels form a valid label set when no chosen node is a descendant of another (the antichain
@@ -22,11 +28,14 @@ allowed; a leading byte-order mark, as spreadsheet programs write, is ignored)::
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_bytes, atomic_write_text
@@ -45,7 +54,7 @@ class LabellingError(InatlocError):
 
 class Tree(Protocol):
     """What a labelling is checked against: the parts of ``inatloc_nb.taxonomy.Hierarchy`` it
-    reads (a hierarchy resolves its own ``mixed:FILE`` levels with :func:`read_labelling`)."""
+    reads (a hierarchy resolves its own ``mixed:FILE`` levels with :func:`load_labelling`)."""
 
     leaves: tuple[str, ...]
 
@@ -59,25 +68,82 @@ class Tree(Protocol):
     def node_level(self, node: str) -> str | None: ...
 
 
+_DEEPEST_ONLY = re.compile(r"c(\d+)")
+
+
+@dataclass(frozen=True)
+class Level:
+    """A level string, parsed: ``kind`` is ``"mixed"`` (``path``: its labelling file),
+    ``"deepest"`` (``cK``; ``steps``: K) or ``"name"`` (a named or root level, known only to a
+    hierarchy). A named tree may also call its levels ``cK`` (see ``inatloc_nb.taxonomy``)."""
+
+    text: str
+    kind: Literal["name", "deepest", "mixed"]
+    steps: int | None = None
+    path: Path | None = None
+
+    @property
+    def is_mixed(self) -> bool:
+        """Whether the level is a mixed labelling ``mixed:FILE``."""
+        return self.kind == "mixed"
+
+    @property
+    def short_name(self) -> str:
+        """``mixed-<file stem>`` for a mixed level, the level itself otherwise (ids, plots)."""
+        return f"mixed-{self.path.stem}" if self.path is not None else self.text
+
+
+@functools.lru_cache(maxsize=4096)
+def parse_level(level: str) -> Level:
+    """The :class:`Level` a level string names. Raises :class:`LabellingError` naming the
+    value for a non-string or empty level and for ``mixed:`` without a file."""
+    if not isinstance(level, str) or not level:
+        raise LabellingError(f"level {level!r} is not a level name (species, genus, ..., cK or mixed:FILE)")
+    if level.startswith(MIXED_PREFIX):
+        if not level[len(MIXED_PREFIX):]:
+            raise LabellingError(f"level {level!r} names no labelling file; use mixed:FILE")
+        return Level(level, "mixed", path=Path(level[len(MIXED_PREFIX):]))
+    match = _DEEPEST_ONLY.fullmatch(level)
+    return Level(level, "deepest", steps=int(match.group(1))) if match else Level(level, "name")
+
+
 def is_mixed(level: str) -> bool:
-    """Whether ``level`` names a mixed labelling (``mixed:FILE``)."""
+    """Whether ``level`` names a mixed labelling (``mixed:FILE``); False for a non-string."""
     return isinstance(level, str) and level.startswith(MIXED_PREFIX)
 
 
 def labelling_path(level: str) -> Path:
     """The file of a ``mixed:FILE`` level."""
-    if not is_mixed(level) or not level[len(MIXED_PREFIX):]:
+    path = parse_level(level).path if is_mixed(level) else None
+    if path is None:
         raise LabellingError(f"{level!r} is not a mixed level; use mixed:FILE")
-    return Path(level[len(MIXED_PREFIX):])
+    return path
 
 
 def short_name(level: str) -> str:
     """``mixed-<file stem>`` for a mixed level, the level itself otherwise (for ids and plots)."""
-    return f"mixed-{labelling_path(level).stem}" if is_mixed(level) else level
+    return parse_level(level).short_name if is_mixed(level) else level
+
+
+@dataclass(frozen=True, eq=False)
+class Labelling:
+    """One version of a labelling file, read and validated: its ``path``, the bytes ``data``
+    read, their ``sha1`` (hex) and the chosen node of every leaf (``nodes``, leaf order)."""
+
+    path: Path
+    data: bytes
+    sha1: str
+    nodes: tuple[str, ...]
 
 
 def read_labelling(path: str | Path, hierarchy: Tree) -> tuple[str, ...]:
-    """The chosen node of every leaf, in ``hierarchy.leaves`` order, validated.
+    """The chosen node of every leaf, in ``hierarchy.leaves`` order, validated
+    (:func:`load_labelling`)."""
+    return load_labelling(path, hierarchy).nodes
+
+
+def load_labelling(path: str | Path, hierarchy: Tree) -> Labelling:
+    """Read the labelling file ``path`` once and validate it against ``hierarchy``.
 
     Raises :class:`LabellingError` naming the file and line for: a missing, unreadable or
     non-UTF-8 file, a missing header,
@@ -90,6 +156,11 @@ def read_labelling(path: str | Path, hierarchy: Tree) -> tuple[str, ...]:
         data = path.read_bytes()
     except OSError as exc:
         raise LabellingError(f"{path}: cannot read the labelling ({exc.strerror or exc})") from None
+    return Labelling(path, data, hashlib.sha1(data).hexdigest(), _parse(data, path, hierarchy))
+
+
+def _parse(data: bytes, path: Path, hierarchy: Tree) -> tuple[str, ...]:
+    """The chosen nodes of a labelling file's ``data`` (see :func:`load_labelling`)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -164,16 +235,12 @@ def file_digest(path: str | Path) -> str:
     return hashlib.sha1(Path(path).read_bytes()).hexdigest()
 
 
-def store_run_labelling(level: str, run_dir: str | Path) -> dict[str, str]:
-    """Copy the file of the ``mixed:FILE`` ``level`` into ``run_dir`` (:data:`RUN_COPY`,
-    atomically) and return what ``params.json`` records of it: ``{"source", "sha1"}``."""
-    source = labelling_path(level)
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise LabellingError(f"{source}: cannot read the labelling ({exc.strerror or exc})") from None
-    atomic_write_bytes(Path(run_dir) / RUN_COPY, data)
-    return {"source": str(source), "sha1": hashlib.sha1(data).hexdigest()}
+def store_run_labelling(labelling: Labelling, run_dir: str | Path) -> dict[str, str]:
+    """Write the labelling a run trained on (the bytes read when its level was resolved, even
+    if the file changed since) into ``run_dir`` (:data:`RUN_COPY`, atomically) and return what
+    ``params.json`` records of it: ``{"source", "sha1"}``."""
+    atomic_write_bytes(Path(run_dir) / RUN_COPY, labelling.data)
+    return {"source": str(labelling.path), "sha1": labelling.sha1}
 
 
 def run_labelling(run_dir: str | Path) -> Path:

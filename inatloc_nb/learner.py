@@ -181,7 +181,7 @@ def labelled_items(
 ) -> list[list]:
     """``dataset.items`` as ``[path, class name at level]`` lists (fastai maps transforms over
     tuples element-wise, so items are lists)."""
-    names = dataset.hierarchy.level_names(level)
+    names = dataset.hierarchy.resolve(level).names
     return [[path, names[y]] for path, y in dataset.items(split, level, image_ids)]
 
 
@@ -206,6 +206,7 @@ def build_dataloaders(
     missing = [s for s in ("train", "val") if s not in dataset.splits]
     if missing:
         raise InatlocError(f"dataset {dataset.name!r} has no {' or '.join(missing)} split")
+    names = dataset.hierarchy.resolve(level).names
     train = labelled_items(dataset, "train", level, train_ids)
     valid = labelled_items(dataset, "val", level)
     if len(train) < 2:
@@ -217,7 +218,7 @@ def build_dataloaders(
     # The last, incomplete training batch is kept, as the reference code's loader does.
     # Runs of a fused group (inatloc_nb.fused) share one set of loaders.
     return shared_dataloaders(lambda: protocol_dataloaders(
-        train, valid, dataset.hierarchy.level_names(level), image_size, batch_size,
+        train, valid, names, image_size, batch_size,
         default_device() if device is None else device, num_workers, dataset.image_root, copy,
     ))
 
@@ -254,7 +255,8 @@ def build_learner(
     ``amp``, ``channels_last``, ``compile``: device switches (``inatloc_nb.device``; None =
     the device's default); ``prepared``: cache root of a prepared copy (``build_dataloaders``).
     Extra attributes: ``learn.method``, ``learn.schedule``, ``learn.level``,
-    ``learn.base_lrs``, ``learn.device_settings``. Train with ``train(learn)``.
+    ``learn.label_set`` (the level resolved, ``Hierarchy.resolve``), ``learn.base_lrs``,
+    ``learn.device_settings``. Train with ``train(learn)``.
     """
     from inatloc_nb.methods import get_method
 
@@ -263,6 +265,7 @@ def build_learner(
     elif method_params:
         raise InatlocError("method_params are only used with a method name")
     check_support(method.name, backbone)
+    labels = dataset.hierarchy.resolve(level)
     sched = Schedule.parse(schedule, lr_decay)
     check_reading("lr_groups", lr_groups)
     settings = resolve_settings(device, amp, channels_last, compile)
@@ -272,8 +275,7 @@ def build_learner(
     dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers, prepared)
     method.bind(dataset.hierarchy, level)
     features, n_channels = build_backbone(backbone, pretrained, weights)
-    n_classes = len(dataset.hierarchy.level_names(level))
-    model = prepare_model(method.build_model(features, n_channels, n_classes), settings)
+    model = prepare_model(method.build_model(features, n_channels, len(labels)), settings)
     base_lrs = [lr, 10 * lr]
     learn = Learner(
         dls,
@@ -290,7 +292,7 @@ def build_learner(
     progress.install(learn)  # bars in terminals and notebooks, one line per epoch in logs
     apply_settings(learn, settings)
     learn.method, learn.schedule, learn.level, learn.base_lrs = method, sched, level, base_lrs
-    learn.train_ids = train_ids
+    learn.train_ids, learn.label_set = train_ids, labels
     return learn
 
 

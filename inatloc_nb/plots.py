@@ -31,6 +31,7 @@ import polars as pl
 
 from inatloc_nb.cam_figures import cam_grid, compare_levels, run_cam_grid
 from inatloc_nb.errors import PlotError
+from inatloc_nb.labelling import parse_level
 from inatloc_nb.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -51,7 +52,6 @@ METHOD_LABELS = {
 }
 #: Methods that are not trained at a level (they appear in tables, not in level curves).
 NOT_BY_LEVEL = ("center", "fsl-seg", "fsl-det")
-_DEEPEST_ONLY = re.compile(r"c(\d+)$")
 _PER_IOU = re.compile(r"maxboxacc_(\d+)$")
 #: Run columns a mean over seeds keeps as text for its tooltip: column -> name in the chart data.
 _RUN_DETAILS = {"lr": "lr", "run_id": "runs"}
@@ -64,9 +64,9 @@ def level_order(levels: Iterable[str]) -> list[str]:
     def rank(level: str) -> tuple[int, int, int]:
         if level in NAMED_LEVELS:
             return (0, NAMED_LEVELS.index(level), 0)
-        match = _DEEPEST_ONLY.match(level)
-        if match:
-            return (1, int(match.group(1)), 0)
+        steps = parse_level(level).steps
+        if steps is not None:
+            return (1, steps, 0)
         return (2, 0, seen.index(level))
 
     return sorted(seen, key=rank)

@@ -39,7 +39,7 @@ from inatloc_nb import validate
 from inatloc_nb.baselines import run_baseline
 from inatloc_nb.baselines.runfolder import analysis_frame, split_metrics
 from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
-from inatloc_nb.labelling import is_mixed, store_run_labelling
+from inatloc_nb.labelling import store_run_labelling
 from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset, package_versions
 
 
@@ -92,8 +92,9 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         channels_last=config.channels_last, compile=config.compile, prepared=prepared,
     )
     n_train = len(learn.dls.train_ds)
-    n_classes = len(dataset.hierarchy.level_names(config.level))
-    labelling = store_run_labelling(config.level, out) if is_mixed(config.level) else None
+    labels = learn.label_set  # the level as trained: a mixed run keeps the labelling read then
+    n_classes = len(labels)
+    labelling = None if labels.labelling is None else store_run_labelling(labels.labelling, out)
     atomic_write_json(out / "params.json", {
         "config": config.to_dict(), "dataset": dataset.name, "n_classes": n_classes,
         "n_train_images": n_train, "train_image_ids": learn.train_ids,

@@ -18,6 +18,10 @@ Class-index order at each level: the finest level uses ``leaves`` order; coarser
 sorted by node id, unless the hierarchy was built from files with explicit class indices
 (:meth:`Hierarchy.from_level_labels`), whose order is kept.
 
+Resolving a level: :meth:`Hierarchy.resolve` reads a level (:func:`inatloc_nb.labelling.parse_level`)
+once into a :class:`LabelSet` (its classes and each leaf's class) and keeps it; a
+``mixed:FILE`` labelling is read again only when the file changes (size, times or inode).
+
 Homonyms: node ids must be unique. When a builder that takes one column of names per level
 (:meth:`Hierarchy.from_lineage`, :meth:`Hierarchy.from_level_labels`) meets the same name at
 two levels, the finest occurrence keeps the plain name and each coarser one becomes
@@ -25,18 +29,36 @@ two levels, the finest occurrence keeps the plain name and each coarser one beco
 """
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 
 from inatloc_nb.dag import check_rooted
 from inatloc_nb.errors import HierarchyError, ParentConflictError
-from inatloc_nb.labelling import is_mixed, labelling_path, read_labelling
+from inatloc_nb.labelling import Labelling, LabellingError, Level, load_labelling, parse_level
 
-_DEEPEST_ONLY = re.compile(r"c(\d+)")
+
+@dataclass(frozen=True, eq=False)
+class LabelSet:
+    """A level resolved against one hierarchy (:meth:`Hierarchy.resolve`).
+
+    ``level``: the level as given; ``name``: the level it is (a named level for ``cK`` on a
+    named tree, else ``level``); ``names``: the classes in class-index order; ``index``: leaf
+    index -> class index (read-only int64); ``labelling``: the file version a ``mixed:FILE``
+    level was read from (None for other levels).
+    """
+
+    level: str
+    name: str
+    names: tuple[str, ...]
+    index: np.ndarray
+    labelling: Labelling | None = None
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 class Hierarchy:
@@ -85,6 +107,8 @@ class Hierarchy:
             tuple(self._named) if self._named else tuple(f"c{x}" for x in range(self._max_depth))
         )
         self._orders = self._level_orders(level_orders or {})
+        self._resolved: dict[str, LabelSet] = {}
+        self._mixed: dict[tuple[str, str], tuple[tuple[int, ...], LabelSet]] = {}
 
     # ----------------------------------------------------------------- construction helpers
     def _topological(self) -> list[str]:
@@ -139,7 +163,7 @@ class Hierarchy:
             levels = [by_depth[d][1] for d in sorted(by_depth, reverse=True)]
         levels = list(levels)
         named = [*levels, *([root_level] if root_level else [])]
-        misplaced = [lv for k, lv in enumerate(named) if _DEEPEST_ONLY.fullmatch(lv) and lv != f"c{k}"]
+        misplaced = [lv for k, lv in enumerate(named) if parse_level(lv).kind == "deepest" and lv != f"c{k}"]
         if len(set(named)) != len(named) or misplaced:
             raise HierarchyError(f"level names must be distinct, and a name cK must be level K: {named}")
         odd = [leaf for leaf in self.leaves if self._depth[leaf] != len(levels)]
@@ -431,45 +455,81 @@ class Hierarchy:
                         f"{present[self._node_index[ancestor]]} gets {ancestor!r}, an ancestor of it"
                     )
 
-    def _level_nodes(self, level: str) -> np.ndarray:
-        """Node index of each leaf's label at ``level``."""
-        if level in self._named:
-            return self._paths[:, self._named[level]]
-        if level == self.root_level:
-            return self._paths[:, 0]
-        if is_mixed(level):  # a per-category labelling file (inatloc_nb.labelling)
-            chosen = read_labelling(labelling_path(level), self)
-            return np.array([self._node_index[node] for node in chosen], dtype=np.int64)
-        match = _DEEPEST_ONLY.fullmatch(level)
-        if not match:
-            known = [*self.levels, *([self.root_level] if self.root_level else []), "c0", "c1", "..."]
-            raise HierarchyError(f"unknown level {level!r}; levels are {known}")
-        target = max(self._max_depth - int(match.group(1)), 0)
-        depth = np.minimum(self._leaf_depths, target)
-        return self._paths[np.arange(len(self.leaves)), depth]
+    # ------------------------------------------------------------------------------ levels
+    def resolve(self, level: str) -> LabelSet:
+        """The :class:`LabelSet` of ``level``: a named level, the root level, ``cK`` or a
+        per-category labelling ``mixed:FILE`` (whose classes are its chosen nodes, sorted).
+
+        Resolved once per level; a labelling file is read again only once it has changed.
+        Raises ``HierarchyError`` naming an unknown level and ``LabellingError`` naming the
+        file and line of an invalid labelling.
+        """
+        parsed = parse_level(level)
+        if parsed.is_mixed:
+            return self._resolve_mixed(parsed)
+        found = self._resolved.get(parsed.text)
+        if found is None:
+            found = self._resolved[parsed.text] = self._resolve_plain(parsed)
+        return found
+
+    def _resolve_plain(self, level: Level) -> LabelSet:
+        name = level.text
+        if self._named and level.steps is not None and level.steps < len(self.levels):
+            name = self.levels[level.steps]  # cK on a named tree is the named level K
+        if name in self._named:
+            nodes = self._paths[:, self._named[name]]
+        elif name == self.root_level:
+            nodes = self._paths[:, 0]
+        elif level.steps is not None:
+            depth = np.minimum(self._leaf_depths, max(self._max_depth - level.steps, 0))
+            nodes = self._paths[np.arange(len(self.leaves)), depth]
+        else:
+            known = [*self.levels, *([self.root_level] if self.root_level else []), "c0", "c1", "...", "mixed:FILE"]
+            raise HierarchyError(f"unknown level {level.text!r}; levels are {known}")
+        if name == self.levels[0] or name == "c0":
+            names = self.leaves
+        elif name in self._orders:
+            names = self._orders[name]
+        elif name == self.root_level:
+            names = (self.root,)
+        elif name in self._named:
+            names = tuple(self._nodes_at(self._named[name]))
+        else:
+            names = tuple(sorted(self._nodes[i] for i in np.unique(nodes)))
+        return self._label_set(level.text, name, names, nodes)
+
+    def _resolve_mixed(self, level: Level) -> LabelSet:
+        path = level.path
+        assert path is not None
+        try:
+            stat = path.stat()
+        except OSError as exc:
+            raise LabellingError(f"{path}: cannot read the labelling of level {level.text!r} "
+                                 f"({exc.strerror or exc})") from None
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        key = (level.text, str(path.absolute()))
+        cached = self._mixed.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        labelling = load_labelling(path, self)
+        nodes = np.array([self._node_index[node] for node in labelling.nodes], dtype=np.int64)
+        names = tuple(sorted(set(labelling.nodes)))
+        found = self._label_set(level.text, level.text, names, nodes, labelling)
+        self._mixed[key] = (version, found)
+        return found
+
+    def _label_set(self, level: str, name: str, names: tuple[str, ...], nodes: np.ndarray,
+                   labelling: Labelling | None = None) -> LabelSet:
+        position = {node: i for i, node in enumerate(names)}
+        lookup = np.array([position.get(node, -1) for node in self._nodes], dtype=np.int64)
+        index = lookup[nodes]
+        index.flags.writeable = False
+        return LabelSet(level, name, tuple(names), index, labelling)
 
     def level_names(self, level: str) -> tuple[str, ...]:
-        """Class-index order of the labels at ``level`` (named level, root level, ``cK`` or a
-        per-category labelling ``mixed:FILE``, whose classes are its chosen nodes, sorted)."""
-        match = _DEEPEST_ONLY.fullmatch(level)
-        if self._named and match and int(match.group(1)) < len(self.levels):
-            level = self.levels[int(match.group(1))]
-        if level == self.levels[0] or level == "c0":
-            return self.leaves
-        if level in self._orders:
-            return self._orders[level]
-        if level == self.root_level:
-            return (self.root,)
-        if level in self._named:
-            return tuple(self._nodes_at(self._named[level]))
-        return tuple(sorted(self._nodes[i] for i in np.unique(self._level_nodes(level))))
+        """Class-index order of the labels at ``level`` (see :meth:`resolve`)."""
+        return self.resolve(level).names
 
     def level_index(self, level: str) -> np.ndarray:
-        """Leaf index -> class index at ``level`` (int64 array with one entry per leaf)."""
-        names = self.level_names(level)
-        position = {name: i for i, name in enumerate(names)}
-        lookup = np.array([position.get(node, -1) for node in self._nodes], dtype=np.int64)
-        match = _DEEPEST_ONLY.fullmatch(level)
-        if self._named and match and int(match.group(1)) < len(self.levels):
-            level = self.levels[int(match.group(1))]
-        return lookup[self._level_nodes(level)]
+        """Leaf index -> class index at ``level`` (a new int64 array with one entry per leaf)."""
+        return self.resolve(level).index.copy()

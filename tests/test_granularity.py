@@ -48,6 +48,33 @@ def test_mixed_level_labels_images_with_the_chosen_nodes(tiny_dataset, hierarchy
     assert got.tolist() == expected.tolist()
 
 
+def test_a_mixed_level_is_read_once_per_version_of_its_file(hierarchy, tmp_path, monkeypatch):
+    import inatloc_nb.taxonomy as taxonomy
+    from inatloc_nb.labelling import RUN_COPY, file_digest, load_labelling, store_run_labelling
+
+    leaves = hierarchy.leaves
+    path = write_labelling(tmp_path / "mixed.csv", hierarchy, {leaf: hierarchy.coarsen(leaf, 1) for leaf in leaves})
+    reads: list[Path] = []
+    monkeypatch.setattr(taxonomy, "load_labelling", lambda p, h: reads.append(p) or load_labelling(p, h))
+    level = f"mixed:{path}"
+    first = hierarchy.resolve(level)
+    assert hierarchy.resolve(level) is first and hierarchy.level_names(level) == first.names
+    assert hierarchy.level_index(level).tolist() == first.index.tolist() and reads == [path]
+    assert first.labelling.sha1 == file_digest(path) and first.labelling.data == path.read_bytes()
+    trained_on = path.read_bytes()
+    write_labelling(path, hierarchy, {leaf: leaf for leaf in leaves})  # chosen anew: read again
+    second = hierarchy.resolve(level)
+    assert reads == [path, path] and second.names == tuple(sorted(leaves)) and len(first) < len(second)
+    assert second.labelling.sha1 == file_digest(path) != first.labelling.sha1
+    # a run keeps the labelling it trained on, not what the file holds by the time it ends
+    recorded = store_run_labelling(first.labelling, tmp_path)
+    assert (tmp_path / RUN_COPY).read_bytes() == trained_on
+    assert recorded == {"source": str(path), "sha1": first.labelling.sha1}
+    path.unlink()
+    with pytest.raises(InatlocError, match=f"{path}: cannot read the labelling of level 'mixed:"):
+        hierarchy.resolve(level)
+
+
 @pytest.mark.parametrize("row, message", [
     ("speciesX,genus0,genus", "unknown category 'speciesX'"),
     ("species0,genus3,genus", "neither 'species0' nor one of its ancestors"),

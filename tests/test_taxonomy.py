@@ -76,6 +76,23 @@ def test_uniform_coarsening_equals_named_levels(carnivora: Hierarchy) -> None:
     assert carnivora.level_index("c7").tolist() == [0, 0, 0, 0]
 
 
+def test_a_level_is_resolved_once(carnivora: Hierarchy) -> None:
+    genus = carnivora.resolve("genus")
+    assert carnivora.resolve("genus") is genus and len(genus) == 3 and genus.labelling is None
+    assert (genus.level, genus.name, genus.names) == ("genus", "genus", ("Canis", "Felis", "Vulpes"))
+    assert not genus.index.flags.writeable  # shared: callers get copies from level_index
+    copy = carnivora.level_index("genus")
+    copy[0] = 9
+    assert carnivora.level_index("genus").tolist() == [0, 0, 2, 1]
+    c1 = carnivora.resolve("c1")  # cK on a named tree is the named level K
+    assert (c1.level, c1.name, c1.names) == ("c1", "genus", genus.names)
+    root = carnivora.resolve("order")
+    assert root.names == ("Carnivora",) and root.index.tolist() == [0, 0, 0, 0]
+    for bad, error in [("", InatlocError), (None, InatlocError), ("mixed:", InatlocError), ("tribe", HierarchyError)]:
+        with pytest.raises(error, match=repr(bad)):
+            carnivora.resolve(bad)
+
+
 def test_k_vector(carnivora: Hierarchy) -> None:
     # Canis lupus -> Canis, Felis catus -> Felidae: neither is below the other
     assert carnivora.coarsen_leaves([0, 3, 1], [1, 2, 1]).tolist() == ["Canis", "Felidae", "Canis"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.labelling import is_mixed, labelling_path, short_name
+from inatloc_nb.labelling import file_digest, is_mixed, labelling_path, short_name
 from inatloc_nb.sweep.config import LR_SELECTED, LRSearch, SweepConfig
 from inatloc_nb.sweep.layout import runs_dir
 
@@ -60,7 +60,7 @@ class RunSpec:
             if out[key] == default:
                 del out[key]
         if is_mixed(self.level) and labelling_path(self.level).is_file():
-            out["labelling"] = hashlib.sha1(labelling_path(self.level).read_bytes()).hexdigest()[:10]
+            out["labelling"] = file_digest(labelling_path(self.level))[:10]
         return out
 
     @property
