@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.pipeline import prepare_dataset
+    from inatloc_nb.prepared import prepare_dataset
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

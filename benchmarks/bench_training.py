@@ -116,7 +116,7 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
     from inatloc_nb.cam import extract_cams
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.learner import build_learner
-    from inatloc_nb.pipeline import prepare_dataset
+    from inatloc_nb.prepared import prepare_dataset
 
     dataset = WSOLDataset.from_folder(data, image_root=data / "images")
     level = dataset.levels[0]
@@ -161,11 +161,12 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
 
 def run_packed(args: argparse.Namespace, data: Path) -> dict:
     """``args.runs`` copies of this script at once, each with its share of the cores."""
-    from inatloc_nb.pipeline import WORKERS_ENV, available_cores, workers_per_run
+    from inatloc_nb.env import LOADER_WORKERS_ENV
+    from inatloc_nb.pipeline import available_cores, workers_per_run
 
     env = dict(os.environ)
     if args.workers is None and args.device != "cpu":
-        env[WORKERS_ENV] = str(workers_per_run(available_cores(), args.runs))
+        env[LOADER_WORKERS_ENV] = str(workers_per_run(available_cores(), args.runs))
     command = [sys.executable, __file__, "--single", "--data", str(data), *_forward(args)]
     children = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True) for _ in range(args.runs)]
     results = []

@@ -1,4 +1,4 @@
-"""The fastai ``Learner`` of one WSOL training run (SPEC section 5, docs/protocol.md).
+"""The fastai ``Learner`` of one WSOL training run (docs/protocol.md).
 
 ``build_learner`` assembles data, model, optimiser and schedule the same way for synthetic
 and real datasets; ``train`` runs the schedule. The protocol (that of the reference WSOL
@@ -48,13 +48,8 @@ from inatloc_nb.device import apply_settings, default_device, prepare_model, res
 from inatloc_nb.models import build_backbone
 from inatloc_nb.protocol import DECAY_EVERY, check_reading
 from inatloc_nb import progress
-from inatloc_nb.pipeline import (  # noqa: F401  (public here too)
-    TRAIN_RESIZE_RATIO,
-    default_num_workers,
-    open_prepared,
-    protocol_dataloaders,
-    protocol_item_tfms,
-)
+from inatloc_nb.pipeline import protocol_dataloaders
+from inatloc_nb.prepared import open_prepared
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -200,7 +195,7 @@ def build_dataloaders(
 
     Labels are the class names of ``dataset.hierarchy.level_names(level)`` in class-index
     order, so the loaders' vocab index equals the dataset's integer label. ``prepared``: the
-    cache root of a prepared copy (``inatloc_nb.pipeline.prepare_dataset``) holding every
+    cache root of a prepared copy (``inatloc_nb.prepared.prepare_dataset``) holding every
     split of the dataset, read instead of decoding the original images.
     """
     missing = [s for s in ("train", "val") if s not in dataset.splits]
@@ -322,7 +317,6 @@ __all__ = [
     "Reseed",
     "build_dataloaders",
     "build_learner",
-    "default_num_workers",
     "history_rows",
     "is_classifier_param",
     "param_groups",

@@ -25,11 +25,11 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import IO, Any, Literal
 
+from inatloc_nb.env import PROGRESS_ENV
 from inatloc_nb.errors import InatlocError
 
-#: Environment variable that overrides the choice between bars and lines.
-PROGRESS_ENV = "INATLOC_NB_PROGRESS"
-#: Its values.
+#: Values of ``$INATLOC_NB_PROGRESS`` (``inatloc_nb.env.PROGRESS_ENV``), which overrides the
+#: choice between bars and lines.
 STYLES = ("auto", "bars", "lines")
 #: Seconds between two lines of a stage that is still running, in line mode.
 LINE_INTERVAL = 60.0
@@ -280,5 +280,5 @@ def install(learn: Any) -> Any:
     return learn
 
 
-__all__ = ["LINE_INTERVAL", "PROGRESS_ENV", "STYLES", "LineTracker", "ProgressCallback", "bars_wanted",
+__all__ = ["LINE_INTERVAL", "STYLES", "LineTracker", "ProgressCallback", "bars_wanted",
            "format_count", "format_seconds", "in_notebook", "install", "track"]

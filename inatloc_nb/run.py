@@ -38,6 +38,7 @@ from typing import Any
 from inatloc_nb import validate
 from inatloc_nb.baselines import run_baseline
 from inatloc_nb.baselines.runfolder import analysis_frame, split_metrics
+from inatloc_nb.env import PREPARED_ENV
 from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
 from inatloc_nb.labelling import store_run_labelling
 from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset, package_versions
@@ -77,7 +78,6 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.learner import build_learner, history_rows, train
-    from inatloc_nb.pipeline import PREPARED_ENV
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

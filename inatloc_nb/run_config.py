@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inatloc_nb import validate
+from inatloc_nb.env import CACHE_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import make_temp_dir
 from inatloc_nb.method_support import check_support
@@ -153,7 +154,7 @@ class RunConfig:
 
 def cache_dir() -> Path:
     """Folder for generated data: ``$INATLOC_NB_CACHE`` or ``~/.cache/inatloc-nb``."""
-    return Path(os.environ.get("INATLOC_NB_CACHE") or Path.home() / ".cache" / "inatloc-nb")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "inatloc-nb")
 
 
 def parse_synth_spec(spec: str) -> tuple[str, int]:

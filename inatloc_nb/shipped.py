@@ -12,13 +12,14 @@ from pathlib import Path
 
 import polars as pl
 
+from inatloc_nb.env import DATA_ENV
 from inatloc_nb.errors import MetadataError
 from inatloc_nb.resources import shipped_folder
 
 
 def data_dir() -> Path:
     """The folder of shipped metadata: ``$INATLOC_NB_DATA`` or the shipped ``data/``."""
-    return Path(os.environ.get("INATLOC_NB_DATA") or shipped_folder("data"))
+    return Path(os.environ.get(DATA_ENV) or shipped_folder("data"))
 
 
 def shipped_path(file: str, what: str = "shipped metadata file", fix: str = "") -> Path:
@@ -26,7 +27,7 @@ def shipped_path(file: str, what: str = "shipped metadata file", fix: str = "") 
     to point at the folder, then ``fix``) when it is missing."""
     path = data_dir() / file
     if not path.is_file():
-        raise MetadataError(f"{what} not found (set INATLOC_NB_DATA to the data folder{fix})", path)
+        raise MetadataError(f"{what} not found (set {DATA_ENV} to the data folder{fix})", path)
     return path
 
 

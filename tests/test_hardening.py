@@ -460,7 +460,7 @@ def test_bad_map_files_are_named_with_their_image(tmp_path: Path, make, problem:
 
 
 def test_out_of_range_map_is_named_not_a_batch_position(tmp_path: Path) -> None:
-    from inatloc_nb.cli.evaluate import load_score_maps
+    from inatloc_nb.metrics import load_score_maps
 
     np.save(tmp_path / "a.npy", np.full((224, 224), 0.5))
     np.save(tmp_path / "b.npy", np.full((224, 224), 3.0))

@@ -8,6 +8,7 @@ import queue
 import pytest
 
 from inatloc_nb import pipeline, sweep
+from inatloc_nb.env import LOADER_WORKERS_ENV, PREPARED_ENV
 from inatloc_nb.cli import build_parser
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.sweep import ConfigError, SweepConfig
@@ -34,9 +35,8 @@ def test_fit_runs_per_gpu_lowers_or_refuses():
 
 
 def test_pinned_workers_get_a_gpu_and_their_share_of_cores(monkeypatch):
-    assert sweep.LOADER_WORKERS_ENV == pipeline.WORKERS_ENV
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv(pipeline.WORKERS_ENV, raising=False)
+    monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
     slots = queue.Queue()
     for gpu in sweep.gpu_slots(["3", "5"], 4):
         slots.put(gpu)
@@ -51,7 +51,7 @@ def test_pinned_workers_get_a_gpu_and_their_share_of_cores(monkeypatch):
         name = "3"
 
     assert sweep.executors._pin_dask_worker_gpu(["0", "1"], 2, dask_worker=Worker()) == "1"
-    assert os.environ[pipeline.WORKERS_ENV] == "2"
+    assert os.environ[LOADER_WORKERS_ENV] == "2"
 
 
 def test_runs_per_gpu_config_key_and_cli():
@@ -103,7 +103,6 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
     from inatloc_nb.run import run_experiment
     from inatloc_nb.run_config import RunConfig
 
-    assert sweep.PREPARED_ENV == pipeline.PREPARED_ENV
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({**BASE, "prepared": "cache"}))
     config = SweepConfig.from_yaml(path)
@@ -111,7 +110,7 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
     with pytest.raises(ConfigError, match="prepared"):
         SweepConfig.from_dict({**BASE, "prepared": 3})
 
-    monkeypatch.delenv(pipeline.PREPARED_ENV, raising=False)
+    monkeypatch.delenv(PREPARED_ENV, raising=False)
     seen = []
 
     class FakePool:
@@ -119,7 +118,7 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
             pass
 
         def __enter__(self):
-            seen.append(os.environ.get(pipeline.PREPARED_ENV))
+            seen.append(os.environ.get(PREPARED_ENV))
             raise RuntimeError("stop before running")
 
         def __exit__(self, *exc):
@@ -128,9 +127,9 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
     monkeypatch.setattr(sweep.executors, "_local_pool", FakePool)
     with pytest.raises(RuntimeError, match="stop before running"):
         sweep.run_sweep(config, tmp_path / "out", progress=False)
-    assert seen == [config.prepared] and pipeline.PREPARED_ENV not in os.environ
+    assert seen == [config.prepared] and PREPARED_ENV not in os.environ
 
-    monkeypatch.setenv(pipeline.PREPARED_ENV, str(tmp_path / "empty-cache"))
+    monkeypatch.setenv(PREPARED_ENV, str(tmp_path / "empty-cache"))
     run = RunConfig(data=str(tiny_dataset_dir), level="genus", backbone="tinycnn", pretrained=False,
                     image_size=32, batch_size=8, num_workers=0, device="cpu")
     with pytest.raises(InatlocError, match="inatloc-nb prepare"):

@@ -17,8 +17,10 @@ from inatloc_nb import pipeline
 from inatloc_nb.device import (
     ChannelsLastInputs, DeviceSettings, apply_precision, apply_settings, resolve_settings, tf32_enabled,
 )
+from inatloc_nb.env import LOADER_WORKERS_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import build_dataloaders, build_learner
+from inatloc_nb.prepared import prepare_dataset, prepared_folder, split_side
 from inatloc_nb.run_config import RunConfig
 
 SIZE = 32
@@ -96,19 +98,19 @@ def test_worker_sizing(monkeypatch):
     with pytest.raises(InatlocError, match="at least 1"):
         pipeline.workers_per_run(8, 0)
     assert pipeline.available_cores() == len(os.sched_getaffinity(0))
-    monkeypatch.delenv(pipeline.WORKERS_ENV, raising=False)
+    monkeypatch.delenv(LOADER_WORKERS_ENV, raising=False)
     assert pipeline.default_num_workers("cpu") == 0
-    monkeypatch.setenv(pipeline.WORKERS_ENV, "3")
+    monkeypatch.setenv(LOADER_WORKERS_ENV, "3")
     assert pipeline.default_num_workers("cpu") == 3
-    monkeypatch.setenv(pipeline.WORKERS_ENV, "many")
-    with pytest.raises(InatlocError, match=pipeline.WORKERS_ENV):
+    monkeypatch.setenv(LOADER_WORKERS_ENV, "many")
+    with pytest.raises(InatlocError, match=LOADER_WORKERS_ENV):
         pipeline.default_num_workers("cpu")
     assert pipeline.loader_options(0, "cpu") == {"num_workers": 0, "pin_memory": False}
     assert pipeline.loader_options(4, "cuda")["pin_memory"] is True
 
 
 def test_loaders_get_the_sized_workers_and_prefetch(tiny_dataset, monkeypatch):
-    monkeypatch.setenv(pipeline.WORKERS_ENV, "2")
+    monkeypatch.setenv(LOADER_WORKERS_ENV, "2")
     dls = build_dataloaders(tiny_dataset, LEVEL, SIZE, 8, device="cpu")
     for dl in dls.loaders:
         assert dl.fake_l.num_workers == 2
@@ -117,18 +119,18 @@ def test_loaders_get_the_sized_workers_and_prefetch(tiny_dataset, monkeypatch):
 
 
 def test_prepared_copy_round_trip(tiny_dataset, tmp_path):
-    folder = pipeline.prepare_dataset(tiny_dataset, tmp_path, SIZE, workers=1, progress=False)
-    assert folder == pipeline.prepared_folder(tmp_path, tiny_dataset, SIZE)
+    folder = prepare_dataset(tiny_dataset, tmp_path, SIZE, workers=1, progress=False)
+    assert folder == prepared_folder(tmp_path, tiny_dataset, SIZE)
     index = json.loads((folder / "prepared.json").read_text())
     for split in tiny_dataset.splits:
         array = np.load(folder / f"{split}.npy", mmap_mode="r")
-        side = pipeline.split_side(split, SIZE)
+        side = split_side(split, SIZE)
         assert array.shape == (len(tiny_dataset.images(split)), side, side, 3)
         assert index["splits"][split]["image_ids"] == tiny_dataset.images(split)["image_id"].to_list()
         first = tiny_dataset.image_path(index["splits"][split]["image_ids"][0])
         assert np.array_equal(array[0], _reference_resize(first, side).permute(1, 2, 0).numpy())
     stamp = (folder / "prepared.json").stat().st_mtime_ns
-    assert pipeline.prepare_dataset(tiny_dataset, tmp_path, SIZE, workers=1, progress=False) == folder
+    assert prepare_dataset(tiny_dataset, tmp_path, SIZE, workers=1, progress=False) == folder
     assert (folder / "prepared.json").stat().st_mtime_ns == stamp  # reused, not rewritten
 
     # the same pixels as decoding the originals: evaluation and (same seed) training batches

@@ -6,7 +6,8 @@ import io
 import pytest
 
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.progress import PROGRESS_ENV, LineTracker, bars_wanted, format_count, format_seconds, track
+from inatloc_nb.env import PROGRESS_ENV
+from inatloc_nb.progress import LineTracker, bars_wanted, format_count, format_seconds, track
 
 
 class Terminal(io.StringIO):

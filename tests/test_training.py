@@ -240,7 +240,7 @@ def test_cli_train_logs_one_line_per_epoch_when_not_a_terminal(tmp_path, tiny_da
     import re
 
     from inatloc_nb.cli import main
-    from inatloc_nb.progress import PROGRESS_ENV
+    from inatloc_nb.env import PROGRESS_ENV
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--lr", "0.01", "--epochs", "2",

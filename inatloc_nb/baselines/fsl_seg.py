@@ -82,7 +82,7 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
     from fastai.vision.data import MaskBlock
 
     from inatloc_nb.images import fastai_image_block
-    from inatloc_nb.learner import protocol_item_tfms
+    from inatloc_nb.pipeline import protocol_item_tfms
 
     rows = image_rows(dataset, "val")
     grouped = dataset.boxes("val").group_by("image_id", maintain_order=True).agg("x0", "y0", "x1", "y1")

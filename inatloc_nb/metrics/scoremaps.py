@@ -6,7 +6,7 @@ min-max normalised to [0, 1], quantised as ``uint8(map * 255)`` and binarised at
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,8 @@ from inatloc_nb.errors import ScoreMapError
 
 #: Side of the square evaluation grid.
 EVAL_SIZE = 224
+#: Missing score-map files named in an error before the rest are only counted.
+_MISSING_SHOWN = 20
 
 
 def as_numpy(array: Any) -> np.ndarray:
@@ -97,6 +99,59 @@ def check_score_map_range(smap: np.ndarray, what: str) -> None:
     if low < 0 or high > 1:
         raise ScoreMapError(f"{what}: values outside [0, 1] (min {low:.4g}, max {high:.4g}); "
                             "min-max normalise the maps (inatloc-nb evaluate --normalize)")
+
+
+def iter_score_maps(folder: Path, image_ids: list[str], size: int,
+                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True,
+                    chunk: int = 256) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, maps)``: (n, size, size) chunks of the maps read from
+    ``folder/<id without extension>.npy``, resized when needed, so a whole split never sits in
+    memory at once.
+
+    Maps keep their float precision (float16 becomes float32; a chunk mixing float32 and
+    float64 is read as float64), since quantisation depends on it.
+
+    A map of ``size`` x ``size`` is used as is; one at the image's original size
+    (``original_sizes``: (width, height) per image) or any other size not smaller than
+    ``size`` on both sides is resized with ``cv2.resize`` (bilinear); one smaller than
+    ``size`` on both sides is a native-resolution CAM and goes through
+    :func:`inatloc_nb.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
+    stored CAMs. Every missing file is reported in one ScoreMapError before anything is read;
+    a damaged or invalid one (:func:`read_score_map`), or with
+    ``normalize=False`` a map outside [0, 1], is named with its image id.
+    """
+    import cv2
+
+    from inatloc_nb.cam import evaluation_maps
+    from inatloc_nb.progress import track
+
+    paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        shown = ", ".join(missing[:_MISSING_SHOWN])
+        more = f" and {len(missing) - _MISSING_SHOWN} more" if len(missing) > _MISSING_SHOWN else ""
+        raise ScoreMapError(f"{len(missing)} score map files missing under {folder}: {shown}{more}")
+    with track(total=len(paths), desc="scoring score maps", unit="map") as bar:
+        for start in range(0, len(paths), chunk):
+            maps = []
+            for i in range(start, min(start + chunk, len(paths))):
+                smap = read_score_map(paths[i], image_ids[i])
+                original = original_sizes is not None and smap.shape == original_sizes[i][::-1]
+                if smap.shape[0] < size and smap.shape[1] < size and not original:
+                    smap = evaluation_maps(smap[None], size)[0]
+                elif smap.shape != (size, size):
+                    smap = cv2.resize(smap, (size, size))
+                if not normalize:
+                    check_score_map_range(smap, f"{paths[i]} (image {image_ids[i]!r})")
+                maps.append(smap)
+            yield start, np.stack(maps)
+            bar.update(len(maps))
+
+
+def load_score_maps(folder: Path, image_ids: list[str], size: int,
+                    original_sizes: list[tuple[int, int]] | None = None, normalize: bool = True) -> np.ndarray:
+    """All maps of :func:`iter_score_maps` as one (N, size, size) array (small folders)."""
+    return np.concatenate([maps for _, maps in iter_score_maps(folder, image_ids, size, original_sizes, normalize)])
 
 
 def check_score_maps(score_maps: Any, normalize: bool = False) -> np.ndarray:

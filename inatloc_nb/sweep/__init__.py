@@ -41,7 +41,6 @@ from inatloc_nb.sweep.config import (
     SweepConfig,
 )
 from inatloc_nb.sweep.execute import (
-    PREPARED_ENV,
     RunOutcome,
     SweepSummary,
     execute_group,
@@ -51,13 +50,13 @@ from inatloc_nb.sweep.execute import (
     resolve_lr,
     run_sweep,
 )
-from inatloc_nb.sweep.executors import LOADER_WORKERS_ENV, fit_runs_per_gpu, free_gpu_memory, gpu_slots, visible_gpus
+from inatloc_nb.sweep.executors import fit_runs_per_gpu, free_gpu_memory, gpu_slots, visible_gpus
 from inatloc_nb.sweep.grid import IDENTITY_DEFAULTS, RunSpec, expand
 from inatloc_nb.sweep.layout import NOTEBOOK_NAME, default_notebook, is_finished, runs_dir
 
 __all__ = [
     "DEFAULT_GPU_MEMORY_PER_RUN_GB", "EXECUTION_KEYS", "IDENTITY_DEFAULTS", "LIST_DEFAULTS", "LIST_KEYS",
-    "LOADER_WORKERS_ENV", "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "PREPARED_ENV", "SCALAR_DEFAULTS",
+    "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "SCALAR_DEFAULTS",
     "SCALAR_KEYS", "SYNTH_SOURCES", "ConfigError", "Grid", "LRSearch", "RunOutcome", "RunSpec", "SweepConfig",
     "SweepSummary", "check_data", "dataset_levels", "default_notebook", "execute_group", "execute_run", "expand",
     "explain_runs", "fused_groups",

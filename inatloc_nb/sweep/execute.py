@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from inatloc_nb import results
+from inatloc_nb.env import PREPARED_ENV, PROGRESS_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_json, make_temp_dir
 from inatloc_nb.run_config import BASELINES
@@ -27,9 +28,6 @@ from inatloc_nb.sweep.config import LR_SELECTED, SweepConfig
 from inatloc_nb.sweep.grid import RunSpec, expand
 from inatloc_nb.sweep.layout import NOTEBOOK_NAME, clean_stale, default_notebook, is_finished, runs_dir
 
-
-#: ``inatloc_nb.pipeline.PREPARED_ENV``: the prepared-copy cache root the sweep's runs read
-PREPARED_ENV = "INATLOC_NB_PREPARED"
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -92,7 +90,7 @@ def run_sweep(
     Worker processes are spawned: a script calling this needs an
     ``if __name__ == "__main__":`` guard.
     """
-    from inatloc_nb.progress import PROGRESS_ENV, track
+    from inatloc_nb.progress import track
 
     from inatloc_nb import pipeline
 

@@ -8,12 +8,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from inatloc_nb.env import LOADER_WORKERS_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.sweep.grid import RunSpec
-
-
-#: ``inatloc_nb.pipeline.WORKERS_ENV`` (not imported: the pipeline module loads fastai)
-LOADER_WORKERS_ENV = "INATLOC_NB_LOADER_WORKERS"
 
 
 def visible_gpus() -> list[str]:
