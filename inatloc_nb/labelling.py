@@ -93,12 +93,17 @@ class Level:
         return f"mixed-{self.path.stem}" if self.path is not None else self.text
 
 
-@functools.lru_cache(maxsize=4096)
 def parse_level(level: str) -> Level:
-    """The :class:`Level` a level string names. Raises :class:`LabellingError` naming the
-    value for a non-string or empty level and for ``mixed:`` without a file."""
+    """The :class:`Level` a level string names (parsed once per text). Raises
+    :class:`LabellingError` naming the value for a non-string or empty level and for
+    ``mixed:`` without a file."""
     if not isinstance(level, str) or not level:
         raise LabellingError(f"level {level!r} is not a level name (species, genus, ..., cK or mixed:FILE)")
+    return _parse_level(level)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_level(level: str) -> Level:
     if level.startswith(MIXED_PREFIX):
         if not level[len(MIXED_PREFIX):]:
             raise LabellingError(f"level {level!r} names no labelling file; use mixed:FILE")

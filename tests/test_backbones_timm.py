@@ -85,6 +85,7 @@ def test_reference_lr_groups_take_the_last_stage_and_the_classifier(name, last):
     assert len(slow) + len(fast) == len(list(model.parameters()))
 
 
+@pytest.mark.slow
 def test_timm_backbone_trains_and_yields_cams(tiny_dataset):
     from fastai.callback.training import ShortEpochCallback
 

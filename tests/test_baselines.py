@@ -59,6 +59,7 @@ def test_fsl_seg_loss_weights_are_class_balanced():
     assert mask.tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
 
 
+@pytest.mark.slow
 def test_fsl_seg_end_to_end(tiny_dataset_dir, tmp_path):
     out = tmp_path / "fsl-seg"
     config = RunConfig(data=str(tiny_dataset_dir), method="fsl-seg", **FAST)
@@ -70,6 +71,7 @@ def test_fsl_seg_end_to_end(tiny_dataset_dir, tmp_path):
     assert cams.maps().shape == (16, 224, 224)
 
 
+@pytest.mark.slow
 def test_fsl_det_end_to_end(tiny_dataset_dir, tmp_path):
     from inatloc_nb.run_config import load_dataset
 
@@ -90,6 +92,7 @@ def species_run(tiny_dataset_dir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_cam_agg_species_is_cam_and_root_is_mean(species_run, tiny_dataset):
     model, _, _ = load_run_model(species_run, device="cpu")
     hierarchy = tiny_dataset.hierarchy
@@ -108,6 +111,7 @@ def test_cam_agg_species_is_cam_and_root_is_mean(species_run, tiny_dataset):
         assert torch.allclose(agg, every.mean(0), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cam_agg_end_to_end(species_run, tiny_dataset_dir, tmp_path):
     out = tmp_path / "cam-agg"
     config = RunConfig(data=str(tiny_dataset_dir), method="cam-agg", level="genus", model_run=str(species_run),

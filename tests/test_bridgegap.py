@@ -91,6 +91,7 @@ def test_training_forward_runs_both_branches_and_the_loss_backpropagates():
         torch.testing.assert_close(net(x), net.classifier(net.pool(features(x)).flatten(1)))
 
 
+@pytest.mark.slow
 def test_warmup_switches_the_alignment_terms_on_after_warm_epochs(tiny_dataset):
     from fastai.callback.training import ShortEpochCallback
 

@@ -72,6 +72,7 @@ def trained_run(tmp_path_factory, tiny_dataset_dir):
     return out
 
 
+@pytest.mark.slow
 def test_explain_run_writes_maps_through_the_cam_store_and_scores_them(trained_run, tiny_dataset, tmp_path):
     import shutil
 
@@ -94,6 +95,7 @@ def test_explain_run_writes_maps_through_the_cam_store_and_scores_them(trained_r
     assert not list(run.rglob("*.tmp*"))
 
 
+@pytest.mark.slow
 def test_cli_explain_and_resume(trained_run, tmp_path, capsys):
     import shutil
 
@@ -109,6 +111,7 @@ def test_cli_explain_and_resume(trained_run, tmp_path, capsys):
     assert "not a finished training run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_explainers_key_scores_finished_runs_once(trained_run, tiny_dataset_dir, tmp_path):
     import shutil
 

@@ -44,6 +44,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert (a / "history.csv").read_text() == (b / "history.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["cam", "has"])  # HaS draws its hidden patches at training time
 def test_fused_runs_match_separate_runs(tmp_path: Path, tiny_dataset_dir: Path, method: str) -> None:
     configs = _configs(tiny_dataset_dir, method)
@@ -58,6 +59,7 @@ def test_fused_runs_match_separate_runs(tmp_path: Path, tiny_dataset_dir: Path, 
     assert again == json.loads((tmp_path / f"fused-{configs[0].lr}" / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_a_failing_fused_run_leaves_the_others(tmp_path: Path, tiny_dataset_dir: Path) -> None:
     configs = _configs(tiny_dataset_dir, "cam")
     run_experiment(configs[1], tmp_path / "alone", say=lambda _: None)

@@ -223,6 +223,7 @@ def granularity_results(explorer_results: Path, tmp_path_factory, torch_one_thre
     return out
 
 
+@pytest.mark.slow
 def test_choose_levels_command_writes_a_valid_labelling(explorer_results, tiny_dataset, tmp_path, capsys):
     from inatloc_nb.cli import main
 
@@ -237,6 +238,7 @@ def test_choose_levels_command_writes_a_valid_labelling(explorer_results, tiny_d
     assert main(["choose-levels", str(explorer_results), "--dataset", "nope", "--out", str(out)]) == 2
 
 
+@pytest.mark.slow
 def test_comparison_and_selection_tables(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import selection
@@ -262,6 +264,7 @@ def test_comparison_and_selection_tables(granularity_results):
     assert agreement["picked"][0] in {"species", "order", "phylum"}
 
 
+@pytest.mark.slow
 def test_level_ensembles_fuse_the_single_level_runs(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import ensemble, selection
@@ -303,6 +306,7 @@ def test_schedules_are_inferred_from_the_multihead_and_mixed_runs():
         infer_schedules(_store(base[:2]))
 
 
+@pytest.mark.slow
 def test_report_has_a_granularity_section(granularity_results, tmp_path):
     from inatloc_nb.report import build_report
 
@@ -316,11 +320,12 @@ def test_report_has_a_granularity_section(granularity_results, tmp_path):
     assert (tmp_path / "report" / "figures" / "granularity_comparison.png").is_file()
 
 
+@pytest.mark.slow
 def test_head_rescoring_shows_its_cam_passes_only_when_asked(granularity_results, capfd, monkeypatch):
     import json
 
     from inatloc_nb.granularity import selection
-    from inatloc_nb.progress import PROGRESS_ENV
+    from inatloc_nb.env import PROGRESS_ENV
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     run = next(f for f in (granularity_results / "runs").iterdir()
@@ -436,6 +441,7 @@ def test_scrambling_d_test_changes_no_pick():
     assert changed != before  # the picks do read D_f
 
 
+@pytest.mark.slow
 def test_choose_levels_ignores_d_test(explorer_results, tmp_path):
     """The labelling is the same when every run's D_test CAMs are swapped with another run's."""
     from inatloc_nb.cli import main
@@ -459,6 +465,7 @@ def _no_heads() -> pl.DataFrame:
                                 "maxboxacc_v2": pl.Float64, "dataset": pl.String, "seed": pl.Int64})
 
 
+@pytest.mark.slow
 def test_comparison_ignores_explainer_rows(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import selection
@@ -476,6 +483,7 @@ def test_comparison_ignores_explainer_rows(granularity_results):
         selection.comparison_table(pl.concat([variants, variants.head(1)]), _no_heads())
 
 
+@pytest.mark.slow
 def test_comparison_intervals_include_the_test_sample(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import selection
@@ -511,6 +519,7 @@ def test_comparison_intervals_include_the_test_sample(granularity_results):
     assert levels["df_pick"].sum() == 1 and levels["oracle"].sum() == 1
 
 
+@pytest.mark.slow
 def test_mixed_runs_keep_a_checked_copy_of_their_labelling(granularity_results):
     import json
 
@@ -575,6 +584,7 @@ def test_synthetic_taxonomy_is_known_without_images(tiny_dataset):
     assert all(built.ancestors(n) == loaded.ancestors(n) for n in loaded.nodes)
 
 
+@pytest.mark.slow
 def test_coarsened_species_cams_rank_the_levels(granularity_results):
     from inatloc_nb import results
     from inatloc_nb.granularity import selection

@@ -105,10 +105,10 @@ def _combinations():
     for backbone in BACKBONES:
         for method in METHOD_NAMES:
             if refusal(method, backbone) is None and (backbone in QUICK or method in INSIDE):
-                marks = () if backbone in QUICK else (pytest.mark.slow,)
-                yield pytest.param(method, backbone, marks=marks, id=f"{method}-{backbone}")
+                yield pytest.param(method, backbone, id=f"{method}-{backbone}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "backbone"), list(_combinations()))
 def test_every_supported_combination_trains_a_step_and_yields_cams(method, backbone, tiny_dataset):
     from inatloc_nb.cam import extract_cams

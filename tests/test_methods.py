@@ -115,6 +115,7 @@ def test_has_hides_whole_grid_cells_at_its_rate():
     assert abs((~keep).float().mean().item() - 0.09) < 0.015
 
 
+@pytest.mark.slow
 def test_has_callback_erases_in_training_only():
     recorder = InputRecorder(order=10)  # runs after Hide-and-Seek (order 0)
     learn = tensor_learner([HideAndSeekCallback(0.09, 31), recorder], n=96, size=64)
@@ -162,6 +163,7 @@ class _Snapshot(Callback):
         self.probe.before = self.x.detach().clone()
 
 
+@pytest.mark.slow
 def test_cutmix_mixes_by_area_at_its_rate():
     cutmix = CutMixCallback(size_prior=0.10, mix_rate=0.93)
     probe = CutMixProbe(cutmix)
@@ -325,6 +327,7 @@ def test_spg_heads_are_supervised_by_thresholded_maps():
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains_and_yields_cams(name, tiny_dataset):
     from fastai.callback.training import ShortEpochCallback

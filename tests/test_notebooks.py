@@ -9,8 +9,6 @@ import pytest
 
 from inatloc_nb.chart_display import VEGALITE5_MIME_TYPE
 
-pytestmark = pytest.mark.slow
-
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: Tiny-network settings shared by every training run here: one short epoch on 48 px images.
 TINY = {"backbone": "tinycnn", "pretrained": False, "image_size": 48, "batch_size": 16, "schedule": "1", "lr": 0.05}
@@ -70,6 +68,7 @@ def sweep_results(tiny_dataset_dir, tmp_path_factory) -> Path:
     return results_dir
 
 
+@pytest.mark.slow
 def test_train_notebook_writes_a_run_folder(sweep_results):
     (run_dir,) = (sweep_results / "runs").iterdir()
     for name in RUN_FILES:
@@ -83,6 +82,7 @@ def test_train_notebook_writes_a_run_folder(sweep_results):
     assert _mime_types(nb).count(VEGALITE5_MIME_TYPE) == 1  # the learning curve, interactive
 
 
+@pytest.mark.slow
 def test_results_notebook_on_a_sweep(sweep_results, tmp_path):
     nb = _execute("03_results", tmp_path / "03.ipynb", results_dir=str(sweep_results))
     figures = nb.cells[-1].outputs
@@ -92,6 +92,7 @@ def test_results_notebook_on_a_sweep(sweep_results, tmp_path):
     assert "Fig. 3 (left)" in json.dumps(figures)
 
 
+@pytest.mark.slow
 def test_tutorial_notebook(tiny_dataset_dir, tmp_path):
     nb = _execute("00_tutorial", tmp_path / "00.ipynb", data=str(tiny_dataset_dir), levels=["species", "phylum"],
                   out_dir=str(tmp_path / "runs"), **{k: v for k, v in TINY.items() if k != "schedule"}, schedule=1)
@@ -101,6 +102,7 @@ def test_tutorial_notebook(tiny_dataset_dir, tmp_path):
     assert _mime_types(nb).count(VEGALITE5_MIME_TYPE) == 1
 
 
+@pytest.mark.slow
 def test_dataset_overview_notebook(tiny_dataset_dir, tmp_path):
     nb = _execute("01_dataset_overview", tmp_path / "01.ipynb", data=str(tiny_dataset_dir), compare=["cub"])
     assert _mime_types(nb).count("image/png") == 2  # Fig. A7 and Fig. A6

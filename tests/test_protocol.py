@@ -401,6 +401,7 @@ def _selected(tiny_dataset, scripted: list[float] | None, monkeypatch) -> tuple[
     return select, snaps, learn.model
 
 
+@pytest.mark.slow
 def test_epoch_select_scores_epochs_0_to_E_and_restores_the_best(tiny_dataset, monkeypatch):
     select, snaps, model = _selected(tiny_dataset, None, monkeypatch)
     assert len(select.scores) == len(select.top1) == len(snaps.states) == 3
@@ -415,6 +416,7 @@ def test_epoch_select_scores_epochs_0_to_E_and_restores_the_best(tiny_dataset, m
     assert select.best_result.mean == select.scores[select.selected_epoch]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scripted, expected", [([50.0, 70.0, 70.0], 1), ([80.0, 60.0, 80.0], 0)])
 def test_epoch_select_ties_go_to_the_earliest_epoch_and_epoch_0_competes(tiny_dataset, monkeypatch,
                                                                          scripted, expected):
@@ -424,6 +426,7 @@ def test_epoch_select_ties_go_to_the_earliest_epoch_and_epoch_0_competes(tiny_da
     assert select.summary()["val_maxboxacc_v2_per_epoch"] == scripted
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["acol", "spg"])
 def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
     learn = build_learner(tiny_dataset, "genus", method=method, lr=0.01, schedule=1, backbone="tinycnn",
@@ -437,6 +440,7 @@ def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
     assert direct.mean == pytest.approx(select.scores[select.selected_epoch])
 
 
+@pytest.mark.slow
 def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dataset_dir):
     from inatloc_nb.run import run_experiment
     from inatloc_nb.run_config import RunConfig

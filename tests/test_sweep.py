@@ -199,6 +199,7 @@ def fake_notebook(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_local_sweep_is_resumable_and_records_failures(tmp_path: Path, fake_notebook: Path, monkeypatch,
                                                        capsys) -> None:
     monkeypatch.setattr(sweep.executors, "visible_gpus", lambda: ["3", "5"])  # pinning, checked without GPUs

@@ -62,6 +62,7 @@ def test_schedules_step_the_lr_by_epoch():
             Schedule.parse(bad)
 
 
+@pytest.mark.slow
 def test_fast_group_gets_ten_times_the_lr(fitted):
     learn, probe = fitted
     model = learn.model
@@ -81,6 +82,7 @@ def test_fast_group_gets_ten_times_the_lr(fitted):
     assert all(g["nesterov"] and g["momentum"] == 0.9 and g["weight_decay"] == 1e-5 for g in opt.param_groups)
 
 
+@pytest.mark.slow
 def test_history_has_one_row_per_epoch(fitted):
     rows = history_rows(fitted[0])
     assert [r["epoch"] for r in rows] == [0, 1]
@@ -88,6 +90,7 @@ def test_history_has_one_row_per_epoch(fitted):
     assert all(np.isfinite(v) for r in rows for v in r.values())
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_weights(tiny_dataset, fitted):
     again, _ = _fit(tiny_dataset, seed=0)
     other, _ = _fit(tiny_dataset, seed=1)
@@ -104,6 +107,7 @@ def test_per_class_subsample_is_recorded(tiny_dataset):
     assert learn.train_ids == tiny_dataset.subsample("train", LEVEL, 3, 2)
 
 
+@pytest.mark.slow
 def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
     learn = fitted[0]
     model = learn.model
@@ -139,6 +143,7 @@ def test_cams_are_normalised_ground_truth_maps(tiny_dataset, fitted):
         extract_cams(learn, tiny_dataset, "test", LEVEL, target=[0, 1])
 
 
+@pytest.mark.slow
 def test_camset_round_trip(tmp_path, tiny_dataset, fitted):
     cams = extract_cams(fitted[0], tiny_dataset, "val", LEVEL)
     path = cams.save(tmp_path / "cams" / "val.npz")
@@ -156,6 +161,7 @@ def _config(data, **kw):
     return RunConfig(data=str(data), level=LEVEL, lr=0.01, schedule=1, **FAST, **kw)
 
 
+@pytest.mark.slow
 def test_run_experiment_writes_a_complete_run_folder(tmp_path, tiny_dataset_dir, tiny_dataset):
     out = tmp_path / "run"
     metrics = run_experiment(_config(tiny_dataset_dir), out, say=lambda _: None)
@@ -213,6 +219,7 @@ def test_synthetic_data_is_generated_once_into_the_cache(tmp_path, monkeypatch):
     assert [p.name for p in (tmp_path / "synth").iterdir()] == ["tiny-seed5"]
 
 
+@pytest.mark.slow
 def test_cli_train_prints_metrics(tmp_path, tiny_dataset_dir, capsys):
     from inatloc_nb.cli import main
 
@@ -264,6 +271,7 @@ def test_cli_train_logs_one_line_per_epoch_when_not_a_terminal(tmp_path, tiny_da
     assert re.findall(r"^CAMs of (\w+): 16 img in \d+:\d\d", captured.err + captured.out, re.M) == ["test"]
 
 
+@pytest.mark.slow
 def test_cam_extraction_progress_switch(tiny_dataset, fitted, capfd):
     learn = fitted[0]
     extract_cams(learn, tiny_dataset, "val", LEVEL, progress=False)
