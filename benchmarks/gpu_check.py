@@ -11,6 +11,9 @@ runs; sections that would not fit in ``--budget-s`` are skipped and say so):
   memory format) on tensors already on the device, SGD step, batch 32 / 64 / 128 / 256:
   training and forward + CAM images/s (float32 as ``extract_cams``, and bf16), GFLOP per
   forward; no data loading.
+- ``training_levers``: batch 32 per model, 3 models: stepped one after another, on 3 CUDA
+  streams, as CUDA graphs (one; three one after another; three on streams) and under
+  ``torch.compile`` (first-step seconds included apart): which lever could lift the training term.
 - ``run_jpeg``: ``bench_training.run_once`` (the real Learner and loaders) on generated 500 px
   JPEGs at batch 32; ``run_prepared``: the same from a prepared copy; ``run_batch64`` /
   ``run_batch128`` / ``run_batch128_prepared``; ``packed3``: three packed runs
@@ -200,6 +203,86 @@ def _rate(step: Callable[[], None], batch: int, steps: int, warmup: int) -> floa
         step()
     _sync()
     return batch * steps / (time.perf_counter() - start)
+
+
+def training_levers(model_factory: Callable[[], tuple[torch.nn.Module, Any]], k: int, batch: int, steps: int,
+                    warmup: int, image_size: int, compile_budget_s: float) -> dict[str, Any]:
+    """What could make the training term faster with every number unchanged, on device-resident
+    tensors at ``batch`` per model: ``k`` models (one per learning rate) stepped one after
+    another, on ``k`` CUDA streams, as CUDA graphs (one and ``k`` on streams), and the step
+    under ``torch.compile`` (with its compilation seconds). Rates are images/s over all models."""
+    import copy
+
+    import torch._dynamo
+
+    base, settings = model_factory()
+    device = torch.device(settings.device)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, bench_training.N_CLASSES, (batch,), device=device)
+    models = [base] + [copy.deepcopy(base) for _ in range(k - 1)]
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-4 * (i + 1), momentum=0.9, nesterov=True, weight_decay=1e-5)
+            for i, m in enumerate(models)]
+    for m in models:
+        m.train()
+
+    def step(i: int, cache: bool = True) -> None:
+        with (torch.autocast(device.type, dtype=settings.amp_dtype, cache_enabled=cache) if settings.amp
+              else contextlib.nullcontext()):
+            loss = torch.nn.functional.cross_entropy(models[i](x), y)
+        loss.backward()
+        opts[i].step()
+        opts[i].zero_grad(set_to_none=True)
+
+    out: dict[str, Any] = {"k": k, "batch_per_model": batch}
+    out["one_model_images_per_s"] = _rate(lambda: step(0), batch, steps, warmup)
+    out["k_sequential_images_per_s"] = _rate(lambda: [step(i) for i in range(k)], batch * k, steps, warmup)
+    if not cuda:
+        out["cuda_only"] = "streams and CUDA graphs need a GPU"
+    else:
+        streams = [torch.cuda.Stream() for _ in range(k)]
+
+        def on_streams(work: Callable[[int], None]) -> None:
+            current = torch.cuda.current_stream()
+            for i, s in enumerate(streams):
+                s.wait_stream(current)
+                with torch.cuda.stream(s):
+                    work(i)
+            for s in streams:
+                current.wait_stream(s)
+
+        out["k_streams_images_per_s"] = _rate(lambda: on_streams(step), batch * k, steps, warmup)
+        graphs = []
+        for i in range(k):  # whole-step capture (PyTorch's CUDA graphs recipe): warm up on a side stream
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step(i, cache=False)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opts[i].zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                step(i, cache=False)
+            graphs.append(graph)
+        out["one_graph_images_per_s"] = _rate(graphs[0].replay, batch, steps, warmup)
+        out["k_graphs_sequential_images_per_s"] = _rate(lambda: [g.replay() for g in graphs], batch * k, steps, warmup)
+        out["k_graphs_streams_images_per_s"] = _rate(lambda: on_streams(lambda i: graphs[i].replay()),
+                                                     batch * k, steps, warmup)
+        del graphs
+    if compile_budget_s > 0:
+        torch._dynamo.reset()
+        compiled = torch.compile(models[0])
+        models[0] = compiled
+        start = time.perf_counter()
+        step(0)
+        _sync()
+        out["compile_first_step_seconds"] = time.perf_counter() - start
+        out["compiled_one_model_images_per_s"] = _rate(lambda: step(0), batch, steps, warmup)
+        torch._dynamo.reset()
+    del models, opts
+    return out
 
 
 # --- the real pipeline ----------------------------------------------------------------------
@@ -421,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
 
         check.section("bare_loop", 30 if big else 0,
                       lambda: bare_loop(model_factory, args.batches, args.steps, args.warmup, args.image_size))
+        check.section("training_levers", 60 if big else 0,
+                      lambda: training_levers(model_factory, 3, args.batches[0], args.steps, args.warmup,
+                                              args.image_size, 1 if args.compile and big else 0))
         check.section("run_jpeg", 25 if big else 0, lambda: bench_run(data, args.bench))
         # first, so that the runs below find the MaxBoxAccV2 kernels compiled (numba caches them
         # on disk: only a machine's first run pays the compilation)

@@ -237,3 +237,40 @@ def test_bench_training_smoke(tmp_path, capsys):
     assert result["train"]["images_per_s"] > 0 and result["train"]["images"] == 16
     assert result["cam_extraction"]["images_per_s"] > 0 and result["cam_extraction"]["images"] == 16
     assert result["settings"]["amp"] is False and result["settings"]["runs_packed"] == 1
+
+
+@pytest.mark.slow
+def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_dataset_dir, tmp_path, monkeypatch):
+    """CAMs of evaluation splits read from a prepared copy as whole batches (no loader workers,
+    no per-image transforms) equal those read through the loader: the same maps, and with D_f
+    passes between epochs (``select_epoch: best``) the same random numbers afterwards, so the
+    same weights and metrics."""
+    from fastai.torch_core import set_seed
+
+    from inatloc_nb.cam import extract_cams
+    from inatloc_nb.run import run_experiment
+
+    pipeline.prepare_dataset(tiny_dataset, tmp_path / "cache", SIZE, workers=1, progress=False)
+    config = RunConfig(data=str(tiny_dataset_dir), level=LEVEL, lr=0.05, schedule=2, select_epoch="best",
+                       prepared=str(tmp_path / "cache"), **FAST)
+    from inatloc_nb import cam
+
+    runs, batch_reads = {}, []
+    real = cam.prepared_batches
+    monkeypatch.setattr(cam, "prepared_batches", lambda dl, copy, split, *a: batch_reads.append(split) or real(dl, copy, split, *a))
+    for way in ("batches", "loader"):
+        if way == "loader":
+            monkeypatch.setattr(pipeline.PreparedImages, "holds", lambda self, split: False)
+        metrics = run_experiment(config, tmp_path / way, say=lambda _: None)
+        set_seed(1)
+        learn = build_learner(tiny_dataset, LEVEL, prepared=tmp_path / "cache", **FAST)
+        cams = extract_cams(learn, tiny_dataset, "test", LEVEL, progress=False)
+        runs[way] = (metrics, torch.load(tmp_path / way / "model.pth"), cams, torch.get_rng_state(), np.random.get_state()[1])
+        if way == "batches":
+            assert set(batch_reads) == {"val", "test"}  # the fast path was taken
+    (m_fast, w_fast, c_fast, r_fast, n_fast), (m_slow, w_slow, c_slow, r_slow, n_slow) = runs["batches"], runs["loader"]
+    assert m_fast == m_slow
+    assert all(torch.equal(w_fast[k], w_slow[k]) for k in w_slow)
+    assert np.array_equal(c_fast.raw, c_slow.raw) and np.array_equal(c_fast.labels, c_slow.labels)
+    assert np.array_equal(c_fast.predictions, c_slow.predictions) and np.array_equal(c_fast.top1_logits, c_slow.top1_logits)
+    assert torch.equal(r_fast, r_slow) and np.array_equal(n_fast, n_slow)
