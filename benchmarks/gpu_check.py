@@ -227,13 +227,16 @@ def training_levers(model_factory: Callable[[], tuple[torch.nn.Module, Any]], k:
     for m in models:
         m.train()
 
-    def step(i: int, cache: bool = True) -> None:
-        with (torch.autocast(device.type, dtype=settings.amp_dtype, cache_enabled=cache) if settings.amp
+    def step(i: int, captured: bool = False) -> None:
+        # under capture (PyTorch's whole-network recipe): no autocast cache, gradients left
+        # in place (set to None before the capture, so each replay writes them anew)
+        with (torch.autocast(device.type, dtype=settings.amp_dtype, cache_enabled=not captured) if settings.amp
               else contextlib.nullcontext()):
             loss = torch.nn.functional.cross_entropy(models[i](x), y)
         loss.backward()
         opts[i].step()
-        opts[i].zero_grad(set_to_none=True)
+        if not captured:
+            opts[i].zero_grad(set_to_none=True)
 
     out: dict[str, Any] = {"k": k, "batch_per_model": batch}
     out["one_model_images_per_s"] = _rate(lambda: step(0), batch, steps, warmup)
@@ -259,12 +262,12 @@ def training_levers(model_factory: Callable[[], tuple[torch.nn.Module, Any]], k:
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(3):
-                    step(i, cache=False)
+                    step(i)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             opts[i].zero_grad(set_to_none=True)
             with torch.cuda.graph(graph):
-                step(i, cache=False)
+                step(i, captured=True)
             graphs.append(graph)
         out["one_graph_images_per_s"] = _rate(graphs[0].replay, batch, steps, warmup)
         out["k_graphs_sequential_images_per_s"] = _rate(lambda: [g.replay() for g in graphs], batch * k, steps, warmup)
@@ -417,6 +420,10 @@ def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
     a_train, a_cam, t_run = one["train"]["images_per_s"], one["cam_extraction"]["images_per_s"], e2e["fixed_seconds"]
     out["inputs"] = {"A_train_one_run": a_train, "A_cam_one_run": a_cam, "t_run_seconds": t_run}
     out["one_run_at_a_time"] = hours(GRID["train_images"], a_train, GRID["cams"], a_cam, GRID["runs"], t_run)
+    prepared = r.get("run_prepared", {}).get("cam_extraction")
+    if prepared:  # evaluation splits read from a prepared copy (CAMs in whole batches)
+        out["one_run_at_a_time_prepared_cams"] = hours(GRID["train_images"], a_train, GRID["cams"],
+                                                       prepared["images_per_s"], GRID["runs"], t_run)
     packed = r.get("packed3", {}).get("aggregate")
     if packed:
         out["packed_3"] = hours(GRID["train_images"], packed["train_images_per_s_sum"], GRID["cams"],
