@@ -14,6 +14,8 @@ runs; sections that would not fit in ``--budget-s`` are skipped and say so):
 - ``training_levers``: batch 32 per model, 3 models: stepped one after another, on 3 CUDA
   streams, as CUDA graphs (one; three one after another; three on streams) and under
   ``torch.compile`` (first-step seconds included apart): which lever could lift the training term.
+- ``cuda_graphs``: the real Learner trained eagerly and with CUDA-graph steps
+  (``inatloc_nb.cuda_graphs``) from one seed: both rates and whether the weights are identical.
 - ``run_jpeg``: ``bench_training.run_once`` (the real Learner and loaders) on generated 500 px
   JPEGs at batch 32; ``run_prepared``: the same from a prepared copy; ``run_batch64`` /
   ``run_batch128`` / ``run_batch128_prepared``; ``packed3``: three packed runs
@@ -301,6 +303,36 @@ def bench_run(data: Path, argv: list[str], packed: int = 1) -> dict[str, Any]:
     return result
 
 
+def cuda_graph_run(data: Path, args: argparse.Namespace, warmup: int, steps: int) -> dict[str, Any]:
+    """The real Learner on the JPEGs, trained eagerly and with CUDA-graph steps from one seed:
+    training images/s of each, and whether the weights after the same batches are identical."""
+    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.learner import build_learner
+
+    dataset = WSOLDataset.from_folder(data, image_root=data / "images")
+    out: dict[str, Any] = {}
+    weights = {}
+    for way in ("eager", "graphs"):
+        learn = build_learner(dataset, dataset.levels[0], lr=1e-2, backbone=args.backbone, pretrained=False,
+                              image_size=args.image_size, device=args.device, schedule=1,
+                              num_workers=0 if args.smoke else None)
+        if way == "eager":
+            learn.remove_cb(CudaGraphStep)
+        timer = bench_training.Timer(warmup, steps)
+        with learn.added_cbs(timer), learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+        out[way] = {"train_images_per_s": timer.images / (timer.stop - timer.start), "graphs": graph_summary(learn)}
+        weights[way] = {k: v.detach().float().cpu() for k, v in learn.model.state_dict().items()}
+        del learn
+        _free()
+    diffs = [float((weights["eager"][k] - weights["graphs"][k]).abs().max()) for k in weights["eager"]]
+    out["weights_identical"] = all(torch.equal(weights["eager"][k], weights["graphs"][k]) for k in weights["eager"])
+    out["weights_max_abs_diff"] = max(diffs)
+    out["speedup"] = out["graphs"]["train_images_per_s"] / out["eager"]["train_images_per_s"]
+    return out
+
+
 def compile_run(data: Path, argv: list[str]) -> dict[str, Any]:
     """``--compile``: the timed rate, plus how long the warm-up batches (which compile) took
     and how many graphs dynamo compiled over training and CAM extraction."""
@@ -514,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         check.section("training_levers", 60 if big else 0,
                       lambda: training_levers(model_factory, 3, args.batches[0], args.steps, args.warmup,
                                               args.image_size, 1 if args.compile and big else 0))
+        check.section("cuda_graphs", 40 if big else 0,
+                      lambda: cuda_graph_run(data, args, 10 if big else 1, 100 if big else 2))
         check.section("run_jpeg", 25 if big else 0, lambda: bench_run(data, args.bench))
         # first, so that the runs below find the MaxBoxAccV2 kernels compiled (numba caches them
         # on disk: only a machine's first run pays the compilation)
