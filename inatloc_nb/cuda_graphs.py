@@ -86,9 +86,14 @@ class CudaGraphStep(Callback):
             if self._seen <= self.warmup:
                 self.eager_steps += 1
                 return
+            try:
+                self._capture(batch)
+            except RuntimeError as exc:  # this step and the rest run eagerly; the run goes on
+                self.reason = f"recording the step failed: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                self._drop()
+                self.eager_steps += 1
+                return
         self._autocast_off(self._mixed_precision())
-        if self._graph is None:
-            self._capture(batch)
         for static, tensor in zip(self._inputs, batch):
             static.copy_(tensor)
         self._graph.replay()
@@ -106,10 +111,15 @@ class CudaGraphStep(Callback):
         return next((cb for cb in self.learn.cbs if isinstance(cb, MixedPrecision)), None)
 
     def _capture(self, batch: tuple[torch.Tensor, ...]) -> None:
-        """Record the step of ``batch`` (not run: the replay that follows runs it)."""
+        """Record the step of ``batch`` (not run: the replay that follows runs it), inside the
+        mixed-precision autocast of this batch, under an autocast of its own without the cast
+        cache (a cached cast would not be recorded)."""
         self._inputs = tuple(t.clone() for t in batch)
         xb, yb = self._inputs[: len(self.xb)], self._inputs[len(self.xb):]
         mixed = self._mixed_precision()
+        # The last eager step's outputs keep its autograd graph (and the gradient accumulators
+        # made on the default stream) alive, which would break the capture: let them go.
+        self.learn.pred = self.learn.loss_grad = self.learn.loss = None
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

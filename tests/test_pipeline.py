@@ -274,3 +274,51 @@ def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_datase
     assert np.array_equal(c_fast.raw, c_slow.raw) and np.array_equal(c_fast.labels, c_slow.labels)
     assert np.array_equal(c_fast.predictions, c_slow.predictions) and np.array_equal(c_fast.top1_logits, c_slow.top1_logits)
     assert torch.equal(r_fast, r_slow) and np.array_equal(n_fast, n_slow)
+
+
+def test_cuda_graph_steps_where_replaying_cannot_differ(tiny_dataset, monkeypatch):
+    """CUDA-graph steps: on by default for CUDA without compile, recorded in the settings;
+    used only for methods declaring ``cuda_graph_safe`` with no callback acting inside the
+    step (bf16 mixed precision is replicated; fp16 loss scaling is not); elsewhere the
+    callback says why and training is fastai's eager loop, unchanged."""
+    from fastai.callback.core import Callback
+
+    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary, step_blocker
+    from inatloc_nb.methods import get_method
+
+    assert resolve_settings("cpu").cuda_graphs is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_settings("cuda").cuda_graphs is True
+    assert resolve_settings("cuda", compile=True).cuda_graphs is False
+    assert resolve_settings("cuda", cuda_graphs=False).to_dict()["cuda_graphs"] is False
+    monkeypatch.undo()
+
+    safe = {name for name in ("cam", "has", "adl", "cutmix", "acol", "spg") if get_method(name).cuda_graph_safe}
+    assert safe == {"cam", "has"}  # the others draw random numbers in the step or act inside it
+    learn = build_learner(tiny_dataset, LEVEL, method="has", lr=0.01, **FAST)
+    assert step_blocker(learn) is None
+    assert "adl" in step_blocker(build_learner(tiny_dataset, LEVEL, method="adl", lr=0.01, **FAST))
+
+    class LossHook(Callback):
+        def after_loss(self) -> None:
+            pass
+
+    learn.add_cb(LossHook())
+    assert step_blocker(learn) == "callback LossHook acts inside the step (after_loss)"
+    learn.remove_cb(LossHook)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    apply_settings(learn, DeviceSettings("cpu", amp=True, channels_last=False, compile=False))
+    assert "float16" in step_blocker(learn)
+
+    # on a CPU the callback stands aside: the same weights as without it
+    weights = []
+    for graphs in (False, True):
+        learn = build_learner(tiny_dataset, LEVEL, lr=0.01, schedule=1, **FAST)
+        if graphs:
+            learn.add_cb(CudaGraphStep())
+        learn.fit(1)
+        weights.append(learn.model.state_dict())
+    assert graph_summary(learn) == {"replays": 0, "eager_steps": 0, "captures": 0,
+                                    "reason": "training is not on a CUDA device"}
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
