@@ -11,6 +11,11 @@ runs; sections that would not fit in ``--budget-s`` are skipped and say so):
   memory format) on tensors already on the device, SGD step, batch 32 / 64 / 128 / 256:
   training and forward + CAM images/s (float32 as ``extract_cams``, and bf16), GFLOP per
   forward; no data loading.
+- ``training_levers``: batch 32 per model, 3 models: stepped one after another, on 3 CUDA
+  streams, as CUDA graphs (one; three one after another; three on streams) and under
+  ``torch.compile`` (first-step seconds included apart): which lever could lift the training term.
+- ``cuda_graphs``: the real Learner trained eagerly and with CUDA-graph steps
+  (``inatloc_nb.cuda_graphs``) from one seed: both rates and whether the weights are identical.
 - ``run_jpeg``: ``bench_training.run_once`` (the real Learner and loaders) on generated 500 px
   JPEGs at batch 32; ``run_prepared``: the same from a prepared copy; ``run_batch64`` /
   ``run_batch128`` / ``run_batch128_prepared``; ``packed3``: three packed runs
@@ -202,6 +207,89 @@ def _rate(step: Callable[[], None], batch: int, steps: int, warmup: int) -> floa
     return batch * steps / (time.perf_counter() - start)
 
 
+def training_levers(model_factory: Callable[[], tuple[torch.nn.Module, Any]], k: int, batch: int, steps: int,
+                    warmup: int, image_size: int, compile_budget_s: float) -> dict[str, Any]:
+    """What could make the training term faster with every number unchanged, on device-resident
+    tensors at ``batch`` per model: ``k`` models (one per learning rate) stepped one after
+    another, on ``k`` CUDA streams, as CUDA graphs (one and ``k`` on streams), and the step
+    under ``torch.compile`` (with its compilation seconds). Rates are images/s over all models."""
+    import copy
+
+    import torch._dynamo
+
+    base, settings = model_factory()
+    device = torch.device(settings.device)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if settings.channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(memory_format=fmt)
+    y = torch.randint(0, bench_training.N_CLASSES, (batch,), device=device)
+    models = [base] + [copy.deepcopy(base) for _ in range(k - 1)]
+    opts = [torch.optim.SGD(m.parameters(), lr=1e-4 * (i + 1), momentum=0.9, nesterov=True, weight_decay=1e-5)
+            for i, m in enumerate(models)]
+    for m in models:
+        m.train()
+
+    def step(i: int, captured: bool = False) -> None:
+        # under capture (PyTorch's whole-network recipe): no autocast cache, gradients left
+        # in place (set to None before the capture, so each replay writes them anew)
+        with (torch.autocast(device.type, dtype=settings.amp_dtype, cache_enabled=not captured) if settings.amp
+              else contextlib.nullcontext()):
+            loss = torch.nn.functional.cross_entropy(models[i](x), y)
+        loss.backward()
+        opts[i].step()
+        if not captured:
+            opts[i].zero_grad(set_to_none=True)
+
+    out: dict[str, Any] = {"k": k, "batch_per_model": batch}
+    out["one_model_images_per_s"] = _rate(lambda: step(0), batch, steps, warmup)
+    out["k_sequential_images_per_s"] = _rate(lambda: [step(i) for i in range(k)], batch * k, steps, warmup)
+    if not cuda:
+        out["cuda_only"] = "streams and CUDA graphs need a GPU"
+    else:
+        streams = [torch.cuda.Stream() for _ in range(k)]
+
+        def on_streams(work: Callable[[int], None]) -> None:
+            current = torch.cuda.current_stream()
+            for i, s in enumerate(streams):
+                s.wait_stream(current)
+                with torch.cuda.stream(s):
+                    work(i)
+            for s in streams:
+                current.wait_stream(s)
+
+        out["k_streams_images_per_s"] = _rate(lambda: on_streams(step), batch * k, steps, warmup)
+        graphs = []
+        for i in range(k):  # whole-step capture (PyTorch's CUDA graphs recipe): warm up on a side stream
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    step(i)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            opts[i].zero_grad(set_to_none=True)
+            with torch.cuda.graph(graph):
+                step(i, captured=True)
+            graphs.append(graph)
+        out["one_graph_images_per_s"] = _rate(graphs[0].replay, batch, steps, warmup)
+        out["k_graphs_sequential_images_per_s"] = _rate(lambda: [g.replay() for g in graphs], batch * k, steps, warmup)
+        out["k_graphs_streams_images_per_s"] = _rate(lambda: on_streams(lambda i: graphs[i].replay()),
+                                                     batch * k, steps, warmup)
+        del graphs
+    if compile_budget_s > 0:
+        torch._dynamo.reset()
+        compiled = torch.compile(models[0])
+        models[0] = compiled
+        start = time.perf_counter()
+        step(0)
+        _sync()
+        out["compile_first_step_seconds"] = time.perf_counter() - start
+        out["compiled_one_model_images_per_s"] = _rate(lambda: step(0), batch, steps, warmup)
+        torch._dynamo.reset()
+    del models, opts
+    return out
+
+
 # --- the real pipeline ----------------------------------------------------------------------
 
 
@@ -213,6 +301,36 @@ def bench_run(data: Path, argv: list[str], packed: int = 1) -> dict[str, Any]:
     for block in (result, *result.get("runs", [])):
         block["train"].pop("window", None)
     return result
+
+
+def cuda_graph_run(data: Path, args: argparse.Namespace, warmup: int, steps: int) -> dict[str, Any]:
+    """The real Learner on the JPEGs, trained eagerly and with CUDA-graph steps from one seed:
+    training images/s of each, and whether the weights after the same batches are identical."""
+    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary
+    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.learner import build_learner
+
+    dataset = WSOLDataset.from_folder(data, image_root=data / "images")
+    out: dict[str, Any] = {}
+    weights = {}
+    for way in ("eager", "graphs"):
+        learn = build_learner(dataset, dataset.levels[0], lr=1e-2, backbone=args.backbone, pretrained=False,
+                              image_size=args.image_size, device=args.device, schedule=1,
+                              num_workers=0 if args.smoke else None)
+        if way == "graphs":  # opt-in (inatloc_nb.device: cuda_graphs)
+            learn.add_cb(CudaGraphStep())
+        timer = bench_training.Timer(warmup, steps)
+        with learn.added_cbs(timer), learn.no_bar(), learn.no_logging():
+            learn.fit(1)
+        out[way] = {"train_images_per_s": timer.images / (timer.stop - timer.start), "graphs": graph_summary(learn)}
+        weights[way] = {k: v.detach().float().cpu() for k, v in learn.model.state_dict().items()}
+        del learn
+        _free()
+    diffs = [float((weights["eager"][k] - weights["graphs"][k]).abs().max()) for k in weights["eager"]]
+    out["weights_identical"] = all(torch.equal(weights["eager"][k], weights["graphs"][k]) for k in weights["eager"])
+    out["weights_max_abs_diff"] = max(diffs)
+    out["speedup"] = out["graphs"]["train_images_per_s"] / out["eager"]["train_images_per_s"]
+    return out
 
 
 def compile_run(data: Path, argv: list[str]) -> dict[str, Any]:
@@ -334,8 +452,15 @@ def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
     a_train, a_cam, t_run = one["train"]["images_per_s"], one["cam_extraction"]["images_per_s"], e2e["fixed_seconds"]
     out["inputs"] = {"A_train_one_run": a_train, "A_cam_one_run": a_cam, "t_run_seconds": t_run}
     out["one_run_at_a_time"] = hours(GRID["train_images"], a_train, GRID["cams"], a_cam, GRID["runs"], t_run)
+    prepared = r.get("run_prepared", {}).get("cam_extraction")
+    if prepared:  # evaluation splits read from a prepared copy (CAMs in whole batches)
+        out["one_run_at_a_time_prepared_cams"] = hours(GRID["train_images"], a_train, GRID["cams"],
+                                                       prepared["images_per_s"], GRID["runs"], t_run)
     packed = r.get("packed3", {}).get("aggregate")
-    if packed:
+    if packed and packed.get("train_windows_overlap_s", 0) <= 0:
+        out["packed_3"] = {"not_estimated": "the packed runs' timed windows did not overlap, so the sum of "
+                                            "their rates is not a packed throughput"}
+    elif packed:
         out["packed_3"] = hours(GRID["train_images"], packed["train_images_per_s_sum"], GRID["cams"],
                                 packed["cam_images_per_s_sum"], GRID["runs"] / 3, t_run)
     fused = r.get("fused", {})
@@ -421,6 +546,11 @@ def main(argv: list[str] | None = None) -> int:
 
         check.section("bare_loop", 30 if big else 0,
                       lambda: bare_loop(model_factory, args.batches, args.steps, args.warmup, args.image_size))
+        check.section("training_levers", 60 if big else 0,
+                      lambda: training_levers(model_factory, 3, args.batches[0], args.steps, args.warmup,
+                                              args.image_size, 1 if args.compile and big else 0))
+        check.section("cuda_graphs", 40 if big else 0,
+                      lambda: cuda_graph_run(data, args, 10 if big else 1, 100 if big else 2))
         check.section("run_jpeg", 25 if big else 0, lambda: bench_run(data, args.bench))
         # first, so that the runs below find the MaxBoxAccV2 kernels compiled (numba caches them
         # on disk: only a machine's first run pays the compilation)

@@ -20,6 +20,12 @@ resolves per device:
   (the children of ``model.features``) is compiled in place with ``nn.Module.compile``:
   parameter names and saved weights are unchanged, and ``model.features`` itself stays eager
   so the CAM hook on it sees every forward pass.
+- ``cuda_graphs``: off by default (not yet measured end to end on a GPU; ``benchmarks/gpu_check.py``
+  compares its weights and rate with the eager loop). Each full training batch's step is
+  recorded once as a CUDA graph and replayed (``inatloc_nb.cuda_graphs``): the eager step's
+  kernels on the same inputs, launched without the host's per-kernel cost. Methods that draw
+  random numbers inside the step, float16 loss scaling and callbacks acting inside the step
+  keep the eager step (the callback records why).
 """
 from __future__ import annotations
 
@@ -30,6 +36,7 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 
+from inatloc_nb.cuda_graphs import CudaGraphStep
 from inatloc_nb.errors import InatlocError
 
 if TYPE_CHECKING:
@@ -50,6 +57,7 @@ class DeviceSettings:
     amp: bool
     channels_last: bool
     compile: bool
+    cuda_graphs: bool = False
 
     @property
     def tf32(self) -> bool | None:
@@ -76,9 +84,10 @@ def resolve_settings(
     amp: bool | None = None,
     channels_last: bool | None = None,
     compile: bool | None = None,
+    cuda_graphs: bool | None = None,
 ) -> DeviceSettings:
     """The settings for ``device`` (default: ``default_device()``); a None switch takes its
-    device default (amp and channels-last on for CUDA, compile off)."""
+    device default (amp and channels-last on for CUDA; compile and CUDA graphs off)."""
     device = default_device() if device is None else torch.device(device)
     cuda = device.type == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -92,6 +101,7 @@ def resolve_settings(
         amp=bool(amp),
         channels_last=cuda if channels_last is None else bool(channels_last),
         compile=False if compile is None else bool(compile),
+        cuda_graphs=False if cuda_graphs is None else bool(cuda_graphs),
     )
 
 
@@ -155,6 +165,10 @@ def apply_settings(learn: Learner, settings: DeviceSettings) -> Learner:
         learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if bf16 else AMPMode.FP16))
     if settings.channels_last:
         learn.add_cb(ChannelsLastInputs())
+    if settings.cuda_graphs:
+        if settings.compile:
+            raise InatlocError("cuda_graphs and compile do not combine; choose one")
+        learn.add_cb(CudaGraphStep())
     learn.device_settings = settings
     return learn
 

@@ -70,7 +70,9 @@ def shared_dataloaders(build: Callable[[], Any]) -> Any:
     from fastai.data.core import DataLoaders
 
     real = group.shared(("dataloaders", group.count("dataloaders")), build)
-    return DataLoaders(*(SharedLoader(dl, group) for dl in real.loaders), path=real.path, device=real.device)
+    dls = DataLoaders(*(SharedLoader(dl, group) for dl in real.loaders), path=real.path, device=real.device)
+    dls.prepared = getattr(real, "prepared", None)
+    return dls
 
 
 # --- random state -------------------------------------------------------------------------

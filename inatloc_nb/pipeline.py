@@ -176,6 +176,7 @@ def protocol_dataloaders(
     )
     for dl in dls.loaders:
         set_prefetch(dl)
+    dls.prepared = prepared  # CAM extraction reads evaluation splits from it in whole batches
     return dls
 
 

@@ -176,7 +176,7 @@ class PreparedImages:
     each process (the object pickles to loader workers without its maps)."""
 
     def __init__(self, folder: str | Path, dataset: WSOLDataset, image_size: int, splits: Sequence[str]):
-        self.folder = Path(folder)
+        self.folder, self.image_size, self.splits = Path(folder), image_size, list(splits)
         index = _read_index(self.folder)
         if index["image_size"] != image_size:
             raise InatlocError(f"{self.folder}: prepared at {index['image_size']} px, the run uses {image_size} px")
@@ -195,15 +195,24 @@ class PreparedImages:
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": {}}
 
+    def array(self, split: str) -> np.ndarray:
+        """The stored (N, side, side, 3) uint8 array of ``split``, memory-mapped."""
+        array = self._arrays.get(split)
+        if array is None:
+            array = self._arrays[split] = np.load(self.folder / f"{split}.npy", mmap_mode="r")
+        return array
+
+    def holds(self, split: str) -> bool:
+        """Whether ``split`` is stored at the run's image size (evaluation splits are, the
+        training split at its larger training side), so its loader's pixels are the stored ones."""
+        return split in self.splits and split_side(split, self.image_size) == self.image_size
+
     def __call__(self, item: Sequence) -> np.ndarray:
         try:
             split, row = self.rows[str(item[0])]
         except KeyError:
             raise InatlocError(f"{item[0]} is not in the prepared copy {self.folder}") from None
-        array = self._arrays.get(split)
-        if array is None:
-            array = self._arrays[split] = np.load(self.folder / f"{split}.npy", mmap_mode="r")
-        return np.array(array[row])
+        return np.array(self.array(split)[row])
 
 
 __all__ = [

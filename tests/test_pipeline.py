@@ -20,7 +20,7 @@ from inatloc_nb.device import (
 from inatloc_nb.env import LOADER_WORKERS_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import build_dataloaders, build_learner
-from inatloc_nb.prepared import prepare_dataset, prepared_folder, split_side
+from inatloc_nb.prepared import PreparedImages, prepare_dataset, prepared_folder, split_side
 from inatloc_nb.run_config import RunConfig
 
 SIZE = 32
@@ -239,3 +239,87 @@ def test_bench_training_smoke(tmp_path, capsys):
     assert result["train"]["images_per_s"] > 0 and result["train"]["images"] == 16
     assert result["cam_extraction"]["images_per_s"] > 0 and result["cam_extraction"]["images"] == 16
     assert result["settings"]["amp"] is False and result["settings"]["runs_packed"] == 1
+
+
+@pytest.mark.slow
+def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_dataset_dir, tmp_path, monkeypatch):
+    """CAMs of evaluation splits read from a prepared copy as whole batches (no loader workers,
+    no per-image transforms) equal those read through the loader: the same maps, and with D_f
+    passes between epochs (``select_epoch: best``) the same random numbers afterwards, so the
+    same weights and metrics."""
+    from fastai.torch_core import set_seed
+
+    from inatloc_nb.cam import extract_cams
+    from inatloc_nb.run import run_experiment
+
+    prepare_dataset(tiny_dataset, tmp_path / "cache", SIZE, workers=1, progress=False)
+    config = RunConfig(data=str(tiny_dataset_dir), level=LEVEL, lr=0.05, schedule=2, select_epoch="best",
+                       prepared=str(tmp_path / "cache"), **FAST)
+    from inatloc_nb import cam
+
+    runs, batch_reads = {}, []
+    real = cam.prepared_batches
+    monkeypatch.setattr(cam, "prepared_batches", lambda dl, copy, split, *a: batch_reads.append(split) or real(dl, copy, split, *a))
+    for way in ("batches", "loader"):
+        if way == "loader":
+            monkeypatch.setattr(PreparedImages, "holds", lambda self, split: False)
+        metrics = run_experiment(config, tmp_path / way, say=lambda _: None)
+        set_seed(1)
+        learn = build_learner(tiny_dataset, LEVEL, prepared=tmp_path / "cache", **FAST)
+        cams = extract_cams(learn, tiny_dataset, "test", LEVEL, progress=False)
+        runs[way] = (metrics, torch.load(tmp_path / way / "model.pth"), cams, torch.get_rng_state(), np.random.get_state()[1])
+        if way == "batches":
+            assert set(batch_reads) == {"val", "test"}  # the fast path was taken
+    (m_fast, w_fast, c_fast, r_fast, n_fast), (m_slow, w_slow, c_slow, r_slow, n_slow) = runs["batches"], runs["loader"]
+    assert m_fast == m_slow
+    assert all(torch.equal(w_fast[k], w_slow[k]) for k in w_slow)
+    assert np.array_equal(c_fast.raw, c_slow.raw) and np.array_equal(c_fast.labels, c_slow.labels)
+    assert np.array_equal(c_fast.predictions, c_slow.predictions) and np.array_equal(c_fast.top1_logits, c_slow.top1_logits)
+    assert torch.equal(r_fast, r_slow) and np.array_equal(n_fast, n_slow)
+
+
+def test_cuda_graph_steps_where_replaying_cannot_differ(tiny_dataset, monkeypatch):
+    """CUDA-graph steps: opt-in, recorded in the settings;
+    used only for methods declaring ``cuda_graph_safe`` with no callback acting inside the
+    step (bf16 mixed precision is replicated; fp16 loss scaling is not); elsewhere the
+    callback says why and training is fastai's eager loop, unchanged."""
+    from fastai.callback.core import Callback
+
+    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary, step_blocker
+    from inatloc_nb.methods import get_method
+
+    assert resolve_settings("cpu").cuda_graphs is False
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_settings("cuda").cuda_graphs is False  # opt-in until measured on a GPU
+    assert resolve_settings("cuda", cuda_graphs=True).to_dict()["cuda_graphs"] is True
+    monkeypatch.undo()
+
+    safe = {name for name in ("cam", "has", "adl", "cutmix", "acol", "spg") if get_method(name).cuda_graph_safe}
+    assert safe == {"cam", "has"}  # the others draw random numbers in the step or act inside it
+    learn = build_learner(tiny_dataset, LEVEL, method="has", lr=0.01, **FAST)
+    assert step_blocker(learn) is None
+    assert "adl" in step_blocker(build_learner(tiny_dataset, LEVEL, method="adl", lr=0.01, **FAST))
+
+    class LossHook(Callback):
+        def after_loss(self) -> None:
+            pass
+
+    learn.add_cb(LossHook())
+    assert step_blocker(learn) == "callback LossHook acts inside the step (after_loss)"
+    learn.remove_cb(LossHook)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    apply_settings(learn, DeviceSettings("cpu", amp=True, channels_last=False, compile=False))
+    assert "float16" in step_blocker(learn)
+
+    # on a CPU the callback stands aside: the same weights as without it
+    weights = []
+    for graphs in (False, True):
+        learn = build_learner(tiny_dataset, LEVEL, lr=0.01, schedule=1, **FAST)
+        if graphs:
+            learn.add_cb(CudaGraphStep())
+        learn.fit(1)
+        weights.append(learn.model.state_dict())
+    assert graph_summary(learn) == {"replays": 0, "eager_steps": 0, "captures": 0,
+                                    "reason": "training is not on a CUDA device"}
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -29,6 +29,10 @@ class WSOLMethod:
     defaults: ClassVar[dict[str, Any]] = {}
     #: Whether ``bind`` needs the dataset's hierarchy (methods with one head per level).
     needs_hierarchy: ClassVar[bool] = False
+    #: Whether a training step may be recorded once and replayed as a CUDA graph
+    #: (``inatloc_nb.cuda_graphs``): the forward pass and loss draw no random numbers, never
+    #: wait for the host and act through no step callbacks. Declared by each method that is.
+    cuda_graph_safe: ClassVar[bool] = False
 
     def __init__(self, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))

@@ -8,4 +8,5 @@ class CAM(WSOLMethod):
     """Class activation mapping with no training-time change."""
 
     name = "cam"
+    cuda_graph_safe = True
     defaults = {}

@@ -57,6 +57,7 @@ class HaS(WSOLMethod):
     """CAM trained on images with randomly hidden patches."""
 
     name = "has"
+    cuda_graph_safe = True  # hiding happens before the step, on the batch
     defaults = {"drop_rate": 0.09, "patch_size": 31}
 
     def callbacks(self) -> list[Callback]:
