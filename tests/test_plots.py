@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb import plots, report, results
+from inatloc_nb import plots, report, results, runfolder
 from inatloc_nb.cli import main
 from inatloc_nb.io import atomic_write_json, atomic_write_parquet
 
@@ -34,7 +34,7 @@ def _write_run(root: Path, run_id: str, params: dict, metrics: dict | None, anal
     else:
         atomic_write_json(folder / "metrics.json", metrics)
     if analysis is not None:
-        atomic_write_parquet(folder / results.ANALYSIS, analysis)
+        atomic_write_parquet(folder / runfolder.ANALYSIS, analysis)
     if table:  # the others are rebuilt by results.collect
         results.write_run_results(folder)
 
