@@ -3,7 +3,6 @@ protocol's predicted boxes, as matplotlib figures (also reachable as ``inatloc_n
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -55,29 +54,29 @@ def cam_grid(
 def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict[str, list]:
     """Images (squished to the CAM grid), CAMs, GT boxes and protocol boxes at the run's optimal
     threshold for IoU 50, for rows ``indices`` of ``split``."""
-    from inatloc_nb.cam import CamSet
     from inatloc_nb.metrics.boxacc import contour_boxes
     from inatloc_nb.metrics.scoremaps import EVAL_SIZE
     from inatloc_nb.run_config import RunConfig, load_dataset
     from inatloc_nb.metrics.scoremaps import binarize
+    from inatloc_nb.runfolder import RunFolder
 
-    run_dir = Path(run_dir)
-    config = RunConfig.from_json(run_dir / "params.json")
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    folder = RunFolder(run_dir)
+    config = RunConfig.from_json(folder.params_path)
+    metrics = folder.read_metrics()
     block = metrics if split == "test" else metrics[split]
     threshold = float(block["optimal_threshold"]["50"])
-    cams = CamSet.load(run_dir / "cams" / f"{split}.npz")
+    cams = folder.load_cams(split)
     dataset = load_dataset(config.data, config.image_root)
     gt = dataset.gt_boxes(split, size=EVAL_SIZE)
     names = dataset.class_names(cams.level)
-    panels: dict[str, list] = {"images": [], "cams": [], "gt": [], "pred": [], "titles": []}
+    panels: dict[str, list] = {"images": [], "maps": [], "gt": [], "pred": [], "titles": []}
     for i in indices:
         bgr = cv2.imread(str(dataset.image_path(cams.image_ids[i])), cv2.IMREAD_COLOR)
         if bgr is None:
             raise PlotError(f"cannot read image {dataset.image_path(cams.image_ids[i])}")
         panels["images"].append(cv2.cvtColor(cv2.resize(bgr, (EVAL_SIZE, EVAL_SIZE)), cv2.COLOR_BGR2RGB))
         cam = cams.map(i)
-        panels["cams"].append(cam)
+        panels["maps"].append(cam)
         panels["gt"].append(gt[i])
         panels["pred"].append(contour_boxes(binarize(cam, threshold)))
         panels["titles"].append(f"{cams.level}: {names[cams.labels[i]]}\npredicted {names[cams.predictions[i]]}")
@@ -87,11 +86,11 @@ def _run_panels(run_dir: str | Path, split: str, indices: Sequence[int]) -> dict
 def run_cam_grid(run_dir: str | Path, split: str = "test", n: int = 8, ncols: int = 4):
     """:func:`cam_grid` of the first ``n`` images of a run folder's ``cams/<split>.npz``, with the
     protocol's boxes at the optimal threshold for IoU 50."""
-    from inatloc_nb.cam import CamSet
+    from inatloc_nb.runfolder import RunFolder
 
-    count = len(CamSet.load(Path(run_dir) / "cams" / f"{split}.npz"))
+    count = len(RunFolder(run_dir).load_cams(split))
     p = _run_panels(run_dir, split, range(min(n, count)))
-    return cam_grid(p["images"], p["cams"], p["gt"], p["pred"], p["titles"], ncols=ncols)
+    return cam_grid(p["images"], p["maps"], p["gt"], p["pred"], p["titles"], ncols=ncols)
 
 
 def compare_levels(run_dirs: Sequence[str | Path], split: str = "test", indices: Sequence[int] = (0, 1, 2)):
@@ -101,4 +100,4 @@ def compare_levels(run_dirs: Sequence[str | Path], split: str = "test", indices:
     columns = [_run_panels(run_dir, split, indices) for run_dir in run_dirs]
     order = [(c, r) for r in range(len(indices)) for c in range(len(columns))]
     pick = {key: [columns[c][key][r] for c, r in order] for key in columns[0]}
-    return cam_grid(pick["images"], pick["cams"], pick["gt"], pick["pred"], pick["titles"], ncols=len(columns))
+    return cam_grid(pick["images"], pick["maps"], pick["gt"], pick["pred"], pick["titles"], ncols=len(columns))

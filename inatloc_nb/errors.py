@@ -47,3 +47,7 @@ class ScoreMapError(InatlocError):
 
 class PlotError(InatlocError):
     """A table or run folder that cannot be drawn (empty, or without what a figure needs)."""
+
+
+class ResultsError(InatlocError):
+    """A run folder or results table that does not follow the documented layout."""

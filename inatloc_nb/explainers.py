@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.runfolder import IDENTITY_KEYS, RunFolder, metrics_block
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -52,8 +52,6 @@ EXPLAINERS: dict[str, str] = {
 }
 #: The name of a run's own maps (its method's class activation maps) in results and sweeps.
 OWN_MAPS = "cam"
-#: Folder of a run directory holding one sub-folder per explainer.
-EXPLAIN_DIR = "explain"
 
 
 def check_explainer(name: str) -> str:
@@ -131,12 +129,12 @@ class Explainer:
 
 def explain_dir(run_dir: str | Path, name: str) -> Path:
     """``run_dir/explain/<name>``."""
-    return Path(run_dir) / EXPLAIN_DIR / check_explainer(name)
+    return RunFolder(run_dir).explain(check_explainer(name)).path
 
 
 def is_explained(run_dir: str | Path, name: str) -> bool:
     """Whether ``explain_run(run_dir, name)`` has finished (its ``metrics.json`` exists)."""
-    return (explain_dir(run_dir, name) / "metrics.json").is_file()
+    return RunFolder(explain_dir(run_dir, name)).is_finished()
 
 
 def explain_run(
@@ -154,48 +152,37 @@ def explain_run(
     scored with MaxBoxAccV2 as the run's CAMs were. Returns the metrics written.
     """
     from inatloc_nb.cam import extract_cams, score_cams
-    from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.baselines.runfolder import split_metrics
     from inatloc_nb.run_config import load_dataset
     from inatloc_nb.run_model import load_run_model
 
-    run_dir = Path(run_dir)
-    out = explain_dir(run_dir, name)
-    run_metrics_path = run_dir / "metrics.json"
-    if not run_metrics_path.is_file():
-        raise InatlocError(f"{run_metrics_path}: missing; {run_dir} is not a finished training run")
-    try:
-        run_metrics = json.loads(run_metrics_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InatlocError(f"{run_metrics_path}: cannot read ({exc})") from exc
-    model, config, _ = load_run_model(run_dir, device)
+    run = RunFolder(run_dir)
+    out = run.explain(check_explainer(name))
+    if not run.is_finished():
+        raise InatlocError(f"{run.metrics_path}: missing; {run.path} is not a finished training run")
+    run_metrics = run.read_metrics()
+    model, config, _ = load_run_model(run.path, device)
     dataset = load_dataset(config.data, config.image_root)
     metrics: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     with Explainer(name, score_batch=score_batch) as explainer:
         for split in config.eval_splits:
-            say(f"{name}: explaining {split} of {run_dir.name}")
+            say(f"{name}: explaining {split} of {run.path.name}")
             start = time.perf_counter()
             cams: CamSet = extract_cams(
                 model, dataset, split, config.level, method=explainer, image_size=config.image_size,
                 batch_size=batch_size or config.batch_size, num_workers=config.num_workers,
             )
             seconds = time.perf_counter() - start
-            cams.save(out / "cams" / f"{split}.npz")
-            metrics[split] = split_metrics(score_cams(cams, dataset), cams.top1)
+            out.save_cams(cams)
+            metrics[split] = metrics_block(score_cams(cams, dataset), cams.top1)
             timings[f"{split}_seconds"] = seconds
             timings[f"{split}_images_per_s"] = len(cams) / seconds
     timings["device"] = str(next(model.parameters()).device)
-    atomic_write_json(out / "timings.json", timings)
-    summary = metrics.pop("test", {})
-    summary.update(metrics)
-    summary.update({k: run_metrics.get(k) for k in ("level", "method", "lr", "seed", "per_class",
-                                                    "n_train_images")})
-    summary["explainer"] = name
-    atomic_write_json(out / "metrics.json", summary)
-    say(f"{name}: done: {out}")
+    out.write_timings(timings)
+    summary = out.write_metrics(metrics, **{k: run_metrics.get(k) for k in IDENTITY_KEYS}, explainer=name)
+    say(f"{name}: done: {out.path}")
     return summary
 
 
-__all__ = ["EXPLAINERS", "EXPLAIN_DIR", "OWN_MAPS", "Explainer", "NativeResolution", "check_explainer",
+__all__ = ["EXPLAINERS", "OWN_MAPS", "Explainer", "NativeResolution", "check_explainer",
            "explain_dir", "explain_run", "is_explained"]

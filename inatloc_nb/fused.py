@@ -20,7 +20,7 @@ separate run draws, and its weights and metrics are those of its separate run.
 Each run writes its own run folder (``run_experiment``); a run that fails leaves the group
 and the others go on. ``python -m inatloc_nb.fused GROUP.json`` runs a group described as
 ``[{"params": <notebook parameters>, "out_dir": ...}, ...]`` (what a sweep executes) and
-writes ``fused_error.json`` into the folder of each run that failed.
+writes ``fused_error.json`` (``RunFolder.write_fused_error``) into the folder of each run that failed.
 """
 from __future__ import annotations
 
@@ -36,12 +36,8 @@ from inatloc_nb.lockstep import FusedDivergence, LockstepGroup, active, run_lock
 if TYPE_CHECKING:
     from inatloc_nb.run_config import RunConfig
 
-__all__ = ["ERROR_FILE", "FusedDivergence", "LockstepGroup", "active", "check_fusable", "config_from_parameters",
+__all__ = ["FusedDivergence", "LockstepGroup", "active", "check_fusable", "config_from_parameters",
            "run_fused", "run_lockstep", "shared", "step_aside"]
-
-#: File a failed run of a fused group finds in its folder: type, message, traceback.
-ERROR_FILE = "fused_error.json"
-
 
 def check_fusable(configs: Sequence[RunConfig]) -> None:
     """Raise ``InatlocError`` unless ``configs`` are trained runs differing only in ``lr``."""
@@ -103,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m inatloc_nb.fused GROUP.json``: run a fused group (see the module docstring)."""
     import json
 
-    from inatloc_nb.io import atomic_write_json
+    from inatloc_nb.runfolder import RunFolder
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
@@ -115,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     outcomes = run_fused(configs, folders, say=lambda m: print(m, flush=True))
     for folder, outcome in zip(folders, outcomes, strict=True):
         if isinstance(outcome, BaseException):
-            atomic_write_json(folder / ERROR_FILE, {
+            RunFolder(folder).write_fused_error({
                 "type": type(outcome).__name__, "message": f"{type(outcome).__name__}: {outcome}",
                 "traceback": "".join(traceback.format_exception(outcome))})
     return 0

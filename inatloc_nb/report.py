@@ -26,9 +26,10 @@ import polars as pl
 from inatloc_nb import plots, results
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_text
+from inatloc_nb.runfolder import RUNS_DIR
 
 __all__ = ["ReportError", "Figure", "FIGURES", "level_table", "method_table", "learning_rate_table",
-           "run_table", "selected_results", "split_metrics", "selected_analysis", "draw_figures", "build_report"]
+           "run_table", "selected_results", "metrics_table", "selected_analysis", "draw_figures", "build_report"]
 
 
 class ReportError(InatlocError):
@@ -121,15 +122,15 @@ def selected_results(results_dir: str | Path, problems: list[str] | None = None)
     results_dir = Path(results_dir)
     store = results.collect(results_dir, problems)
     if store.height == 0:
-        raise ReportError(f"{results_dir}: no run folders under {results_dir / 'runs'}")
+        raise ReportError(f"{results_dir}: no run folders under {results_dir / RUNS_DIR}")
     best = results.select_learning_rate(store)
     if best.height == 0:
         n_runs = store["run_id"].n_unique()
-        raise ReportError(f"{results_dir}: none of the {n_runs} runs finished (see {results_dir / 'runs'})")
+        raise ReportError(f"{results_dir}: none of the {n_runs} runs finished (see {results_dir / RUNS_DIR})")
     return store, best
 
 
-def split_metrics(metrics: Mapping[str, Any]) -> pl.DataFrame:
+def metrics_table(metrics: Mapping[str, Any]) -> pl.DataFrame:
     """A run's ``metrics.json`` as a table: one row per evaluated split (and level, for CAM-Agg)."""
     blocks = metrics["per_level"] if "per_level" in metrics else {metrics.get("level"): metrics}
     rows = []

@@ -1,10 +1,10 @@
 """The results store: one parquet per run, consolidated into ``results.parquet``.
 
-A run folder (``runs/<id>/``) holds ``run.json`` (written by the sweep: run id, parameters,
-status, wall time), ``metrics.json`` when the run finished, ``error.json`` when it failed and
-optionally ``timings.json``, ``analysis.parquet`` and ``explain/<explainer>/metrics.json``.
-:func:`run_results` turns it into one row per evaluated split (and per level for CAM-Agg) and
-per explainer (``"cam"``: the run's own maps); the columns are :data:`SCHEMA`,
+A run folder (``runs/<id>/``, :mod:`inatloc_nb.runfolder`) holds ``run.json`` (written by the
+sweep: run id, parameters, status, wall time), ``metrics.json`` when the run finished,
+``error.json`` when it failed and optionally ``timings.json``, ``analysis.parquet`` and
+``explain/<explainer>/metrics.json``. :func:`run_results` turns it into one row per evaluated
+split (and per level for CAM-Agg) and per explainer (``"cam"``: the run's own maps); the columns are :data:`SCHEMA`,
 documented in ``docs/results_schema.md``.
 """
 from __future__ import annotations
@@ -17,22 +17,15 @@ from typing import Any
 
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.explainers import EXPLAIN_DIR, OWN_MAPS
+from inatloc_nb.errors import ResultsError
+from inatloc_nb.explainers import OWN_MAPS
 from inatloc_nb.io import atomic_write_parquet
+from inatloc_nb.runfolder import REDO_RUN, RUN_RECORD, RUN_TABLE, RUNS_DIR, RunFolder, read_table
 
-#: The sweep's record of a run, inside the run folder.
-RUN_RECORD = "run.json"
-#: A run's own results table, inside the run folder.
-RUN_TABLE = "results.parquet"
 #: The consolidated store, at the top of the results folder.
 STORE_NAME = "results.parquet"
-#: Per-image analysis table written by a run.
-ANALYSIS = "analysis.parquet"
 #: The sweep's name and configuration file, at the top of the results folder.
 SWEEP_RECORD = "sweep.json"
-#: How to redo a run whose files are damaged (``{run}``: the run folder).
-REDO_RUN = "delete the run folder {run} and rerun the sweep (it redoes missing runs)"
 #: IoU thresholds (percent) of the per-threshold columns.
 IOU_THRESHOLDS = (30, 50, 70)
 #: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level).
@@ -75,45 +68,8 @@ SCHEMA: dict[str, pl.DataType] = {
 METRIC_KEYS = ("maxboxacc_v2", "per_iou", "optimal_threshold", "top1")
 
 
-class ResultsError(InatlocError):
-    """A run folder or results table that does not follow the documented layout."""
-
-
 def _redo(path: Path) -> str:
     return REDO_RUN.format(run=path.parent)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: missing; {_redo(path)}") from None
-    except json.JSONDecodeError as exc:
-        raise ResultsError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); {_redo(path)}") from None
-    except UnicodeDecodeError as exc:
-        raise ResultsError(f"{path}: not UTF-8 text ({exc.reason}); {_redo(path)}") from None
-    except OSError as exc:
-        raise ResultsError(f"{path}: cannot read ({exc.strerror or exc}); {_redo(path)}") from None
-
-
-def read_table(path: str | Path, advice: str | None = None) -> pl.DataFrame:
-    """A parquet file, or ``ResultsError`` naming it when it is missing, empty, truncated or
-    not parquet (``advice``: what to do; default: redo the run of the folder it is in)."""
-    path = Path(path)
-    advice = advice or _redo(path)
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ResultsError(f"{path}: missing; {advice}") from None
-    if not path.is_file():
-        raise ResultsError(f"{path}: not a file; {advice}")
-    if size == 0:
-        raise ResultsError(f"{path}: empty file (0 bytes); {advice}")
-    try:
-        return pl.read_parquet(path)
-    except Exception as exc:  # polars raises ComputeError, OSError, ... for damaged files
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ResultsError(f"{path}: not a readable parquet table ({first}); {advice}") from None
 
 
 def _number(block: Mapping, key: str, path: Path, where: str, nullable: bool = False) -> float | None:
@@ -176,9 +132,9 @@ def _metric_rows(metrics: Any, path: Path, train_level: str) -> list[dict[str, A
 
 def read_record(run_dir: str | Path) -> dict[str, Any]:
     """A run folder's ``run.json``, checked: ``run_id``, ``status``, ``params`` (:data:`RUN_PARAMS`)."""
-    path = Path(run_dir) / RUN_RECORD
-    record = _read_json(path)
-    params = record.get("params") if isinstance(record, Mapping) else None
+    folder = RunFolder(run_dir)
+    path, record = folder.record_path, folder.read_record()
+    params = record.get("params")
     if not isinstance(params, Mapping) or "run_id" not in record or record.get("status") not in ("ok", "failed"):
         raise ResultsError(f"{path}: expected run_id, params and status 'ok' or 'failed'")
     missing = [k for k in RUN_PARAMS if k not in params]
@@ -195,48 +151,50 @@ def _parameter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def run_results(run_dir: str | Path) -> pl.DataFrame:
     """The results table of one run folder (see the module docstring), typed as :data:`SCHEMA`."""
-    run_dir = Path(run_dir)
-    record = read_record(run_dir)
+    folder = RunFolder(run_dir)
+    record = read_record(folder.path)
     params = record["params"]
     base = {
         **_parameter_columns(record), "status": record["status"],
         "wall_seconds": record.get("wall_seconds"), "finished_at": record.get("finished_at"),
     }
-    timings = run_dir / "timings.json"
-    base["timings"] = json.dumps(_read_json(timings), sort_keys=True) if timings.is_file() else None
+    base["timings"] = _timings_text(folder)
     if record["status"] == "ok":
-        metrics_path = run_dir / "metrics.json"
-        metrics = _read_json(metrics_path)
+        metrics_path, metrics = folder.metrics_path, folder.read_metrics()
         n_train = metrics.get("n_train_images") if isinstance(metrics, Mapping) else None
         if n_train is not None and (isinstance(n_train, bool) or not isinstance(n_train, int)):
             raise ResultsError(f"{metrics_path}: n_train_images: expected an integer, got {n_train!r}")
         rows = [{**base, "n_train_images": n_train, "explainer": OWN_MAPS, **row}
                 for row in _metric_rows(metrics, metrics_path, params["level"])]
-        rows += _explainer_rows(run_dir, {**base, "n_train_images": n_train}, params["level"])
+        rows += _explainer_rows(folder, {**base, "n_train_images": n_train}, params["level"])
     else:
-        error = _read_json(run_dir / "error.json")
+        error = folder.read_error()
         rows = [{**base, "explainer": OWN_MAPS,
                  "error": error.get("message") if isinstance(error, Mapping) else None}]
     return pl.DataFrame(rows, schema=SCHEMA, strict=False).select(list(SCHEMA))
 
 
-def _explainer_rows(run_dir: Path, base: dict[str, Any], train_level: str) -> list[dict[str, Any]]:
+def _timings_text(folder: RunFolder) -> str | None:
+    """A folder's ``timings.json`` as compact sorted JSON (the ``timings`` column), or None."""
+    timings = folder.read_timings()
+    return None if timings is None else json.dumps(timings, sort_keys=True)
+
+
+def _explainer_rows(folder: RunFolder, base: dict[str, Any], train_level: str) -> list[dict[str, Any]]:
     """Rows of every finished ``explain/<name>/metrics.json`` (``inatloc_nb.explainers``), with
     the explainer's own ``timings.json``."""
     rows = []
-    for metrics_path in sorted((run_dir / EXPLAIN_DIR).glob("*/metrics.json")):
-        timings = metrics_path.parent / "timings.json"
-        extra = {"explainer": metrics_path.parent.name,
-                 "timings": json.dumps(_read_json(timings), sort_keys=True) if timings.is_file() else None}
+    for name, explained in folder.explained():
+        extra = {"explainer": name, "timings": _timings_text(explained)}
         rows += [{**base, **extra, **row}
-                 for row in _metric_rows(_read_json(metrics_path), metrics_path, train_level)]
+                 for row in _metric_rows(explained.read_metrics(), explained.metrics_path, train_level)]
     return rows
 
 
 def write_run_results(run_dir: str | Path) -> pl.DataFrame:
     """Build :func:`run_results` and write it to ``run_dir/results.parquet`` (atomically)."""
     table = run_results(run_dir)
-    atomic_write_parquet(Path(run_dir) / RUN_TABLE, table)
+    RunFolder(run_dir).write_table(table)
     return table
 
 
@@ -269,7 +227,7 @@ def validate(table: pl.DataFrame, source: str | Path) -> pl.DataFrame:
 
 
 def _run_folders(results_dir: Path) -> list[Path]:
-    runs = results_dir / "runs"
+    runs = results_dir / RUNS_DIR
     if not runs.is_dir():
         return []
     return sorted(p for p in runs.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -277,14 +235,14 @@ def _run_folders(results_dir: Path) -> list[Path]:
 
 def _run_table(folder: Path) -> pl.DataFrame:
     """The validated table of one run folder (rebuilt from ``run.json`` when absent)."""
-    path = folder / RUN_TABLE
+    run = RunFolder(folder)
+    path = run.table_path
     if not path.exists():
-        if not (folder / RUN_RECORD).is_file():
-            raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}; "
-                               f"{REDO_RUN.format(run=folder)}")
+        if not run.record_path.is_file():
+            raise ResultsError(f"{folder}: run folder without {RUN_RECORD} or {RUN_TABLE}; {run.redo}")
         write_run_results(folder)
-    table = read_table(path)
-    if "explainer" not in table.columns and (folder / RUN_RECORD).is_file():
+    table = run.read_table()
+    if "explainer" not in table.columns and run.record_path.is_file():
         table = write_run_results(folder)  # written before results had an explainer column
     table = validate(table, path)
     if set(table["run_id"]) != {folder.name}:
@@ -368,14 +326,14 @@ def load_analysis(results_dir: str | Path, problems: list[str] | None = None) ->
     param_cols = ["run_id", "data", *RUN_PARAMS, "train_level"]
     frames = []
     for folder in _run_folders(results_dir):
-        path = folder / ANALYSIS
-        if not path.is_file():
+        run = RunFolder(folder)
+        if not run.analysis_path.is_file():
             continue
         try:
             record = read_record(folder)
             if record["status"] != "ok":
                 continue
-            frame = read_table(path)
+            frame = run.read_analysis()
         except ResultsError as exc:
             if problems is None:
                 raise

@@ -23,7 +23,8 @@ that its presence means the run finished)::
                        ``val_top1_per_epoch``; the same metric keys for every
                        other evaluated split under its name (``"val"`` = D_f)
 
-Baseline methods (``BASELINES``) are delegated to ``inatloc_nb.baselines.run_baseline``. What
+The file names and their reading and writing are :mod:`inatloc_nb.runfolder`'s. Baseline
+methods (``BASELINES``) are delegated to ``inatloc_nb.baselines.run_baseline``. What
 defines a run is :mod:`inatloc_nb.run_config`; a finished run's model is read back with
 :func:`inatloc_nb.run_model.load_run_model`.
 """
@@ -37,11 +38,10 @@ from typing import Any
 
 from inatloc_nb import validate
 from inatloc_nb.baselines import run_baseline
-from inatloc_nb.baselines.runfolder import analysis_frame, split_metrics
 from inatloc_nb.env import PREPARED_ENV
-from inatloc_nb.io import atomic_path, atomic_write_json, atomic_write_parquet, atomic_write_text
 from inatloc_nb.labelling import store_run_labelling
-from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset, package_versions
+from inatloc_nb.run_config import BASELINES, RunConfig, load_dataset
+from inatloc_nb.runfolder import RunFolder, analysis_frame, metrics_block, run_identity
 
 
 def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -72,15 +72,12 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     say(f"loading data {config.data}")
     dataset = shared("dataset", lambda: load_dataset(config.data, config.image_root, config.allow_split_overlap))
 
-    import polars as pl
-    import torch
-
     from inatloc_nb.cam import extract_cams, score_cams
     from inatloc_nb.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.learner import build_learner, history_rows, train
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = RunFolder(out_dir)
+    out.path.mkdir(parents=True, exist_ok=True)
     prepared = config.prepared or os.environ.get(PREPARED_ENV) or None
     learn = build_learner(
         dataset, config.level, method=config.method, lr=config.lr, seed=config.seed,
@@ -94,16 +91,13 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     n_train = len(learn.dls.train_ds)
     labels = learn.label_set  # the level as trained: a mixed run keeps the labelling read then
     n_classes = len(labels)
-    labelling = None if labels.labelling is None else store_run_labelling(labels.labelling, out)
-    atomic_write_json(out / "params.json", {
-        "config": config.to_dict(), "dataset": dataset.name, "n_classes": n_classes,
-        "n_train_images": n_train, "train_image_ids": learn.train_ids,
-        "method_hparams": learn.method.hparams, "device": str(learn.dls.device),
-        "device_settings": learn.device_settings.to_dict(), "num_workers": learn.dls.train.fake_l.num_workers,
-        "prepared": prepared,
-        "versions": package_versions(),
-        **({"labelling": labelling} if labelling else {}),
-    })
+    labelling = None if labels.labelling is None else store_run_labelling(labels.labelling, out.path)
+    out.write_params(
+        config, dataset.name, n_classes=n_classes, n_train_images=n_train, train_image_ids=learn.train_ids,
+        method_hparams=learn.method.hparams, device=str(learn.dls.device),
+        device_settings=learn.device_settings.to_dict(), num_workers=learn.dls.train.fake_l.num_workers,
+        prepared=prepared, **({"labelling": labelling} if labelling else {}),
+    )
 
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "
         f"{learn.schedule.epochs} epochs, lr {config.lr:g})")
@@ -118,9 +112,8 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
             f"(D_f MaxBoxAccV2 per epoch: {', '.join(f'{v:.1f}' for v in selector.scores)})")
     select_s = 0.0 if selector is None else selector.seconds
     train_s = time.perf_counter() - start - select_s
-    with atomic_path(out / "model.pth") as tmp:
-        torch.save(learn.model.state_dict(), tmp)
-    atomic_write_text(out / "history.csv", pl.DataFrame(history_rows(learn)).write_csv())
+    out.save_model(learn.model)
+    out.write_history(history_rows(learn))
 
     metrics: dict[str, Any] = {}
     analyses = []
@@ -140,22 +133,19 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         if result is None:
             say(f"scoring {split}")
         with step_aside():  # CPU work: in a fused group, the other runs use the GPU meanwhile
-            cams.save(out / "cams" / f"{split}.npz")
+            out.save_cams(cams)
             result = score_cams(cams, dataset) if result is None else result
             analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
-        metrics[split] = split_metrics(result, cams.top1)
+        metrics[split] = metrics_block(result, cams.top1)
         timings[f"cam_{split}_seconds"] = cam_s
         timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
-    atomic_write_parquet(out / "analysis.parquet", pl.concat(analyses))
-    atomic_write_json(out / "timings.json", timings)
+    out.write_analysis(analyses)
+    out.write_timings(timings)
 
-    summary = metrics.pop("test", {})
-    summary.update(metrics)
-    summary.update(level=config.level, method=config.method, lr=config.lr, seed=config.seed,
-                   per_class=config.per_class, n_train_images=n_train, select_epoch=config.select_epoch)
-    summary.update({"selected_epoch": learn.schedule.epochs} if selector is None else selector.summary())
-    atomic_write_json(out / "metrics.json", summary)
-    say(f"done: {out}")
+    selected = {"selected_epoch": learn.schedule.epochs} if selector is None else selector.summary()
+    summary = out.write_metrics(metrics, **run_identity(config, n_train), select_epoch=config.select_epoch,
+                                **selected)
+    say(f"done: {out.path}")
     return summary
 
 
@@ -164,9 +154,9 @@ def _finished(config: RunConfig, out_dir: str | Path) -> dict[str, Any] | None:
     (e.g. trained by a fused group, ``inatloc_nb.fused``), else None."""
     import json
 
-    out = Path(out_dir)
-    if not (out / "metrics.json").is_file() or not (out / "params.json").is_file():
+    out = RunFolder(out_dir)
+    if not out.is_finished() or not out.params_path.is_file():
         return None
-    if json.loads((out / "params.json").read_text()).get("config") != json.loads(json.dumps(config.to_dict())):
+    if out.read_params().get("config") != json.loads(json.dumps(config.to_dict())):
         return None
-    return json.loads((out / "metrics.json").read_text())
+    return out.read_metrics()

@@ -1,6 +1,6 @@
 """What defines a run: :class:`RunConfig`, the dataset a ``data`` value names
 (:func:`load_dataset`, generating ``synth:PRESET[:SEED]`` data once into the cache folder) and
-the names shared by training runs and baselines (``BASELINES``, ``ANALYSIS_IOU``, ``REDO_RUN``).
+the names shared by training runs and baselines (``BASELINES``, ``ANALYSIS_IOU``).
 """
 from __future__ import annotations
 
@@ -30,8 +30,6 @@ BASELINES = ("center", "cam-agg", "fsl-seg", "fsl-det")
 SYNTH_PREFIX = "synth:"
 #: IoU threshold (percent) whose optimal threshold the per-image analysis uses.
 ANALYSIS_IOU = 50
-#: How to redo a run whose files are damaged (``{run}``: the run folder).
-REDO_RUN = "delete the run folder {run} and run it again (a sweep reruns missing runs)"
 
 
 @dataclass

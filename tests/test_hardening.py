@@ -241,7 +241,7 @@ def test_damaged_run_files_are_named_with_the_fix(trained_run: Path, name: str, 
         path.unlink()
     else:
         path.write_bytes({"truncate": data[: len(data) // 2], "empty": b"", "text": b"[1, 2"}[damage])
-    with pytest.raises(InatlocError, match=f"{path}: ") as info:
+    with pytest.raises(InatlocError, match=f"{path}:") as info:
         load_run_model(trained_run, device="cpu")
     if damage != "missing":
         assert f"delete the run folder {trained_run}" in str(info.value)

@@ -7,7 +7,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb import plots, report, results
+from inatloc_nb import plots, report, results, runfolder
 from inatloc_nb.cli import main
 from inatloc_nb.io import atomic_write_json, atomic_write_parquet
 
@@ -34,7 +34,7 @@ def _write_run(root: Path, run_id: str, params: dict, metrics: dict | None, anal
     else:
         atomic_write_json(folder / "metrics.json", metrics)
     if analysis is not None:
-        atomic_write_parquet(folder / results.ANALYSIS, analysis)
+        atomic_write_parquet(folder / runfolder.ANALYSIS, analysis)
     if table:  # the others are rebuilt by results.collect
         results.write_run_results(folder)
 
@@ -199,11 +199,11 @@ def test_report_command(results_dir, tmp_path, capsys):
     assert runs.filter(pl.col("status") == "failed")["run_id"].to_list() == ["has-species-broken"]
 
 
-def test_split_metrics_rows():
+def test_metrics_table_rows():
     single = {**_metrics(50.0, 40.0), "level": "genus"}
-    table = report.split_metrics(single)
+    table = report.metrics_table(single)
     assert table.select("level", "split", "maxboxacc_v2").rows() == [("genus", "test", 50.0), ("genus", "val", 51.0)]
-    agg = report.split_metrics({"per_level": {"species": _metrics(50.0, 40.0), "order": _metrics(44.0, 60.0)}})
+    agg = report.metrics_table({"per_level": {"species": _metrics(50.0, 40.0), "order": _metrics(44.0, 60.0)}})
     assert agg.filter(pl.col("split") == "test").select("level", "maxboxacc_v2").rows() == [
         ("species", 50.0), ("order", 44.0)]
 

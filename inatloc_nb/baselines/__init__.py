@@ -2,7 +2,7 @@
 
 ``run_baseline(config, out_dir)`` runs the one named by ``config.method`` and writes a run
 folder with the same layout and ``metrics.json`` keys as a training run
-(``inatloc_nb.baselines.runfolder``).
+(:mod:`inatloc_nb.runfolder`).
 """
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def run_baseline(config: RunConfig, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     say(f"loading data {config.data}")
     dataset = load_dataset(config.data, config.image_root, config.allow_split_overlap)
-    return _runners()[config.method](config, dataset, out, say=say)
+    summary = _runners()[config.method](config, dataset, out, say=say)
+    say(f"done: {out}")
+    return summary
 
 
 __all__ = ["run_baseline"]

@@ -20,11 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from inatloc_nb.baselines.runfolder import (
-    analysis_frame, finish, score_maps, split_metrics, write_analysis, write_params,
-)
 from inatloc_nb.errors import InatlocError
-from inatloc_nb.run_model import load_run_model, read_run_params
+from inatloc_nb.run_model import load_run_model
+from inatloc_nb.runfolder import RunFolder, analysis_frame, metrics_block, run_identity
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -62,7 +60,7 @@ def _species_model(config: RunConfig, dataset: WSOLDataset):
     return model, run_config
 
 
-def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
+def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: str | Path,
                 say: Callable[[str], None] = print, levels: Sequence[str] | None = None) -> dict[str, Any]:
     """Score CAM-Agg at every level (``dataset.levels`` by default); write the run folder.
 
@@ -74,13 +72,15 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
     from inatloc_nb.metrics.boxacc import BoxAccuracy
     from inatloc_nb.progress import track
 
+    folder = RunFolder(out)
+
     levels = list(levels or dataset.levels)
     if config.level not in levels:
         levels.append(config.level)
     model, run_config = _species_model(config, dataset)
     device = next(model.parameters()).device
     finest = dataset.levels[0]
-    write_params(out, config, dataset, species_run=str(config.model_run), levels=levels)
+    folder.write_params(config, dataset.name, species_run=str(config.model_run), levels=levels)
     averaging = {lv: torch.as_tensor(averaging_matrix(dataset.hierarchy, lv), device=device) for lv in levels}
     dls = build_dataloaders(dataset, finest, run_config.image_size, config.batch_size,
                             device=device, num_workers=config.num_workers)
@@ -105,7 +105,7 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
                     target = torch.as_tensor(labels[lv][start:stop], device=device)
                     raw = aggregated_cams(weights, feats, averaging[lv], target)
                     raw = raw.cpu().numpy()
-                    score_maps(evaluation_maps(raw), boxes[start:stop], accuracy[lv])
+                    accuracy[lv].update(evaluation_maps(raw), boxes[start:stop])
                     coarse = probs @ (averaging[lv] > 0).to(probs)
                     correct[lv] += int((coarse.argmax(1) == target).sum())
                     if lv == config.level:
@@ -115,15 +115,15 @@ def run_cam_agg(config: RunConfig, dataset: WSOLDataset, out: Path,
         cams = CamSet(split=split, level=config.level, image_ids=ids, raw=np.concatenate(kept), labels=main,
                       cam_classes=main, predictions=np.full(len(ids), -1),
                       top1_logits=np.full(len(ids), np.nan, np.float32))
-        cams.save(out / "cams" / f"{split}.npz")
+        folder.save_cams(cams)
         for lv in levels:
             result = accuracy[lv].compute()
-            per_level[lv][split] = split_metrics(result, top1=100.0 * correct[lv] / len(ids))
+            per_level[lv][split] = metrics_block(result, top1=100.0 * correct[lv] / len(ids))
             if lv == config.level:
                 frames.append(analysis_frame(cams.iter_maps(), boxes, ids, result, split))
-    write_analysis(out, frames)
+    folder.write_analysis(frames)
     blocks = {lv: {**d.get("test", {}), **{k: v for k, v in d.items() if k != "test"}}
               for lv, d in per_level.items()}
-    species_params = read_run_params(config.model_run)
-    return finish(out, config, per_level[config.level], n_train=species_params.get("n_train_images", 0),
-                  say=say, per_level=blocks)
+    species_params = RunFolder(config.model_run).read_params()
+    return folder.write_metrics(per_level[config.level],
+                                **run_identity(config, species_params.get("n_train_images", 0)), per_level=blocks)

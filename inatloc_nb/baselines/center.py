@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from inatloc_nb.baselines.runfolder import (
-    CHUNK, analysis_frame, finish, split_metrics, write_analysis, write_params,
-)
+from inatloc_nb.runfolder import RunFolder, analysis_frame, metrics_block, run_identity
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.metrics.boxacc import BoxAccuracyResult
     from inatloc_nb.run_config import RunConfig
+
+#: Maps per chunk of :func:`center_chunks`.
+CHUNK = 256
 
 
 def center_chunks(n_images: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -42,16 +43,17 @@ def center_accuracy(gt_boxes: list[np.ndarray]) -> BoxAccuracyResult:
     return accuracy.compute()
 
 
-def run_center(config: RunConfig, dataset: WSOLDataset, out: Path,
+def run_center(config: RunConfig, dataset: WSOLDataset, out: str | Path,
                say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Score the Center baseline on ``config.eval_splits`` and write the run folder."""
-    write_params(out, config, dataset)
+    """Score the Center baseline on ``config.eval_splits`` and write the run folder; return metrics.json."""
+    folder = RunFolder(out)
+    folder.write_params(config, dataset.name)
     per_split, frames = {}, []
     for split in config.eval_splits:
         say(f"scoring the Center map on {split}")
         boxes, ids = dataset.gt_boxes(split), dataset.images(split)["image_id"].to_list()
         result = center_accuracy(boxes)
-        per_split[split] = split_metrics(result)
+        per_split[split] = metrics_block(result)
         frames.append(analysis_frame(center_chunks(len(ids)), boxes, ids, result, split))
-    write_analysis(out, frames)
-    return finish(out, config, per_split, n_train=0, say=say)
+    folder.write_analysis(frames)
+    return folder.write_metrics(per_split, **run_identity(config, 0))

@@ -43,10 +43,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from inatloc_nb.baselines.runfolder import finish, split_metrics, write_params
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.images import open_image
-from inatloc_nb.io import atomic_path
+from inatloc_nb.runfolder import RunFolder, metrics_block, run_identity
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -217,7 +216,7 @@ def train_detector(model: nn.Module, loader, config: RunConfig, device: torch.de
     return history
 
 
-def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
+def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: str | Path,
                 say: Callable[[str], None] = print, max_iters: int | None = None) -> dict[str, Any]:
     """Train FSL-Det on D_f, score its top boxes on ``config.eval_splits``; write the run folder."""
     from fastai.torch_core import set_seed
@@ -234,11 +233,11 @@ def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
     train_set = DetectionImages(dataset, "val", size, flip=True)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True,
                                          collate_fn=_collate, num_workers=workers)
-    write_params(out, config, dataset, n_train_images=len(train_set), train_split="val")
+    folder = RunFolder(out)
+    folder.write_params(config, dataset.name, n_train_images=len(train_set), train_split="val")
     say(f"training FSL-Det on D_f ({len(train_set)} images at {size} px, peak lr {config.lr:g})")
     history = train_detector(model, loader, config, device, say, max_iters)
-    with atomic_path(out / "model.pth") as tmp:
-        torch.save(model.state_dict(), tmp)
+    folder.save_model(model)
 
     per_split = {}
     model.eval()
@@ -254,5 +253,5 @@ def run_fsl_det(config: RunConfig, dataset: WSOLDataset, out: Path,
                               for i, d in enumerate(model([im.to(device) for im in images]))]
         accuracy = BoxAccuracy()
         accuracy.update_boxes(predicted, dataset.gt_boxes(split))
-        per_split[split] = split_metrics(accuracy.compute())
-    return finish(out, config, per_split, n_train=len(train_set), say=say, train_loss=history)
+        per_split[split] = metrics_block(accuracy.compute())
+    return folder.write_metrics(per_split, **run_identity(config, len(train_set)), train_loss=history)

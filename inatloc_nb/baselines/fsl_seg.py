@@ -24,10 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inatloc_nb import progress
-from inatloc_nb.io import atomic_path
-from inatloc_nb.baselines.runfolder import (
-    analysis_frame, finish, split_metrics, write_analysis, write_params,
-)
+from inatloc_nb.runfolder import RunFolder, analysis_frame, metrics_block, run_identity
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -104,7 +101,7 @@ def _dataloaders(dataset: WSOLDataset, config: RunConfig, device: torch.device):
                              num_workers=0 if config.num_workers is None else config.num_workers)
 
 
-def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
+def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: str | Path,
                 say: Callable[[str], None] = print) -> dict[str, Any]:
     """Train FSL-Seg on D_f, score its maps on ``config.eval_splits``; write the run folder."""
     from fastai.learner import Learner
@@ -127,11 +124,11 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
                     cbs=[Reseed(config.seed), StepLR(base_lrs, schedule)])
     progress.install(learn)
     n_train = len(dls.train_ds)
-    write_params(out, config, dataset, n_train_images=n_train, train_split="val")
+    folder = RunFolder(out)
+    folder.write_params(config, dataset.name, n_train_images=n_train, train_split="val")
     say(f"training FSL-Seg on D_f ({n_train} images, {schedule.epochs} epochs, lr {config.lr:g})")
     learn.fit(schedule.epochs)
-    with atomic_path(out / "model.pth") as tmp:
-        torch.save(learn.model.state_dict(), tmp)
+    folder.save_model(learn.model)
 
     per_split, frames = {}, []
     model.eval()
@@ -144,9 +141,9 @@ def run_fsl_seg(config: RunConfig, dataset: WSOLDataset, out: Path,
         cams = CamSet(split=split, level=dataset.levels[0], image_ids=ids, raw=np.concatenate(raw),
                       labels=dataset.labels(split, 0), cam_classes=np.full(len(ids), -1),
                       predictions=np.full(len(ids), -1), top1_logits=np.full(len(ids), np.nan, np.float32))
-        cams.save(out / "cams" / f"{split}.npz")
+        folder.save_cams(cams)
         result = score_cams(cams, dataset)
-        per_split[split] = split_metrics(result)
+        per_split[split] = metrics_block(result)
         frames.append(analysis_frame(cams.iter_maps(), boxes, ids, result, split))
-    write_analysis(out, frames)
-    return finish(out, config, per_split, n_train=n_train, say=say)
+    folder.write_analysis(frames)
+    return folder.write_metrics(per_split, **run_identity(config, n_train))

@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     from inatloc_nb import report
     from inatloc_nb.run_config import synth_folder
+    from inatloc_nb.runfolder import run_folder
     from inatloc_nb.sweep import SweepConfig, run_sweep, visible_gpus
 
     out = args.out.resolve()
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\nMaxBoxAccV2 (%) on D_test by training level, dataset {dataset}:")
             print(report.level_table(group))
     if summary.failed:
-        print(f"\n{len(summary.failed)} run(s) failed; see the report and {out / 'results' / 'runs'}/<id>/error.json")
+        where = run_folder(out / "results", "<id>").error_path
+        print(f"\n{len(summary.failed)} run(s) failed; see the report and {where}")
     print(f"\nreport: {page}")
     return 1 if summary.failed else 0

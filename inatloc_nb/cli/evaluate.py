@@ -41,19 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c.set_defaults(func=run_center)
 
 
-def _report(result: Any, as_json: bool, key: str) -> None:
-    """Print a BoxAccuracyResult: per-delta lines, or one JSON object keyed by ``key``."""
+def _report(result: Any, as_json: bool) -> None:
+    """Print a BoxAccuracyResult: per-delta lines, or its ``to_dict()`` as one JSON object."""
     if as_json:
-        print(json.dumps({
-            key: result.mean,
-            "per_iou": {str(d): v for d, v in result.per_iou.items()},
-            "optimal_threshold": {str(d): v for d, v in result.optimal_threshold.items()},
-            "n_images": result.n_images,
-        }))
+        print(json.dumps(result.to_dict()))
         return
     for d, value in result.per_iou.items():
         print(f"IoU {d}: MaxBoxAcc {value:.3f} at threshold {result.optimal_threshold[d]:.3f}")
-    print(f"{key}: {result.mean:.3f} over {result.n_images} images")
+    print(f"{result.metric}: {result.mean:.3f} over {result.n_images} images")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -74,7 +69,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     boxes = dataset.gt_boxes(args.split)
     for start, maps in iter_score_maps(args.scoremaps, image_ids, EVAL_SIZE, sizes, normalize=args.normalize):
         acc.update(maps, boxes[start : start + len(maps)])
-    _report(acc.compute(), args.json, args.metric.replace("-", "_"))
+    _report(acc.compute(), args.json)
     return 0
 
 
@@ -92,5 +87,5 @@ def run_center(args: argparse.Namespace) -> int:
         raise InatlocError(f"{dataset.name}: no split {args.split!r} (found {sorted(dataset.splits)})")
     acc = BoxAccuracy()
     acc.update_shared(center_map(), dataset.gt_boxes(args.split))
-    _report(acc.compute(), args.json, "maxboxacc_v2")
+    _report(acc.compute(), args.json)
     return 0

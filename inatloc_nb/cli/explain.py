@@ -34,16 +34,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Explain the run (unless already done) and print its metrics."""
-    import json
-
     from inatloc_nb.cli.run_options import print_metrics
     from inatloc_nb.explainers import explain_dir, explain_run, is_explained
+    from inatloc_nb.runfolder import RunFolder
 
     v.device_available(args.device, "--device")
     if is_explained(args.run_dir, args.explainer) and not args.force:
-        path = explain_dir(args.run_dir, args.explainer) / "metrics.json"
-        print(f"already explained: {path} (use --force to recompute)")
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        done = RunFolder(explain_dir(args.run_dir, args.explainer))
+        print(f"already explained: {done.metrics_path} (use --force to recompute)")
+        metrics = done.read_metrics()
     else:
         metrics = explain_run(args.run_dir, args.explainer, batch_size=args.batch_size,
                               device=args.device, score_batch=args.score_batch)

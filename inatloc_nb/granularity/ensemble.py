@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.runfolder import RunFolder, run_folder
 
 #: Cache of :func:`ensemble_scores` in a results folder.
 ENSEMBLES_FILE = "level_ensembles.parquet"
@@ -36,16 +36,13 @@ def fused_scores(run_dirs: Sequence[Path], levels: Sequence[str], dataset, split
                  chunk: int = 64) -> dict[str, float]:
     """MaxBoxAccV2 of the fused CAM of every contiguous range of ``levels`` (one run folder
     each, finest first) on ``split``: ``{level_range: score}``."""
-    from inatloc_nb.cam import CamSet, check_split_ids
+    from inatloc_nb.cam import check_split_ids
     from inatloc_nb.metrics import BoxAccuracy
     from inatloc_nb.metrics.scoremaps import normalize_scoremap
 
     cams = []
     for run_dir in run_dirs:
-        path = Path(run_dir) / "cams" / f"{split}.npz"
-        if not path.is_file():
-            raise InatlocError(f"{path}: missing; the run did not evaluate split {split!r}")
-        cams.append(CamSet.load(path))
+        cams.append(RunFolder(run_dir).load_cams(split))
         check_split_ids(cams[-1], dataset)
     ranges = _ranges(levels)
     accuracies = [BoxAccuracy() for _ in ranges]
@@ -90,7 +87,7 @@ def ensemble_scores(results_dir: str | Path, variants: pl.DataFrame, splits: tup
         if len(levels) < 2:
             continue
         for split in splits:
-            scores = fused_scores([results_dir / "runs" / by_level[lv] for lv in levels], levels, ds, split)
+            scores = fused_scores([run_folder(results_dir, by_level[lv]).path for lv in levels], levels, ds, split)
             rows += [{"dataset": dataset, "seed": seed, "levels": name, "split": split, "maxboxacc_v2": score}
                      for name, score in scores.items()]
     table = pl.DataFrame(rows, schema={"dataset": pl.String, "seed": pl.Int64, "levels": pl.String,

@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.runfolder import RunFolder, run_folder
 
 #: IoU thresholds (percent) of MaxBoxAccV2.
 IOU_THRESHOLDS = (30, 50, 70)
@@ -33,12 +34,8 @@ def image_hits(cams, boxes: Sequence[np.ndarray],
 
 def run_image_hits(run_dir: str | Path, dataset, split: str = "val") -> pl.DataFrame:
     """``image_id, category, hit`` for ``split`` of one finished run folder (its ``cams/<split>.npz``)."""
-    from inatloc_nb.cam import CamSet
-
-    path = Path(run_dir) / "cams" / f"{split}.npz"
-    if not path.is_file():
-        raise InatlocError(f"{path}: missing; the run did not evaluate split {split!r}")
-    cams = CamSet.load(path)
+    folder = RunFolder(run_dir)
+    path, cams = folder.cams_path(split), folder.load_cams(split)
     images = dataset.images(split)
     if cams.image_ids != images["image_id"].to_list():
         raise InatlocError(f"{path}: its images are not those of {dataset.name} {split}; wrong dataset?")
@@ -100,7 +97,7 @@ def run_evidence(results_dir: str | Path, dataset: str, schedule: str | None = N
     frames = []
     for row in track(runs.iter_rows(named=True), total=runs.height, desc=f"D_f evidence of {dataset}",
                     show=progress):
-        hits = run_image_hits(results_dir / "runs" / row["run_id"], ds, split)
+        hits = run_image_hits(run_folder(results_dir, row["run_id"]).path, ds, split)
         frames.append(hits.with_columns(run_id=pl.lit(row["run_id"]), level=pl.lit(row["level"]),
                                         seed=pl.lit(row["seed"], dtype=pl.Int64)))
     return pl.concat(frames).select("run_id", "level", "seed", "image_id", "category", "hit")

@@ -32,6 +32,7 @@ import polars as pl
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.granularity.evidence import IOU_THRESHOLDS
+from inatloc_nb.runfolder import RunFolder, run_folder
 
 #: Bootstrap replicates and generator seed of the comparison's intervals (docs/granularity.md).
 N_BOOT = 2000
@@ -53,19 +54,17 @@ def image_curves(cams, boxes: Sequence[np.ndarray], iou_thresholds: Sequence[int
 def run_image_curves(run_dir: str | Path, dataset, split: str = "test") -> np.ndarray:
     """:func:`image_curves` of a finished run folder's ``cams/<split>.npz``, cached beside it
     (``<split>-curves.npz``, recomputed when the CAM file changes)."""
-    from inatloc_nb.cam import CamSet, check_split_ids
+    from inatloc_nb.cam import check_split_ids
     from inatloc_nb.io import atomic_write_bytes
 
-    path = Path(run_dir) / "cams" / f"{split}.npz"
-    if not path.is_file():
-        raise InatlocError(f"{path}: missing; the run did not evaluate split {split!r}")
+    folder = RunFolder(run_dir)
+    path, cams = folder.cams_path(split), folder.load_cams(split)  # maps read lazily, when needed
     digest = hashlib.sha1(path.read_bytes()).hexdigest()
     cache = path.with_name(f"{split}-curves.npz")
     if cache.is_file():
         with np.load(cache) as stored:
             if str(stored["cams_sha1"]) == digest:
                 return np.unpackbits(stored["bits"], axis=-1, count=int(stored["n_thresholds"])).astype(bool)
-    cams = CamSet.load(path)
     check_split_ids(cams, dataset)
     curves = image_curves(cams, dataset.gt_boxes(split))
     buffer = io.BytesIO()
@@ -139,7 +138,7 @@ class PairedBootstrap:
     def run_replicates(self, dataset: str, run_id: str) -> np.ndarray:
         """(B,) MaxBoxAccV2 of one run of ``dataset`` under the dataset's image draws."""
         if run_id not in self._scores:
-            curves = run_image_curves(self.results_dir / "runs" / run_id, self._dataset(dataset), self.split)
+            curves = run_image_curves(run_folder(self.results_dir, run_id).path, self._dataset(dataset), self.split)
             self._scores[run_id] = replicate_scores(curves, self.weights(dataset))
         return self._scores[run_id]
 

@@ -27,6 +27,7 @@ import polars as pl
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.granularity.intervals import PairedBootstrap, percentile_interval
 from inatloc_nb.labelling import is_mixed, labelling_path
+from inatloc_nb.runfolder import run_folder
 
 #: Name of the per-head scores a multi-head run folder caches.
 HEADS_FILE = "heads.parquet"
@@ -128,7 +129,7 @@ def all_head_scores(results_dir: str | Path, variants: pl.DataFrame, progress: b
     if runs.height == 0:
         return pl.DataFrame(schema={"run_id": pl.String, "head": pl.String, "split": pl.String,
                                     "maxboxacc_v2": pl.Float64, "dataset": pl.String, "seed": pl.Int64})
-    frames = [head_scores(Path(results_dir) / "runs" / run_id, progress=progress) for run_id in runs["run_id"]]
+    frames = [head_scores(run_folder(results_dir, run_id).path, progress=progress) for run_id in runs["run_id"]]
     return pl.concat(frames).join(runs, on="run_id")
 
 
@@ -197,7 +198,7 @@ def all_coarsened_scores(results_dir: str | Path, variants: pl.DataFrame) -> pl.
     for (dataset,), runs in single.group_by("dataset"):
         finest = sweep_dataset(variants, dataset).hierarchy.levels[0]
         for run_id, seed in runs.filter(pl.col("level") == finest).select("run_id", "seed").sort("seed").iter_rows():
-            coarser = coarsened_scores(Path(results_dir) / "runs" / run_id)
+            coarser = coarsened_scores(run_folder(results_dir, run_id).path)
             own = variants.filter((pl.col("run_id") == run_id) & (pl.col("split") == "val")).select(
                 "run_id", "level", "split", "maxboxacc_v2", seconds=pl.lit(coarser["seconds"][0]))
             frames.append(pl.concat([own, coarser], how="vertical_relaxed")
@@ -403,7 +404,7 @@ def labelling_summary(variants: pl.DataFrame, results_dir: str | Path) -> pl.Dat
     for (dataset,), runs in mixed.group_by("dataset", maintain_order=True):
         files = {}
         for run_id in runs["run_id"]:
-            path = run_labelling(Path(results_dir) / "runs" / run_id)
+            path = run_labelling(run_folder(results_dir, run_id).path)
             files.setdefault(file_digest(path), []).append((run_id, path))
         if len(files) > 1:
             shown = "; ".join(f"{sha[:10]}: {', '.join(r for r, _ in items)}" for sha, items in files.items())

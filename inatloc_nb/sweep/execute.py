@@ -22,6 +22,7 @@ from inatloc_nb.env import PREPARED_ENV, PROGRESS_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import atomic_write_json, make_temp_dir
 from inatloc_nb.run_config import BASELINES
+from inatloc_nb.runfolder import RunFolder
 from inatloc_nb.sweep import executors
 from inatloc_nb.sweep.checks import check_data
 from inatloc_nb.sweep.config import LR_SELECTED, SweepConfig
@@ -230,7 +231,7 @@ def _begin(spec: RunSpec, results_dir: str | Path, parent: Path
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **({} if selection is None else {"lr_selection": selection}),
     }
-    atomic_write_json(tmp / results.RUN_RECORD, record)
+    RunFolder(tmp).write_record(record)
     return spec, tmp, record, error
 
 
@@ -253,8 +254,6 @@ def _train_fused(started: Sequence[tuple[RunSpec, Path, dict[str, Any], Any]], r
     import subprocess
     import sys
 
-    from inatloc_nb.fused import ERROR_FILE
-
     if not started:
         return
     group = [{"params": spec.notebook_parameters(tmp.resolve(), Path(results_dir).resolve()),
@@ -269,44 +268,36 @@ def _train_fused(started: Sequence[tuple[RunSpec, Path, dict[str, Any], Any]], r
     for _, tmp, _, _ in started:
         if tmp != started[0][1]:
             (tmp / "fused.log").write_text(text)
-        if code != 0 and not (tmp / "metrics.json").is_file() and not (tmp / ERROR_FILE).is_file():
+        run = RunFolder(tmp)
+        if code != 0 and not run.is_finished() and not run.fused_error_path.is_file():
             tail = "\n".join(text.splitlines()[-20:])
-            atomic_write_json(tmp / ERROR_FILE, {"type": "FusedGroupError",
-                                                 "message": f"the fused group's process exited with code {code}",
-                                                 "traceback": tail})
+            run.write_fused_error({"type": "FusedGroupError",
+                                   "message": f"the fused group's process exited with code {code}",
+                                   "traceback": tail})
     group_file.unlink()
 
 
 def _fused_error(tmp: Path) -> dict[str, str] | None:
-    """The error a fused group recorded for the run in ``tmp``, or None."""
-    import json
-
-    from inatloc_nb.fused import ERROR_FILE
-
-    path = tmp / ERROR_FILE
-    if not path.is_file():
-        return None
-    error = json.loads(path.read_text())
-    path.unlink()
-    return error
+    """The error a fused group recorded for the run in ``tmp`` (removed from there), or None."""
+    return RunFolder(tmp).pop_fused_error()
 
 
 def _publish(spec: RunSpec, tmp: Path, record: dict[str, Any], error: dict[str, str] | None,
              wall_seconds: float, parent: Path) -> RunOutcome:
     """Write the run's record, results table and ``error.json``; move ``tmp`` to ``runs/<id>``."""
-    run_id = record["run_id"]
+    run_id, run = record["run_id"], RunFolder(tmp)
     record.update(wall_seconds=wall_seconds, finished_at=_now())
     if error is None:
         record["status"] = "ok"
-        atomic_write_json(tmp / results.RUN_RECORD, record)
+        run.write_record(record)
         try:
             results.write_run_results(tmp)
         except InatlocError as exc:  # the notebook ended without valid results
             error = _describe(exc)
     if error is not None:
         record["status"] = "failed"
-        atomic_write_json(tmp / results.RUN_RECORD, record)
-        atomic_write_json(tmp / "error.json", error)
+        run.write_record(record)
+        run.write_error(error)
         results.write_run_results(tmp)
     final = parent / run_id
     if final.exists():  # a failed attempt being replaced

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from inatloc_nb import results
 from inatloc_nb.resources import shipped_folder
+from inatloc_nb.runfolder import RUNS_DIR, run_folder
 
 
 #: File name of the executed notebook inside a run folder.
@@ -21,13 +21,13 @@ def default_notebook() -> Path:
 
 def runs_dir(results_dir: str | Path) -> Path:
     """The folder holding one sub-folder per run."""
-    return Path(results_dir) / "runs"
+    return Path(results_dir) / RUNS_DIR
 
 
 def is_finished(results_dir: str | Path, run_id: str) -> bool:
     """True when the run's ``metrics.json`` and ``results.parquet`` are both in place."""
-    folder = runs_dir(results_dir) / run_id
-    return (folder / "metrics.json").is_file() and (folder / results.RUN_TABLE).is_file()
+    folder = run_folder(results_dir, run_id)
+    return folder.is_finished() and folder.table_path.is_file()
 
 
 def clean_stale(results_dir: Path, run_id: str) -> None:

@@ -20,6 +20,7 @@ from inatloc_nb.cam import CamSet
 from inatloc_nb.data import WSOLDataset
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.metrics.boxacc import best_iou_curves
+from inatloc_nb.runfolder import run_folder
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,10 @@ class LevelRuns:
         order = {lvl: i for i, lvl in enumerate(dataset.hierarchy.levels)}
         views = []
         for row in chosen.unique("level", keep="first", maintain_order=True).iter_rows(named=True):
-            path = results_dir / "runs" / row["run_id"] / "cams" / f"{split}.npz"
-            if not path.is_file():
+            folder = run_folder(results_dir, row["run_id"])
+            if not folder.cams_path(split).is_file():
                 continue
-            cams = CamSet.load(path)
+            cams = folder.load_cams(split)
             thr = store.filter((pl.col("run_id") == row["run_id"]) & (pl.col("split") == split)
                                & (pl.col("level") == row["level"]))["threshold_50"]
             views.append((order.get(row["level"], len(order)), row["level"], row["run_id"], cams,
