@@ -83,6 +83,41 @@ def test_run_ids_are_readable_and_stable() -> None:
     assert params["model_run"] is None and spec.dependency() is None
 
 
+#: A sweep touching every grid key, list and scalar, an ``lrs: selected`` grid and baselines.
+PINNED_SWEEP = {
+    "name": "t", "datasets": {"toy": "synth:tiny"},
+    "levels": ["species", "genus"], "methods": ["cam", "multihead"], "lrs": [1e-2, "1e-1"],
+    "backbone": "tinycnn", "pretrained": False, "image_size": 32,
+    "extra": [{"name": "eff", "methods": "cam", "lrs": "selected", "per_class": [5], "seeds": [0, 1]},
+              {"name": "text", "levels": "genus", "methods": "has", "lr_groups": "classifier", "lr_decay": "text",
+               "select_epoch": "best", "schedule": "10epoch", "batch_size": 16}],
+    "baselines": ["center", "cam-agg", "fsl-seg"],
+}
+
+
+def test_run_ids_of_existing_sweeps_do_not_change() -> None:
+    # regression values: the ids these runs had when the results of earlier sweeps were written
+    ids = [r.run_id for r in expand(SweepConfig.from_dict(PINNED_SWEEP))]
+    assert ids == [
+        "toy-species-cam-lr0.01-s0-nall-af863f2bf5", "toy-species-cam-lr0.1-s0-nall-effa57b8c1",
+        "toy-species-multihead-lr0.01-s0-nall-af09a957b7", "toy-species-multihead-lr0.1-s0-nall-9bf487896f",
+        "toy-genus-cam-lr0.01-s0-nall-23d560a833", "toy-genus-cam-lr0.1-s0-nall-ba1125d902",
+        "toy-genus-multihead-lr0.01-s0-nall-541885b909", "toy-genus-multihead-lr0.1-s0-nall-d87482c93e",
+        "toy-species-cam-lrselected-s0-n5-69c388c6ec", "toy-species-cam-lrselected-s1-n5-188ea26626",
+        "toy-genus-cam-lrselected-s0-n5-ea19711e8b", "toy-genus-cam-lrselected-s1-n5-55a0adb847",
+        "toy-genus-has-lr0.01-s0-nall-689db0ab2f", "toy-genus-has-lr0.1-s0-nall-d718b7d029",
+        "toy-species-center-lrnone-s0-nall-2adc2db11a",
+        "toy-species-cam-agg-lr0.01-s0-nall-b5e6a8921d", "toy-species-cam-agg-lr0.1-s0-nall-dc54a316ff",
+        "toy-species-fsl-seg-lr0.01-s0-nall-81274c6b80", "toy-species-fsl-seg-lr0.1-s0-nall-931df360ec",
+    ]
+    # the paper's defaults (ResNet-50, 224 px, batch 32) with an epoch count and best-epoch selection
+    paper = SweepConfig.from_dict({"name": "p", "datasets": {"inatloc500": "synth:demo"}, "levels": ["order"],
+                                   "lrs": [1e-3], "seeds": [3], "per_class": [None, 50], "schedule": 3,
+                                   "select_epoch": "best"})
+    assert [r.run_id for r in expand(paper)] == ["inatloc500-order-cam-lr0.001-s3-nall-390452ccac",
+                                                 "inatloc500-order-cam-lr0.001-s3-n50-c6c98df9cb"]
+
+
 def test_cam_agg_brings_its_species_run() -> None:
     config = SweepConfig.from_dict({**BASE, "methods": "has", "lrs": 0.1, "baselines": {"cam-agg": {"seeds": [1]}}})
     runs = expand(config)
