@@ -413,10 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         def model_factory() -> tuple[torch.nn.Module, Any]:
             from inatloc_nb.data import WSOLDataset
             from inatloc_nb.learner import build_learner
+            from inatloc_nb.run_config import RunConfig
 
             dataset = WSOLDataset.from_folder(data, image_root=data / "images")
-            learn = build_learner(dataset, dataset.levels[0], backbone=args.backbone, pretrained=False,
-                                  image_size=args.image_size, device=args.device, num_workers=0)
+            learn = build_learner(dataset, RunConfig(data=str(data), level=dataset.levels[0], backbone=args.backbone,
+                                                     pretrained=False, image_size=args.image_size, device=args.device,
+                                                     num_workers=0))
             return learn.model, learn.device_settings
 
         check.section("bare_loop", 30 if big else 0,

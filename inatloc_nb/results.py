@@ -20,6 +20,7 @@ import polars as pl
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.explainers import EXPLAIN_DIR, OWN_MAPS
 from inatloc_nb.io import atomic_write_parquet
+from inatloc_nb.run_config import identity_fields
 
 #: The sweep's record of a run, inside the run folder.
 RUN_RECORD = "run.json"
@@ -35,12 +36,14 @@ SWEEP_RECORD = "sweep.json"
 REDO_RUN = "delete the run folder {run} and rerun the sweep (it redoes missing runs)"
 #: IoU thresholds (percent) of the per-threshold columns.
 IOU_THRESHOLDS = (30, 50, 70)
-#: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level).
-RUN_PARAMS = ("dataset", "level", "method", "lr", "seed", "per_class", "schedule", "backbone",
-              "pretrained", "image_size", "batch_size")
-#: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them.
-GROUP_KEYS = ("dataset", "level", "train_level", "method", "explainer", "seed", "per_class", "schedule",
-              "backbone", "pretrained", "image_size", "batch_size")
+#: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level): the
+#: dataset and the ``RunConfig`` fields in every run's identity (``run_config.identity_fields``).
+RUN_PARAMS = ("dataset", *identity_fields())
+#: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them:
+#: :data:`RUN_PARAMS` but ``lr``, with ``train_level`` after ``level`` and ``explainer`` after
+#: ``method``.
+GROUP_KEYS = tuple(key for param in RUN_PARAMS if param != "lr"
+                   for key in (param, *{"level": ("train_level",), "method": ("explainer",)}.get(param, ())))
 
 #: Columns and types of a run table and of the store, in order.
 SCHEMA: dict[str, pl.DataType] = {

@@ -169,9 +169,9 @@ def test_device_switches_reach_the_learner(tiny_dataset, monkeypatch):
     with pytest.raises(InatlocError, match="needs a CUDA device"):
         resolve_settings("cpu", amp=True)
 
-    plain = build_learner(tiny_dataset, LEVEL, lr=0.01, **FAST)
+    plain = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, **FAST))
     assert not any(isinstance(cb, ChannelsLastInputs) for cb in plain.cbs)
-    learn = build_learner(tiny_dataset, LEVEL, lr=0.01, channels_last=True, compile=True, **FAST)
+    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, channels_last=True, compile=True, **FAST))
     assert learn.device_settings == DeviceSettings("cpu", amp=False, channels_last=True, compile=True)
     conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -207,16 +207,15 @@ def test_float32_on_cuda_switches_tf32_off():
 
 
 def test_device_switches_from_cli_and_config():
-    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
+    from inatloc_nb.cli.run_options import add_run_options, config_fields
 
     parser = argparse.ArgumentParser()
-    add_data_options(parser)
-    add_training_options(parser, default_schedule="2epoch")
+    add_run_options(parser)
     args = parser.parse_args(["--data", "synth:tiny", "--out", "x", "--no-amp", "--channels-last",
                               "--prepared", "/cache"])
     fields = config_fields(args)
     assert (fields["amp"], fields["channels_last"], fields["compile"], fields["prepared"]) == (False, True, None, "/cache")
-    config = RunConfig(level="genus", **fields)
+    config = RunConfig(**{**fields, "level": "genus"})
     assert RunConfig.from_dict(config.to_dict()) == config
     with pytest.raises(InatlocError, match="RunConfig.amp"):
         RunConfig(data="synth:tiny", amp="yes")

@@ -37,7 +37,7 @@ class GroupLRs(Callback):
 
 
 def _fit(dataset, seed=0, lr=0.01):
-    learn = build_learner(dataset, LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST)
+    learn = build_learner(dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST))
     probe = GroupLRs()
     with learn.no_bar():
         train(learn.add_cb(probe))
@@ -98,7 +98,7 @@ def test_same_seed_gives_identical_weights(tiny_dataset, fitted):
 
 
 def test_per_class_subsample_is_recorded(tiny_dataset):
-    learn = build_learner(tiny_dataset, LEVEL, per_class=3, seed=2, **FAST)
+    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, per_class=3, seed=2, **FAST))
     n_genera = len(tiny_dataset.class_names(LEVEL))
     assert len(learn.train_ids) == len(learn.dls.train_ds) == 3 * n_genera
     assert learn.train_ids == tiny_dataset.subsample("train", LEVEL, 3, 2)
@@ -196,8 +196,9 @@ def test_run_config_round_trip_and_errors(tmp_path):
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InatlocError, match="unknown run parameter.*epochz"):
         RunConfig.from_dict({"data": "x", "epochz": 3})
+    unresolved = RunConfig(data="x", lr=None)  # e.g. a sweep run whose lr is still to be selected
     with pytest.raises(InatlocError, match="needs a learning rate"):
-        RunConfig(data="x", lr=None)
+        run_experiment(unresolved, tmp_path / "run")
     assert RunConfig(data="x", method="center", lr=None).lr is None
     with pytest.raises(InatlocError, match="neither a metadata folder"):
         run_experiment(RunConfig(data=str(tmp_path / "nowhere")), tmp_path / "run")
