@@ -171,7 +171,8 @@ def test_device_switches_reach_the_learner(tiny_dataset, monkeypatch):
 
     plain = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, **FAST))
     assert not any(isinstance(cb, ChannelsLastInputs) for cb in plain.cbs)
-    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, channels_last=True, compile=True, **FAST))
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level=LEVEL, lr=0.01, channels_last=True, compile=True, **FAST))
     assert learn.device_settings == DeviceSettings("cpu", amp=False, channels_last=True, compile=True)
     conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)

@@ -94,7 +94,8 @@ def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
         classifier = list(learn.model.classifier.parameters())
         last_stage = list(learn.model.features[-1].parameters()) if lr_groups == "reference" else []
         assert {id(p) for p in fast} == {id(p) for p in classifier + last_stage}
-    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", schedule=10, lr_decay="text", **common))
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", schedule=10, lr_decay="text", **common))
     assert learn.schedule.milestones == (3, 6, 9)
     with pytest.raises(InatlocError, match="lr_decay"):
         build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", lr_decay="every3", **common))
@@ -391,8 +392,9 @@ def _selected(tiny_dataset, scripted: list[float] | None, monkeypatch) -> tuple[
     if scripted is not None:
         real, values = cam.score_cams, iter(scripted)
         monkeypatch.setattr(cam, "score_cams", lambda *a, **k: dataclasses.replace(real(*a, **k), mean=next(values)))
-    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", lr=0.05, schedule=2, backbone="tinycnn", pretrained=False,
-                          image_size=32, batch_size=16, num_workers=0))
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", lr=0.05, schedule=2, backbone="tinycnn", pretrained=False, image_size=32,
+        batch_size=16, num_workers=0))
     select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
     with learn.added_cbs([select, snaps]):
         learn.fit(2)
@@ -424,8 +426,9 @@ def test_epoch_select_ties_go_to_the_earliest_epoch_and_epoch_0_competes(tiny_da
 
 @pytest.mark.parametrize("method", ["acol", "spg"])
 def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
-    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", method=method, lr=0.01, schedule=1, backbone="tinycnn",
-                          pretrained=False, image_size=32, batch_size=16, num_workers=0))
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", method=method, lr=0.01, schedule=1, backbone="tinycnn", pretrained=False,
+        image_size=32, batch_size=16, num_workers=0))
     select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
     with learn.added_cbs([select, snaps]):
         learn.fit(1)

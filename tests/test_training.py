@@ -38,7 +38,8 @@ class GroupLRs(Callback):
 
 
 def _fit(dataset, seed=0, lr=0.01):
-    learn = build_learner(dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST))
+    learn = build_learner(dataset, RunConfig(
+        data="synth:tiny", level=LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST))
     probe = GroupLRs()
     with learn.no_bar():
         train(learn.add_cb(probe))
