@@ -122,6 +122,16 @@ def test_run_ids_of_existing_sweeps_do_not_change() -> None:
                                                  "inatloc500-order-cam-lr0.001-s3-n50-c6c98df9cb"]
 
 
+def test_a_run_is_a_dataset_and_a_run_config() -> None:
+    # keys a grid omits take RunConfig's defaults; the others replace them
+    plain, = expand(SweepConfig.from_dict({"datasets": {"toy": "synth:tiny"}, "levels": "genus", "lrs": 0.01}))
+    assert (plain.dataset, plain.config) == ("toy", RunConfig(data="synth:tiny", level="genus", lr=0.01))
+    text, = expand(SweepConfig.from_dict({"datasets": {"toy": "synth:tiny"}, "levels": "genus", "lrs": 0.01,
+                                          "lr_decay": "text", "schedule": 10, "seeds": 4}))
+    assert text.config == RunConfig(data="synth:tiny", level="genus", lr=0.01, lr_decay="text", schedule="10", seed=4)
+    assert text.run_id != plain.run_id
+
+
 def test_cam_agg_brings_its_species_run() -> None:
     config = SweepConfig.from_dict({**BASE, "methods": "has", "lrs": 0.1, "baselines": {"cam-agg": {"seeds": [1]}}})
     runs = expand(config)

@@ -49,18 +49,22 @@ class RunSpec:
 
     @property
     def level(self) -> str:
+        """``config.level`` (part of the run id's readable prefix)."""
         return self.config.level
 
     @property
     def method(self) -> str:
+        """``config.method`` (part of the run id's readable prefix)."""
         return self.config.method
 
     @property
     def seed(self) -> int:
+        """``config.seed`` (part of the run id's readable prefix)."""
         return self.config.seed
 
     @property
     def per_class(self) -> int | None:
+        """``config.per_class`` (part of the run id's readable prefix)."""
         return self.config.per_class
 
     @property
