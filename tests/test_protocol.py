@@ -333,7 +333,7 @@ def test_selected_lr_and_protocol_options_are_validated():
     config = SweepConfig.from_dict({**base, "extra": [{"name": "text", "lr_groups": "classifier",
                                                        "lr_decay": "text"}]})
     reference, text = expand(config)
-    assert (text.lr_groups, text.lr_decay) == ("classifier", "text") and text.run_id != reference.run_id
+    assert (text.config.lr_groups, text.config.lr_decay) == ("classifier", "text") and text.run_id != reference.run_id
     assert text.params()["lr_groups"] == "classifier"
 
 
