@@ -117,6 +117,7 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.learner import build_learner
     from inatloc_nb.prepared import prepare_dataset
+    from inatloc_nb.run_config import RunConfig
 
     dataset = WSOLDataset.from_folder(data, image_root=data / "images")
     level = dataset.levels[0]
@@ -124,11 +125,11 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
     if args.prepared:
         prepared = data / "prepared"
         prepare_dataset(dataset, prepared, args.image_size, progress=False)
-    learn = build_learner(
-        dataset, level, lr=1e-3, backbone=args.backbone, pretrained=False, image_size=args.image_size,
+    learn = build_learner(dataset, RunConfig(
+        data=str(data), level=level, lr=1e-3, backbone=args.backbone, pretrained=False, image_size=args.image_size,
         batch_size=args.batch_size, device=args.device, num_workers=args.workers, amp=args.amp,
-        channels_last=args.channels_last, compile=args.compile, prepared=prepared, schedule=1,
-    )
+        channels_last=args.channels_last, compile=args.compile, prepared=prepared and str(prepared), schedule=1,
+    ))
     timer = Timer(args.warmup, args.steps)
     with learn.added_cbs(timer), learn.no_bar(), learn.no_logging():
         learn.fit(1)

@@ -306,19 +306,20 @@ def bench_run(data: Path, argv: list[str], packed: int = 1) -> dict[str, Any]:
 def cuda_graph_run(data: Path, args: argparse.Namespace, warmup: int, steps: int) -> dict[str, Any]:
     """The real Learner on the JPEGs, trained eagerly and with CUDA-graph steps from one seed:
     training images/s of each, and whether the weights after the same batches are identical."""
-    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary
+    from inatloc_nb.cuda_graphs import graph_summary
     from inatloc_nb.data import WSOLDataset
     from inatloc_nb.learner import build_learner
+    from inatloc_nb.run_config import RunConfig
 
     dataset = WSOLDataset.from_folder(data, image_root=data / "images")
     out: dict[str, Any] = {}
     weights = {}
+    cuda = args.device != "cpu"
     for way in ("eager", "graphs"):
-        learn = build_learner(dataset, dataset.levels[0], lr=1e-2, backbone=args.backbone, pretrained=False,
-                              image_size=args.image_size, device=args.device, schedule=1,
-                              num_workers=0 if args.smoke else None)
-        if way == "graphs":  # opt-in (inatloc_nb.device: cuda_graphs)
-            learn.add_cb(CudaGraphStep())
+        config = RunConfig(data=str(data), level=dataset.levels[0], lr=1e-2, backbone=args.backbone,
+                           pretrained=False, image_size=args.image_size, device=args.device, schedule=1,
+                           num_workers=0 if args.smoke else None, cuda_graphs=cuda and way == "graphs")
+        learn = build_learner(dataset, config)
         timer = bench_training.Timer(warmup, steps)
         with learn.added_cbs(timer), learn.no_bar(), learn.no_logging():
             learn.fit(1)
@@ -538,10 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         def model_factory() -> tuple[torch.nn.Module, Any]:
             from inatloc_nb.data import WSOLDataset
             from inatloc_nb.learner import build_learner
+            from inatloc_nb.run_config import RunConfig
 
             dataset = WSOLDataset.from_folder(data, image_root=data / "images")
-            learn = build_learner(dataset, dataset.levels[0], backbone=args.backbone, pretrained=False,
-                                  image_size=args.image_size, device=args.device, num_workers=0)
+            learn = build_learner(dataset, RunConfig(data=str(data), level=dataset.levels[0], backbone=args.backbone,
+                                                     pretrained=False, image_size=args.image_size, device=args.device,
+                                                     num_workers=0))
             return learn.model, learn.device_settings
 
         check.section("bare_loop", 30 if big else 0,

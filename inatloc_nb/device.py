@@ -96,6 +96,10 @@ def resolve_settings(
     if amp and not cuda:
         raise InatlocError(f"mixed precision (amp) needs a CUDA device, the run is on {device}; "
                            "use --no-amp (training on CPU stays float32)")
+    if cuda_graphs and not cuda:
+        raise InatlocError(f"CUDA graphs need a CUDA device, the run is on {device}; use --no-cuda-graphs")
+    if cuda_graphs and compile:
+        raise InatlocError("cuda_graphs and compile do not combine; choose one")
     return DeviceSettings(
         device=str(device),
         amp=bool(amp),
@@ -166,8 +170,6 @@ def apply_settings(learn: Learner, settings: DeviceSettings) -> Learner:
     if settings.channels_last:
         learn.add_cb(ChannelsLastInputs())
     if settings.cuda_graphs:
-        if settings.compile:
-            raise InatlocError("cuda_graphs and compile do not combine; choose one")
         learn.add_cb(CudaGraphStep())
     learn.device_settings = settings
     return learn

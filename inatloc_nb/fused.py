@@ -89,10 +89,10 @@ def run_fused(configs: Sequence[RunConfig], out_dirs: Sequence[str | Path],
 
 
 def config_from_parameters(params: dict[str, Any]) -> RunConfig:
-    """The ``RunConfig`` the training notebook builds from its parameters (``out_dir`` aside)."""
+    """The ``RunConfig`` the training notebook builds from its parameters (its ``config``)."""
     from inatloc_nb.run_config import RunConfig
 
-    return RunConfig(**{k: v for k, v in params.items() if k != "out_dir"})
+    return RunConfig.from_dict(params["config"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.methods import WSOLMethod
+    from inatloc_nb.run_config import RunConfig
 
 
 
@@ -218,30 +218,9 @@ def build_dataloaders(
     ))
 
 
-def build_learner(
-    dataset: WSOLDataset,
-    level: str,
-    method: str | WSOLMethod = "cam",
-    lr: float = 1e-3,
-    seed: int = 0,
-    per_class: int | None = None,
-    schedule: str | int = "2epoch",
-    backbone: str = "resnet50",
-    pretrained: bool = True,
-    weights: str | None = None,
-    image_size: int = 224,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    num_workers: int | None = None,
-    method_params: dict[str, Any] | None = None,
-    lr_groups: str = "reference",
-    lr_decay: str = "reference",
-    amp: bool | None = None,
-    channels_last: bool | None = None,
-    compile: bool | None = None,
-    prepared: str | Path | None = None,
-) -> Learner:
-    """A fastai Learner for ``method`` trained at ``level`` on ``dataset``'s train split.
+def build_learner(dataset: WSOLDataset, config: RunConfig) -> Learner:
+    """A fastai Learner for ``config.method`` trained at ``config.level`` on ``dataset``'s
+    train split (``config.data`` names the data; ``dataset`` is it, already loaded).
 
     ``per_class`` keeps that many training images per class at ``level``
     (``dataset.subsample``, seeded by ``seed``); the ids used are in ``learn.train_ids``.
@@ -255,21 +234,19 @@ def build_learner(
     """
     from inatloc_nb.methods import get_method
 
-    if isinstance(method, str):
-        method = get_method(method, **(method_params or {}))
-    elif method_params:
-        raise InatlocError("method_params are only used with a method name")
-    check_support(method.name, backbone)
+    c = config
+    method = get_method(c.method, **c.method_params)
+    check_support(method.name, c.backbone)
+    sched = Schedule.parse(c.schedule, c.lr_decay)
+    lr, level, seed = c.require_lr(), c.level, c.seed
     labels = dataset.hierarchy.resolve(level)
-    sched = Schedule.parse(schedule, lr_decay)
-    check_reading("lr_groups", lr_groups)
-    settings = resolve_settings(device, amp, channels_last, compile)
+    settings = resolve_settings(c.device, c.amp, c.channels_last, c.compile, c.cuda_graphs)
     device = torch.device(settings.device)
     set_seed(seed, reproducible=True)
-    train_ids = None if per_class is None else dataset.subsample("train", level, per_class, seed)
-    dls = build_dataloaders(dataset, level, image_size, batch_size, train_ids, device, num_workers, prepared)
+    train_ids = None if c.per_class is None else dataset.subsample("train", level, c.per_class, seed)
+    dls = build_dataloaders(dataset, level, c.image_size, c.batch_size, train_ids, device, c.num_workers, c.prepared)
     method.bind(dataset.hierarchy, level)
-    features, n_channels = build_backbone(backbone, pretrained, weights)
+    features, n_channels = build_backbone(c.backbone, c.pretrained, c.weights)
     model = prepare_model(method.build_model(features, n_channels, len(labels)), settings)
     base_lrs = [lr, 10 * lr]
     learn = Learner(
@@ -278,7 +255,7 @@ def build_learner(
         loss_func=method.loss_func() or CrossEntropyLossFlat(),
         opt_func=sgd_nesterov,
         lr=lr,
-        splitter=partial(param_groups, lr_groups=lr_groups),
+        splitter=partial(param_groups, lr_groups=c.lr_groups),
         metrics=accuracy,
         wd_bn_bias=True,
         cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],

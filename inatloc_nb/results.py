@@ -20,6 +20,7 @@ import polars as pl
 from inatloc_nb.errors import ResultsError
 from inatloc_nb.explainers import OWN_MAPS
 from inatloc_nb.io import atomic_write_parquet
+from inatloc_nb.run_config import identity_fields
 from inatloc_nb.runfolder import REDO_RUN, RUN_RECORD, RUN_TABLE, RUNS_DIR, RunFolder, read_table
 
 #: The consolidated store, at the top of the results folder.
@@ -28,12 +29,14 @@ STORE_NAME = "results.parquet"
 SWEEP_RECORD = "sweep.json"
 #: IoU thresholds (percent) of the per-threshold columns.
 IOU_THRESHOLDS = (30, 50, 70)
-#: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level).
-RUN_PARAMS = ("dataset", "level", "method", "lr", "seed", "per_class", "schedule", "backbone",
-              "pretrained", "image_size", "batch_size")
-#: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them.
-GROUP_KEYS = ("dataset", "level", "train_level", "method", "explainer", "seed", "per_class", "schedule",
-              "backbone", "pretrained", "image_size", "batch_size")
+#: Parameters of a run, as recorded in ``run.json`` (``level`` is the training level): the
+#: dataset and the ``RunConfig`` fields in every run's identity (``run_config.identity_fields``).
+RUN_PARAMS = ("dataset", *identity_fields())
+#: Run parameters that, with ``lr``, identify a result; ``select_learning_rate`` groups by them:
+#: :data:`RUN_PARAMS` but ``lr``, with ``train_level`` after ``level`` and ``explainer`` after
+#: ``method``.
+GROUP_KEYS = tuple(key for param in RUN_PARAMS if param != "lr"
+                   for key in (param, *{"level": ("train_level",), "method": ("explainer",)}.get(param, ())))
 
 #: Columns and types of a run table and of the store, in order.
 SCHEMA: dict[str, pl.DataType] = {

@@ -30,6 +30,7 @@ defines a run is :mod:`inatloc_nb.run_config`; a finished run's model is read ba
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -69,6 +70,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     if finished is not None:
         say(f"already finished: {out_dir}")
         return finished
+    config.require_lr()
     say(f"loading data {config.data}")
     dataset = shared("dataset", lambda: load_dataset(config.data, config.image_root, config.allow_split_overlap))
 
@@ -79,15 +81,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     out = RunFolder(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
     prepared = config.prepared or os.environ.get(PREPARED_ENV) or None
-    learn = build_learner(
-        dataset, config.level, method=config.method, lr=config.lr, seed=config.seed,
-        per_class=config.per_class, schedule=config.schedule, backbone=config.backbone,
-        pretrained=config.pretrained, image_size=config.image_size, batch_size=config.batch_size,
-        weights=config.weights,
-        device=config.device, num_workers=config.num_workers, method_params=config.method_params,
-        lr_groups=config.lr_groups, lr_decay=config.lr_decay, amp=config.amp,
-        channels_last=config.channels_last, compile=config.compile, prepared=prepared,
-    )
+    learn = build_learner(dataset, dataclasses.replace(config, prepared=prepared))
     n_train = len(learn.dls.train_ds)
     labels = learn.label_set  # the level as trained: a mixed run keeps the labelling read then
     n_classes = len(labels)

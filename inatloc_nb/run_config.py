@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,8 +18,8 @@ from inatloc_nb import validate
 from inatloc_nb.env import CACHE_ENV
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.io import make_temp_dir
-from inatloc_nb.method_support import check_support
-from inatloc_nb.protocol import check_reading
+from inatloc_nb.method_support import BACKBONE_LAYOUTS, METHOD_NAMES, check_support
+from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS, SELECT_EPOCHS, check_reading
 
 if TYPE_CHECKING:
     from inatloc_nb.data import WSOLDataset
@@ -32,6 +33,106 @@ SYNTH_PREFIX = "synth:"
 ANALYSIS_IOU = 50
 
 
+def _name(value: Any, name: str, choices: tuple[str, ...] | None = None) -> str:
+    if not isinstance(value, str) or not value:
+        raise InatlocError(f"{name}: expected a non-empty string, got {value!r}")
+    if choices is not None and value not in choices:
+        raise InatlocError(f"{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def _optional_text(what: str) -> Callable[[Any, str], str | None]:
+    def check(value: Any, name: str) -> str | None:
+        if value is not None and (not isinstance(value, str) or not value):
+            raise InatlocError(f"{name}: expected {what}, got {value!r}")
+        return value
+    return check
+
+
+def _flag(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise InatlocError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+def _switch(value: Any, name: str) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise InatlocError(f"{name}: expected true, false or null (device default), got {value!r}")
+    return value
+
+
+def _reading(option: str) -> Callable[[Any, str], str]:
+    def check(value: Any, name: str) -> str:
+        try:
+            return check_reading(option, value)
+        except InatlocError as exc:
+            raise InatlocError(f"{name}: {exc}") from None
+    return check
+
+
+def _per_class(value: Any, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InatlocError(f"{name}: expected an integer >= 1 or null (all images), got {value!r}")
+    return value
+
+
+def _optional_lr(value: Any, name: str) -> float | None:
+    return None if value is None else validate.positive_float(value, name)
+
+
+def _mapping(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InatlocError(f"{name}: expected a mapping, got {value!r}")
+    return value
+
+
+def _splits(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, str) or not value or not all(isinstance(s, str) and s for s in value):
+        raise InatlocError(f"{name}: expected split names such as val, test, got {value!r}")
+    return tuple(value)
+
+
+def trained_methods() -> tuple[str, ...]:
+    """The WSOL training methods of the method registry (``inatloc_nb.method_support``)."""
+    return METHOD_NAMES
+
+
+def backbones() -> tuple[str, ...]:
+    """The backbones of the backbone registry (``inatloc_nb.method_support``)."""
+    return tuple(BACKBONE_LAYOUTS)
+
+
+def methods() -> tuple[str, ...]:
+    """Every ``RunConfig.method``: the trained methods and the baselines."""
+    return (*trained_methods(), *BASELINES)
+
+
+#: ``param(..., identity=ALWAYS)``: the parameter is part of every run's identity.
+ALWAYS = object()
+
+
+def param(default: Any = dataclasses.MISSING, *, check: Callable[[Any, str], Any], help: str,
+          choices: Callable[[], tuple[str, ...]] | None = None, grid: str | None = None,
+          identity: Any = ALWAYS, cli: dict[str, Any] | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A ``RunConfig`` field and what every entry point needs to know of it (its metadata).
+
+    ``check(value, name)`` validates and normalises a value (``InatlocError`` naming ``name``);
+    ``help``: the command-line help; ``choices``: the allowed values (from a registry), offered
+    by the command line. ``grid``: how a sweep configuration sets it, ``"scalar"`` (one value
+    per grid, the key being the field's name) or the key of a list the grid multiplies (e.g.
+    ``"lrs"``); None: not set by sweeps. ``identity``: for swept parameters, the value at which
+    the parameter is left out of a run's identity (``inatloc_nb.sweep.RunSpec.run_id``), so
+    that runs made before it existed keep their ids; ``ALWAYS`` for the original parameters.
+    ``cli``: argparse settings replacing the derived ones (``{"flag": ...}`` renames the
+    option; None: the command line offers it as ``--field-name``; ``{"skip": True}``: not offered).
+    """
+    metadata = {"check": check, "help": help, "choices": choices, "grid": grid, "identity": identity,
+                "cli": cli or {}}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run.
@@ -40,7 +141,9 @@ class RunConfig:
     ``inatloc500``; give ``image_root``), or ``"synth:PRESET[:SEED]"`` (``synth:tiny``,
     ``synth:demo``), generated once into the cache folder (``$INATLOC_NB_CACHE`` or
     ``~/.cache/inatloc-nb``). ``image_root`` defaults to the folder's ``images/``.
-    ``method_params`` override the method's Table A4 hyperparameters. ``schedule``:
+    ``method_params`` override the method's Table A4 hyperparameters. ``lr``: None for the
+    training-free baselines, and for a sweep run whose lr is still to be selected (a trained
+    run needs one: ``run_experiment`` refuses None). ``schedule``:
     ``"2epoch"``, ``"10epoch"`` or a number of epochs. ``lr_groups`` / ``lr_decay``: which
     parameters get 10x the LR and when the step schedule decays; ``"reference"`` (the
     reference code's, default) or the paper text's reading, ``"classifier"`` / ``"text"``
@@ -48,78 +151,103 @@ class RunConfig:
     ``--eval_checkpoint_type last``) scores the model after the last epoch, ``"best"`` the model
     of the epoch (0 = before training) with the best D_f MaxBoxAccV2 (``inatloc_nb.epoch_select``). ``model_run``: a finished species-level
     run folder a baseline may reuse (CAM-Agg). ``device=None`` picks CUDA when available.
-    ``amp``, ``channels_last``, ``compile``: device switches, None = the device's default
+    ``amp``, ``channels_last``, ``compile``, ``cuda_graphs``: device switches, None = the device's default
     (``inatloc_nb.device``). ``prepared``: cache root of a prepared copy of the data
     (``inatloc-nb prepare``), read instead of the original images; when None,
     ``$INATLOC_NB_PREPARED`` (set by a sweep's ``prepared:``) is used if set.
     ``allow_split_overlap`` accepts image ids shared by D_w and D_f / D_test (refused by default).
+
+    Each field's metadata (:func:`param`) says how it is checked, offered on the command line,
+    swept and identified: the command line (``inatloc_nb.cli.run_options``), the sweep
+    (``inatloc_nb.sweep``) and the results tables (``inatloc_nb.results.RUN_PARAMS``) read it.
     """
 
-    data: str
-    level: str = "species"
-    method: str = "cam"
-    method_params: dict[str, Any] = field(default_factory=dict)
-    lr: float | None = 1e-3
-    schedule: str | int = "2epoch"
-    lr_groups: str = "reference"
-    lr_decay: str = "reference"
-    select_epoch: str = "last"
-    backbone: str = "resnet50"
-    pretrained: bool = True
-    weights: str | None = None
-    image_size: int = 224
-    batch_size: int = 32
-    per_class: int | None = None
-    seed: int = 0
-    image_root: str | None = None
-    eval_splits: tuple[str, ...] = ("val", "test")
-    model_run: str | None = None
-    num_workers: int | None = None
-    device: str | None = None
-    amp: bool | None = None
-    channels_last: bool | None = None
-    compile: bool | None = None
-    prepared: str | None = None
-    allow_split_overlap: bool = False
+    data: str = param(check=_name, help="metadata folder, shipped dataset (cub, ilsvrc, inatloc500) or "
+                      "synth:tiny / synth:demo")
+    level: str = param("species", check=_name, grid="levels",
+                       help="training label level, e.g. species, genus, order, or mixed:FILE")
+    method: str = param("cam", check=lambda v, n: _name(v, n, methods()), choices=trained_methods,
+                        grid="methods", help="WSOL method (which backbones each runs on: the table below)")
+    lr: float | None = param(1e-3, check=_optional_lr, grid="lrs", cli={"metavar": "LR"},
+                             help="learning rate (the 10x group gets 10 times it, see --lr-groups)")
+    seed: int = param(0, check=lambda v, n: validate.integer(v, n, 0, 2**32 - 1), grid="seeds",
+                      help="seed of the subset, the initialisation and the data order")
+    per_class: int | None = param(None, check=_per_class, grid="per_class", cli={"metavar": "N"},
+                                  help="train on N images per class at --level (default: all)")
+    schedule: str | int = param("2epoch", check=validate.schedule, grid="scalar",
+                                help="2epoch, 10epoch, a number of epochs, or E/D: E epochs with LR / 10 "
+                                     "every D (e.g. 50/15)")
+    backbone: str = param("resnet50", check=lambda v, n: _name(v, n, backbones()), choices=backbones,
+                          grid="scalar", help="feature extractor (which methods run on each: `inatloc-nb train --help`)")
+    pretrained: bool = param(True, check=_flag, grid="scalar",
+                             help="start from ImageNet weights (--no-pretrained: random weights)")
+    image_size: int = param(224, check=lambda v, n: validate.integer(v, n, *validate.IMAGE_SIZE_RANGE),
+                            grid="scalar", cli={"metavar": "PX"}, help="side of the training and CAM images")
+    batch_size: int = param(32, check=lambda v, n: validate.integer(v, n, *validate.BATCH_SIZE_RANGE),
+                            grid="scalar", help="images per training batch")
+    lr_groups: str = param("reference", check=_reading("lr_groups"), choices=lambda: LR_GROUPS, grid="scalar",
+                           identity="reference",
+                           help="parameters at 10x LR: the reference code's (last backbone stage and fc) "
+                                "or the paper text's (classifier only)")
+    lr_decay: str = param("reference", check=_reading("lr_decay"), choices=lambda: LR_DECAYS, grid="scalar",
+                          identity="reference",
+                          help="LR / 10 after epochs 2, 5, 8 (reference code) or 3, 6, 9 (paper text)")
+    # runs made when "best" was the default keep their ids: "best" stays out of the identity
+    select_epoch: str = param("last", check=_reading("select_epoch"), choices=lambda: SELECT_EPOCHS,
+                              grid="scalar", identity="best",
+                              help="score the model after the last epoch (the reference code's default) or the "
+                                   "epoch (0 = before training) with the best D_f MaxBoxAccV2")
+    method_params: dict[str, Any] = param(check=_mapping, factory=dict,
+                                          cli={"flag": "--param", "metavar": "KEY=VALUE"},
+                                          help="override a method hyperparameter (repeatable), e.g. drop_rate=0.1")
+    weights: str | None = param(None, check=_optional_text("a weights file path"), cli={"metavar": "PATH"},
+                                help="local ImageNet weights file of the backbone "
+                                     "(default: the torchvision/timm cache)")
+    image_root: str | None = param(None, check=_optional_text("an image folder"),
+                                   help="image folder (default: DATA/images when present)")
+    eval_splits: tuple[str, ...] = param(("val", "test"), check=_splits, cli={"metavar": "SPLIT"},
+                                         help="splits whose CAMs are extracted and scored")
+    model_run: str | None = param(None, check=_optional_text("a run folder"),
+                                  cli={"flag": "--model", "metavar": "RUN_DIR"},
+                                  help="species-level training run (cam-agg)")
+    num_workers: int | None = param(None, check=lambda v, n: validate.optional_integer(v, n, 0, 1024),
+                                    help="data-loading processes (default: none on CPU; with a GPU the "
+                                         "available cores, at most 16, or $INATLOC_NB_LOADER_WORKERS)")
+    device: str | None = param(None, check=validate.device,
+                               help="cpu, cuda or cuda:N (default: cuda when available)")
+    amp: bool | None = param(None, check=_switch,
+                             help="mixed precision (bfloat16 where supported, else float16; default: on with "
+                                  "CUDA, off on CPU)")
+    channels_last: bool | None = param(None, check=_switch,
+                                       help="channels-last model and inputs (default: on with CUDA, off on CPU)")
+    compile: bool | None = param(None, check=_switch,
+                                 help="torch.compile of the backbone stages (default: off; slower: 668 against "
+                                      "1,367 training images/s eager on an H200, plus ~45 s of compilation, "
+                                      "benchmarks/README.md)")
+    cuda_graphs: bool | None = param(None, check=_switch,
+                                     help="replay each full training batch's step as a CUDA graph (CAM and HaS; "
+                                          "default: off until measured end to end on a GPU; inatloc_nb.cuda_graphs)")
+    prepared: str | None = param(None, check=_optional_text("a cache folder path"), cli={"metavar": "CACHE"},
+                                 help="read images from the prepared copy under CACHE (see `inatloc-nb prepare`)")
+    allow_split_overlap: bool = param(False, check=_flag,
+                                      help="accept image ids that are in train and in val or test "
+                                           "(refused by default)")
 
     def __post_init__(self) -> None:
-        self.eval_splits = tuple(self.eval_splits)
-        if self.method not in BASELINES and self.lr is None:
-            raise InatlocError(f"method {self.method!r} needs a learning rate (lr)")
         self.validate()
 
     def validate(self) -> None:
-        """Check every field's type and range; ``InatlocError`` names the field and the allowed range."""
-        for name in ("data", "level", "method", "backbone"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise InatlocError(f"RunConfig.{name}: expected a non-empty string, got {getattr(self, name)!r}")
+        """Check (and normalise) every field with its ``check``; ``InatlocError`` names the field
+        and the allowed values."""
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, f.metadata["check"](getattr(self, f.name), f"RunConfig.{f.name}"))
         check_support(self.method, self.backbone, "RunConfig")
-        if self.lr is not None:
-            self.lr = validate.positive_float(self.lr, "RunConfig.lr")
-        self.schedule = validate.schedule(self.schedule, "RunConfig.schedule")
-        for name in ("lr_groups", "lr_decay", "select_epoch"):
-            check_reading(name, getattr(self, name))
-        for name in ("pretrained", "allow_split_overlap"):
-            if not isinstance(getattr(self, name), bool):
-                raise InatlocError(f"RunConfig.{name}: expected true or false, got {getattr(self, name)!r}")
-        validate.integer(self.image_size, "RunConfig.image_size", *validate.IMAGE_SIZE_RANGE)
-        validate.integer(self.batch_size, "RunConfig.batch_size", *validate.BATCH_SIZE_RANGE)
-        validate.optional_integer(self.per_class, "RunConfig.per_class", 1)
-        validate.integer(self.seed, "RunConfig.seed", 0, 2**32 - 1)
-        validate.optional_integer(self.num_workers, "RunConfig.num_workers", 0, 1024)
-        self.device = validate.device(self.device, "RunConfig.device")
-        if self.weights is not None and (not isinstance(self.weights, str) or not self.weights):
-            raise InatlocError(f"RunConfig.weights: expected a weights file path, got {self.weights!r}")
-        for name in ("amp", "channels_last", "compile"):
-            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
-                raise InatlocError(f"RunConfig.{name}: expected true, false or null (device default), "
-                                   f"got {getattr(self, name)!r}")
-        if self.prepared is not None and (not isinstance(self.prepared, str) or not self.prepared):
-            raise InatlocError(f"RunConfig.prepared: expected a cache folder path, got {self.prepared!r}")
-        if not isinstance(self.method_params, dict):
-            raise InatlocError(f"RunConfig.method_params: expected a mapping, got {self.method_params!r}")
-        if not self.eval_splits or not all(isinstance(s, str) and s for s in self.eval_splits):
-            raise InatlocError(f"RunConfig.eval_splits: expected split names such as val, test, got {self.eval_splits!r}")
+
+    def require_lr(self) -> float:
+        """The learning rate of a trained run; ``InatlocError`` when it has none."""
+        if self.lr is None:
+            raise InatlocError(f"method {self.method!r} needs a learning rate (lr)")
+        return self.lr
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (``from_dict`` inverts it)."""
@@ -148,6 +276,22 @@ class RunConfig:
         if not isinstance(values, dict):
             raise InatlocError(f"{path}: expected a JSON object of run parameters")
         return cls.from_dict(values.get("config", values))
+
+
+def swept_fields() -> tuple[dataclasses.Field, ...]:
+    """The ``RunConfig`` fields a sweep's grids set (``grid`` metadata), in field order."""
+    return tuple(f for f in dataclasses.fields(RunConfig) if f.metadata["grid"] is not None)
+
+
+def identity_fields() -> tuple[str, ...]:
+    """The swept parameters that are part of every run's identity (``identity=ALWAYS``)."""
+    return tuple(f.name for f in swept_fields() if f.metadata["identity"] is ALWAYS)
+
+
+def default(name: str) -> Any:
+    """The default value of the ``RunConfig`` field ``name``."""
+    f = RunConfig.__dataclass_fields__[name]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
 def cache_dir() -> Path:

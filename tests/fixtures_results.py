@@ -31,8 +31,7 @@ def explorer_results(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFa
         config = RunConfig(data=str(tiny_dataset_dir), level=level, method="cam", lr=0.05, seed=0, per_class=None,
                            schedule="2", backbone="tinycnn", pretrained=False, image_size=48, batch_size=16,
                            num_workers=0)
-        spec = RunSpec(dataset="tiny", **{f: getattr(config, f) for f in RunSpec.__dataclass_fields__
-                                          if f not in ("dataset", "lr_search")})
+        spec = RunSpec("tiny", config)
         folder = runs_dir(results_dir) / spec.run_id
         start = time.perf_counter()
         run_experiment(config, folder, say=lambda _line: None)

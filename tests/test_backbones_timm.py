@@ -8,6 +8,7 @@ import torch
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.learner import param_groups
 from inatloc_nb.models import BACKBONES, CAMNet, build_backbone
+from inatloc_nb.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -92,8 +93,9 @@ def test_timm_backbone_trains_and_yields_cams(tiny_dataset):
     from inatloc_nb.cam import extract_cams
     from inatloc_nb.learner import build_learner
 
-    learn = build_learner(tiny_dataset, "genus", lr=0.01, schedule=1, backbone="deit_small", pretrained=False,
-                          image_size=32, batch_size=8, num_workers=0, device="cpu")
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", lr=0.01, schedule=1, backbone="deit_small", pretrained=False,
+        image_size=32, batch_size=8, num_workers=0, device="cpu"))
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, cbs=ShortEpochCallback(pct=0.25, short_valid=True))
     assert all(np.isfinite(float(v)) for v in learn.recorder.losses)

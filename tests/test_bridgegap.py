@@ -9,6 +9,7 @@ from inatloc_nb.errors import InatlocError
 from inatloc_nb.methods import METHODS, get_method
 from inatloc_nb.methods.bridgegap import AttentiveDropout, BridgeGapNet, alignment_losses, split_last_stage
 from inatloc_nb.models import build_backbone
+from inatloc_nb.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -103,9 +104,9 @@ def test_warmup_switches_the_alignment_terms_on_after_warm_epochs(tiny_dataset):
         def before_batch(self):
             seen.append((self.epoch, self.learn.model.align))
 
-    learn = build_learner(tiny_dataset, "genus", method="bridgegap", method_params={"warm_epochs": 1},
-                          lr=0.01, schedule=2, backbone="tinycnn", pretrained=False, image_size=32,
-                          batch_size=16, num_workers=0, device="cpu")
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", method="bridgegap", method_params={"warm_epochs": 1}, lr=0.01, schedule=2,
+        backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0, device="cpu"))
     with learn.no_bar(), learn.no_logging():
         learn.fit(2, cbs=Watch(pct=0.4, short_valid=True))
     assert {(e, a) for e, a in seen} == {(0, False), (1, True)}

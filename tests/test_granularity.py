@@ -211,8 +211,7 @@ def granularity_results(explorer_results: Path, tmp_path_factory, torch_one_thre
     data = pl.read_parquet(explorer_results / "results.parquet")["data"][0]
     for level, method in ((f"mixed:{labelling}", "cam"), ("species", "multihead")):
         config = RunConfig(data=data, level=level, method=method, **TINY)
-        spec = RunSpec(dataset="tiny", **{f: getattr(config, f) for f in RunSpec.__dataclass_fields__
-                                          if f != "dataset" and hasattr(config, f)})
+        spec = RunSpec("tiny", config)
         folder = runs_dir(out) / spec.run_id
         start = time.perf_counter()
         run_experiment(config, folder, say=lambda _line: None)

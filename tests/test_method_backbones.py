@@ -16,6 +16,7 @@ from inatloc_nb.methods.adl import AttentionDropout, adl_places
 from inatloc_nb.methods.bridgegap import split_last_stage
 from inatloc_nb.methods.spg import spg_cuts
 from inatloc_nb.models import BACKBONES, build_backbone
+from inatloc_nb.run_config import RunConfig, trained_methods
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -78,12 +79,12 @@ def test_bridgegap_split_composes_to_the_backbone(backbone):
 
 def test_methods_inside_the_backbone_refuse_a_vision_transformer_with_the_reason(tiny_dataset):
     from inatloc_nb.learner import build_learner
-    from inatloc_nb.run_config import RunConfig
 
     for method in ("adl", "spg", "bridgegap"):
         with pytest.raises(InatlocError, match=f"method '{method}' does not run on backbone 'deit_small': "
                                                "deit_small is a vision transformer"):
-            build_learner(tiny_dataset, "genus", method=method, backbone="deit_small", pretrained=False)
+            build_learner(tiny_dataset, RunConfig(
+                data="synth:tiny", level="genus", method=method, backbone="deit_small", pretrained=False))
         with pytest.raises(InatlocError, match="RunConfig: method .* vision transformer"):
             RunConfig(data="synth:tiny", method=method, backbone="deit_small", pretrained=False)
     features, n_channels = _features("deit_small")
@@ -114,8 +115,9 @@ def test_every_supported_combination_trains_a_step_and_yields_cams(method, backb
     from inatloc_nb.cam import extract_cams
     from inatloc_nb.learner import build_learner
 
-    learn = build_learner(tiny_dataset, "genus", method=method, backbone=backbone, pretrained=False,
-                          image_size=32, batch_size=8, num_workers=0, device="cpu", schedule=1)
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", method=method, backbone=backbone, pretrained=False, image_size=32,
+        batch_size=8, num_workers=0, device="cpu", schedule=1))
     before = {n: p.detach().clone() for n, p in learn.model.named_parameters()}
     with learn.no_logging():
         learn.fit(1, cbs=OneStep())
@@ -128,11 +130,10 @@ def test_every_supported_combination_trains_a_step_and_yields_cams(method, backb
 
 def test_train_help_states_the_table_and_the_cli_refuses_with_the_reason(tmp_path, capsys):
     from inatloc_nb.cli import main
-    from inatloc_nb.cli.train import TRAIN_METHODS
 
     with pytest.raises(SystemExit):
         main(["train", "--help"])
-    assert support_table(TRAIN_METHODS) in capsys.readouterr().out
+    assert support_table(trained_methods()) in capsys.readouterr().out
     args = ["train", "--data", "synth:tiny", "--level", "genus", "--lr", "0.01", "--method", "spg",
             "--backbone", "deit_small", "--no-pretrained", "--out", str(tmp_path / "run")]
     assert main(args) == 2

@@ -23,6 +23,7 @@ from inatloc_nb.methods.guided import min_max_normalize
 from inatloc_nb.methods.has import HideAndSeekCallback, hide_patches, patch_side
 from inatloc_nb.methods.spg import IGNORE, guidance_loss, guidance_mask
 from inatloc_nb.models import CAMNet, build_backbone
+from inatloc_nb.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -334,8 +335,9 @@ def test_method_trains_and_yields_cams(name, tiny_dataset):
 
     from inatloc_nb.learner import build_learner
 
-    learn = build_learner(tiny_dataset, "species", method=name, lr=0.01, schedule=1, backbone="tinycnn",
-                          pretrained=False, image_size=32, batch_size=8, num_workers=0, device="cpu")
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="species", method=name, lr=0.01, schedule=1, backbone="tinycnn", pretrained=False,
+        image_size=32, batch_size=8, num_workers=0, device="cpu"))
     before = [p.detach().clone() for p in learn.model.parameters()]
     with learn.no_bar(), learn.no_logging():
         learn.fit(1, cbs=ShortEpochCallback(pct=0.5, short_valid=True))

@@ -58,11 +58,11 @@ def test_notebooks_are_stored_without_outputs(name):
 @pytest.fixture(scope="module")
 def sweep_results(tiny_dataset_dir, tmp_path_factory) -> Path:
     """A results folder holding one ``02_train_wsol`` run (genus level) executed by the sweep."""
+    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import RunSpec, execute_run
 
     results_dir = tmp_path_factory.mktemp("results")
-    spec = RunSpec(dataset="tiny", data=str(tiny_dataset_dir), level="genus", method="cam", seed=0,
-                   per_class=None, **TINY)
+    spec = RunSpec("tiny", RunConfig(data=str(tiny_dataset_dir), level="genus", method="cam", **TINY))
     outcome = execute_run(spec, results_dir, NOTEBOOKS / "02_train_wsol.ipynb")
     assert outcome.status == "ok", outcome.error
     return results_dir

@@ -171,9 +171,10 @@ def test_device_switches_reach_the_learner(tiny_dataset, monkeypatch):
     with pytest.raises(InatlocError, match="needs a CUDA device"):
         resolve_settings("cpu", amp=True)
 
-    plain = build_learner(tiny_dataset, LEVEL, lr=0.01, **FAST)
+    plain = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, **FAST))
     assert not any(isinstance(cb, ChannelsLastInputs) for cb in plain.cbs)
-    learn = build_learner(tiny_dataset, LEVEL, lr=0.01, channels_last=True, compile=True, **FAST)
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level=LEVEL, lr=0.01, channels_last=True, compile=True, **FAST))
     assert learn.device_settings == DeviceSettings("cpu", amp=False, channels_last=True, compile=True)
     conv = next(m for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
@@ -209,16 +210,15 @@ def test_float32_on_cuda_switches_tf32_off():
 
 
 def test_device_switches_from_cli_and_config():
-    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
+    from inatloc_nb.cli.run_options import add_run_options, config_fields
 
     parser = argparse.ArgumentParser()
-    add_data_options(parser)
-    add_training_options(parser, default_schedule="2epoch")
+    add_run_options(parser)
     args = parser.parse_args(["--data", "synth:tiny", "--out", "x", "--no-amp", "--channels-last",
                               "--prepared", "/cache"])
     fields = config_fields(args)
     assert (fields["amp"], fields["channels_last"], fields["compile"], fields["prepared"]) == (False, True, None, "/cache")
-    config = RunConfig(level="genus", **fields)
+    config = RunConfig(**{**fields, "level": "genus"})
     assert RunConfig.from_dict(config.to_dict()) == config
     with pytest.raises(InatlocError, match="RunConfig.amp"):
         RunConfig(data="synth:tiny", amp="yes")
@@ -265,7 +265,8 @@ def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_datase
             monkeypatch.setattr(PreparedImages, "holds", lambda self, split: False)
         metrics = run_experiment(config, tmp_path / way, say=lambda _: None)
         set_seed(1)
-        learn = build_learner(tiny_dataset, LEVEL, prepared=tmp_path / "cache", **FAST)
+        learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.05,
+                                                      prepared=str(tmp_path / "cache"), **FAST))
         cams = extract_cams(learn, tiny_dataset, "test", LEVEL, progress=False)
         runs[way] = (metrics, torch.load(tmp_path / way / "model.pth"), cams, torch.get_rng_state(), np.random.get_state()[1])
         if way == "batches":
@@ -293,13 +294,18 @@ def test_cuda_graph_steps_where_replaying_cannot_differ(tiny_dataset, monkeypatc
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert resolve_settings("cuda").cuda_graphs is False  # opt-in until measured on a GPU
     assert resolve_settings("cuda", cuda_graphs=True).to_dict()["cuda_graphs"] is True
+    with pytest.raises(InatlocError, match="do not combine"):
+        resolve_settings("cuda", compile=True, cuda_graphs=True)
     monkeypatch.undo()
+    with pytest.raises(InatlocError, match="need a CUDA device"):
+        resolve_settings("cpu", cuda_graphs=True)
 
     safe = {name for name in ("cam", "has", "adl", "cutmix", "acol", "spg") if get_method(name).cuda_graph_safe}
     assert safe == {"cam", "has"}  # the others draw random numbers in the step or act inside it
-    learn = build_learner(tiny_dataset, LEVEL, method="has", lr=0.01, **FAST)
+    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, method="has", lr=0.01, **FAST))
     assert step_blocker(learn) is None
-    assert "adl" in step_blocker(build_learner(tiny_dataset, LEVEL, method="adl", lr=0.01, **FAST))
+    adl = RunConfig(data="synth:tiny", level=LEVEL, method="adl", lr=0.01, **FAST)
+    assert "adl" in step_blocker(build_learner(tiny_dataset, adl))
 
     class LossHook(Callback):
         def after_loss(self) -> None:
@@ -315,7 +321,7 @@ def test_cuda_graph_steps_where_replaying_cannot_differ(tiny_dataset, monkeypatc
     # on a CPU the callback stands aside: the same weights as without it
     weights = []
     for graphs in (False, True):
-        learn = build_learner(tiny_dataset, LEVEL, lr=0.01, schedule=1, **FAST)
+        learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.01, schedule=1, **FAST))
         if graphs:
             learn.add_cb(CudaGraphStep())
         learn.fit(1)

@@ -28,6 +28,7 @@ from inatloc_nb.learner import Schedule, StepLR, build_dataloaders, build_learne
 from inatloc_nb.methods import get_method
 from inatloc_nb.methods.adl import AttentionDropout
 from inatloc_nb.models import LINEAR_INIT_STD, build_backbone
+from inatloc_nb.run_config import RunConfig
 from inatloc_nb.sweep import LR_SELECTED, SweepConfig, execute_run, expand, resolve_lr, runs_dir
 from inatloc_nb.sweep.execute import _phases
 
@@ -80,12 +81,11 @@ def test_ten_x_groups_per_method(resnets, method, fast, classifier_reading):
 
 
 def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
-    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.cli.run_options import add_run_options, config_fields
 
     common = dict(lr=0.01, backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
     for lr_groups in ("reference", "classifier"):
-        learn = build_learner(tiny_dataset, "genus", lr_groups=lr_groups, **common)
+        learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", lr_groups=lr_groups, **common))
         learn.create_opt()
         learn.epoch = 0
         next(cb for cb in learn.cbs if isinstance(cb, StepLR)).before_epoch()
@@ -94,17 +94,17 @@ def test_lr_options_reach_the_optimiser_and_the_command_line(tiny_dataset):
         classifier = list(learn.model.classifier.parameters())
         last_stage = list(learn.model.features[-1].parameters()) if lr_groups == "reference" else []
         assert {id(p) for p in fast} == {id(p) for p in classifier + last_stage}
-    learn = build_learner(tiny_dataset, "genus", schedule=10, lr_decay="text", **common)
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", schedule=10, lr_decay="text", **common))
     assert learn.schedule.milestones == (3, 6, 9)
     with pytest.raises(InatlocError, match="lr_decay"):
-        build_learner(tiny_dataset, "genus", lr_decay="every3", **common)
+        build_learner(tiny_dataset, RunConfig(data="synth:tiny", level="genus", lr_decay="every3", **common))
     for option in ("lr_groups", "lr_decay"):
         with pytest.raises(InatlocError, match=option):
             RunConfig(data="synth:tiny", **{option: "head"})
 
     parser = argparse.ArgumentParser()
-    add_data_options(parser)
-    add_training_options(parser, default_schedule="2epoch")
+    add_run_options(parser)
     required = ["--data", "synth:tiny", "--out", "run"]
     defaults = config_fields(parser.parse_args(required))
     assert defaults["lr_groups"] == defaults["lr_decay"] == "reference"
@@ -313,7 +313,7 @@ def test_selected_lr_runs_wait_for_and_select_among_the_main_grid(tmp_path):
         expected = 0.001 if spec.level == "species" else 0.1  # a tie goes to the smaller lr
         assert resolved.lr == selection["lr"] == expected and resolved.run_id != spec.run_id
         assert resolved.per_class == 2 and resolved.seed == spec.seed
-        params = resolved.notebook_parameters(tmp_path / "out", tmp_path)
+        params = resolved.notebook_parameters(tmp_path / "out", tmp_path)["config"]
         assert params["lr"] == expected and "lr_search" not in params
         assert params["lr_groups"] == params["lr_decay"] == "reference"
     assert resolve_lr(next(iter(main.values())), tmp_path)[1] is None
@@ -333,7 +333,7 @@ def test_selected_lr_and_protocol_options_are_validated():
     config = SweepConfig.from_dict({**base, "extra": [{"name": "text", "lr_groups": "classifier",
                                                        "lr_decay": "text"}]})
     reference, text = expand(config)
-    assert (text.lr_groups, text.lr_decay) == ("classifier", "text") and text.run_id != reference.run_id
+    assert (text.config.lr_groups, text.config.lr_decay) == ("classifier", "text") and text.run_id != reference.run_id
     assert text.params()["lr_groups"] == "classifier"
 
 
@@ -342,7 +342,6 @@ def test_selected_lr_and_protocol_options_are_validated():
 
 def test_fsl_det_is_a_single_map_c4_faster_rcnn_with_the_tf_schedule():
     from inatloc_nb.baselines.fsl_det import build_detector, detector_size, top_box, warmup_cosine
-    from inatloc_nb.run_config import RunConfig
 
     assert detector_size(RunConfig(data="synth:tiny")) == 640
     model = build_detector(96, pretrained=False)
@@ -393,8 +392,9 @@ def _selected(tiny_dataset, scripted: list[float] | None, monkeypatch) -> tuple[
     if scripted is not None:
         real, values = cam.score_cams, iter(scripted)
         monkeypatch.setattr(cam, "score_cams", lambda *a, **k: dataclasses.replace(real(*a, **k), mean=next(values)))
-    learn = build_learner(tiny_dataset, "genus", lr=0.05, schedule=2, backbone="tinycnn", pretrained=False,
-                          image_size=32, batch_size=16, num_workers=0)
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", lr=0.05, schedule=2, backbone="tinycnn", pretrained=False, image_size=32,
+        batch_size=16, num_workers=0))
     select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
     with learn.added_cbs([select, snaps]):
         learn.fit(2)
@@ -429,8 +429,9 @@ def test_epoch_select_ties_go_to_the_earliest_epoch_and_epoch_0_competes(tiny_da
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["acol", "spg"])
 def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
-    learn = build_learner(tiny_dataset, "genus", method=method, lr=0.01, schedule=1, backbone="tinycnn",
-                          pretrained=False, image_size=32, batch_size=16, num_workers=0)
+    learn = build_learner(tiny_dataset, RunConfig(
+        data="synth:tiny", level="genus", method=method, lr=0.01, schedule=1, backbone="tinycnn", pretrained=False,
+        image_size=32, batch_size=16, num_workers=0))
     select, snaps = EpochSelect(tiny_dataset, "genus"), _Snapshots()
     with learn.added_cbs([select, snaps]):
         learn.fit(1)
@@ -443,7 +444,6 @@ def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
 @pytest.mark.slow
 def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dataset_dir):
     from inatloc_nb.run import run_experiment
-    from inatloc_nb.run_config import RunConfig
 
     common = dict(data=str(tiny_dataset_dir), level="genus", lr=0.05, schedule=2, backbone="tinycnn",
                   pretrained=False, image_size=32, batch_size=16, num_workers=0)
@@ -467,16 +467,14 @@ def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dat
 
 
 def test_select_epoch_option_in_config_command_line_and_sweep():
-    from inatloc_nb.cli.run_options import add_data_options, add_training_options, config_fields
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.cli.run_options import add_run_options, config_fields
     from inatloc_nb.sweep import ConfigError
 
     assert RunConfig(data="synth:tiny").select_epoch == "last"  # the reference's --eval_checkpoint_type
     with pytest.raises(InatlocError, match="select_epoch.*best, last"):
         RunConfig(data="synth:tiny", select_epoch="middle")
     parser = argparse.ArgumentParser()
-    add_data_options(parser)
-    add_training_options(parser, default_schedule="2epoch")
+    add_run_options(parser)
     required = ["--data", "synth:tiny", "--out", "run"]
     assert config_fields(parser.parse_args(required))["select_epoch"] == "last"
     assert config_fields(parser.parse_args([*required, "--select-epoch", "best"]))["select_epoch"] == "best"
@@ -488,6 +486,6 @@ def test_select_epoch_option_in_config_command_line_and_sweep():
     # runs made when "best" was the default keep their ids; a last-epoch run is a different run
     assert "select_epoch" not in best.params()
     assert last.params()["select_epoch"] == "last" and last.run_id != best.run_id
-    assert last.notebook_parameters("out", "results")["select_epoch"] == "last"
+    assert last.notebook_parameters("out", "results")["config"]["select_epoch"] == "last"
     with pytest.raises(ConfigError, match="select_epoch"):
         SweepConfig.from_dict({**grid, "select_epoch": "first"})

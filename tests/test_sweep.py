@@ -12,6 +12,7 @@ import pytest
 from inatloc_nb import results, sweep
 from inatloc_nb.cli import main as cli_main
 from inatloc_nb.errors import InatlocError
+from inatloc_nb.run_config import RunConfig
 from inatloc_nb.sweep import ConfigError, RunSpec, SweepConfig, expand
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,30 +58,78 @@ def test_expand_grids_baselines_and_dedup(tmp_path: Path) -> None:
     for r in agg:
         dep = r.dependency()
         assert (dep.method, dep.level, dep.lr) == ("cam", "species", r.lr) and dep.run_id in ids
-        params = r.notebook_parameters("/out", "/res")
+        params = r.notebook_parameters("/out", "/res")["config"]
         assert params["model_run"] == f"/res/runs/{dep.run_id}" and params["method"] == "cam-agg"
     eff = [r for r in runs if r.per_class is not None]
     assert {(r.per_class, r.seed, r.lr) for r in eff} == {(n, s, 0.01) for n in (5, 10) for s in (0, 1)}
-    assert all(r.backbone == "tinycnn" and r.image_size == 32 and r.schedule == "2epoch" for r in runs)
+    assert all(r.config.backbone == "tinycnn" and r.config.image_size == 32 and r.config.schedule == "2epoch"
+               for r in runs)
 
 
 def test_run_ids_are_readable_and_stable() -> None:
-    spec = RunSpec(dataset="inatloc500", data="/data/a", level="genus", method="cam", lr=0.01, seed=2,
-                   per_class=50, schedule="2epoch", backbone="resnet50", pretrained=True, image_size=224,
-                   batch_size=32)
+    spec = RunSpec("inatloc500", RunConfig(data="/data/a", level="genus", method="cam", lr=0.01, seed=2,
+                                           per_class=50, schedule="2epoch"))
     # the same parameters give this id on every machine; the data location is not part of it
     assert spec.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-" + spec.run_id[-10:]
-    assert spec.run_id == RunSpec(**{**spec.__dict__, "data": "/elsewhere"}).run_id
+    assert spec.run_id == spec.replace(data="/elsewhere").run_id
     assert spec.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-550073ae18"
     # a run made when the best D_f epoch was the default keeps the id it had then
-    best = RunSpec(**{**spec.__dict__, "select_epoch": "best"})
+    best = spec.replace(select_epoch="best")
     assert best.run_id == "inatloc500-genus-cam-lr0.01-s2-n50-8376eb537c"
-    assert RunSpec(**{**spec.__dict__, "seed": 3}).run_id != spec.run_id
-    assert RunSpec(**{**spec.__dict__, "image_size": 256}).run_id[:-10] == spec.run_id[:-10]
-    assert RunSpec(**{**spec.__dict__, "image_size": 256}).run_id != spec.run_id
+    assert spec.replace(seed=3).run_id != spec.run_id
+    assert spec.replace(image_size=256).run_id[:-10] == spec.run_id[:-10]
+    assert spec.replace(image_size=256).run_id != spec.run_id
+    # parameters that are not swept (devices, workers) are not part of the identity
+    assert spec.replace(device="cpu", num_workers=2, amp=False).run_id == spec.run_id
     params = spec.notebook_parameters("/out", "/res")
-    assert params["out_dir"] == "/out" and params["data"] == "/data/a" and "dataset" not in params
-    assert params["model_run"] is None and spec.dependency() is None
+    assert params["out_dir"] == "/out" and params["config"]["data"] == "/data/a" and "dataset" not in params["config"]
+    assert RunConfig.from_dict(params["config"]) == spec.config
+    assert params["config"]["model_run"] is None and spec.dependency() is None
+
+
+#: A sweep touching every grid key, list and scalar, an ``lrs: selected`` grid and baselines.
+PINNED_SWEEP = {
+    "name": "t", "datasets": {"toy": "synth:tiny"},
+    "levels": ["species", "genus"], "methods": ["cam", "multihead"], "lrs": [1e-2, "1e-1"],
+    "backbone": "tinycnn", "pretrained": False, "image_size": 32,
+    "extra": [{"name": "eff", "methods": "cam", "lrs": "selected", "per_class": [5], "seeds": [0, 1]},
+              {"name": "text", "levels": "genus", "methods": "has", "lr_groups": "classifier", "lr_decay": "text",
+               "select_epoch": "best", "schedule": "10epoch", "batch_size": 16}],
+    "baselines": ["center", "cam-agg", "fsl-seg"],
+}
+
+
+def test_run_ids_of_existing_sweeps_do_not_change() -> None:
+    # regression values: the ids these runs had when the results of earlier sweeps were written
+    ids = [r.run_id for r in expand(SweepConfig.from_dict(PINNED_SWEEP))]
+    assert ids == [
+        "toy-species-cam-lr0.01-s0-nall-af863f2bf5", "toy-species-cam-lr0.1-s0-nall-effa57b8c1",
+        "toy-species-multihead-lr0.01-s0-nall-af09a957b7", "toy-species-multihead-lr0.1-s0-nall-9bf487896f",
+        "toy-genus-cam-lr0.01-s0-nall-23d560a833", "toy-genus-cam-lr0.1-s0-nall-ba1125d902",
+        "toy-genus-multihead-lr0.01-s0-nall-541885b909", "toy-genus-multihead-lr0.1-s0-nall-d87482c93e",
+        "toy-species-cam-lrselected-s0-n5-69c388c6ec", "toy-species-cam-lrselected-s1-n5-188ea26626",
+        "toy-genus-cam-lrselected-s0-n5-ea19711e8b", "toy-genus-cam-lrselected-s1-n5-55a0adb847",
+        "toy-genus-has-lr0.01-s0-nall-689db0ab2f", "toy-genus-has-lr0.1-s0-nall-d718b7d029",
+        "toy-species-center-lrnone-s0-nall-2adc2db11a",
+        "toy-species-cam-agg-lr0.01-s0-nall-b5e6a8921d", "toy-species-cam-agg-lr0.1-s0-nall-dc54a316ff",
+        "toy-species-fsl-seg-lr0.01-s0-nall-81274c6b80", "toy-species-fsl-seg-lr0.1-s0-nall-931df360ec",
+    ]
+    # the paper's defaults (ResNet-50, 224 px, batch 32) with an epoch count and best-epoch selection
+    paper = SweepConfig.from_dict({"name": "p", "datasets": {"inatloc500": "synth:demo"}, "levels": ["order"],
+                                   "lrs": [1e-3], "seeds": [3], "per_class": [None, 50], "schedule": 3,
+                                   "select_epoch": "best"})
+    assert [r.run_id for r in expand(paper)] == ["inatloc500-order-cam-lr0.001-s3-nall-390452ccac",
+                                                 "inatloc500-order-cam-lr0.001-s3-n50-c6c98df9cb"]
+
+
+def test_a_run_is_a_dataset_and_a_run_config() -> None:
+    # keys a grid omits take RunConfig's defaults; the others replace them
+    plain, = expand(SweepConfig.from_dict({"datasets": {"toy": "synth:tiny"}, "levels": "genus", "lrs": 0.01}))
+    assert (plain.dataset, plain.config) == ("toy", RunConfig(data="synth:tiny", level="genus", lr=0.01))
+    text, = expand(SweepConfig.from_dict({"datasets": {"toy": "synth:tiny"}, "levels": "genus", "lrs": 0.01,
+                                          "lr_decay": "text", "schedule": 10, "seeds": 4}))
+    assert text.config == RunConfig(data="synth:tiny", level="genus", lr=0.01, lr_decay="text", schedule="10", seed=4)
+    assert text.run_id != plain.run_id
 
 
 def test_cam_agg_brings_its_species_run() -> None:
@@ -106,7 +155,7 @@ def test_yaml_loading_resolves_dataset_folders(tmp_path: Path) -> None:
         ({"lrs": [1e-3, 0]}, r"lrs\[1\]: expected a finite number > 0"),
         ({"methods": ["center"]}, r"methods\[0\]: unknown method 'center'.*baselines"),
         ({"levels": []}, "levels: expected at least one value"),
-        ({"seeds": [-1]}, r"seeds\[0\]: expected an integer >= 0"),
+        ({"seeds": [-1]}, r"seeds\[0\]: expected an integer in 0\.\.4294967295"),
         ({"per_class": [0]}, r"per_class\[0\]: expected an integer >= 1 or null"),
         ({"pretrained": "yes"}, "pretrained: expected true or false"),
         ({"image_size": 0}, "image_size: expected an integer in 16..4096"),
@@ -147,8 +196,8 @@ def test_shipped_configs_load(name: str) -> None:
     assert {r.per_class for r in runs} >= {None}
     if name == "paper.yaml":
         main = config.grids[0]
-        assert main.levels == ("species", "genus", "family", "order", "class", "phylum")
-        assert main.lrs == (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and main.backbone == "resnet50"
+        assert main.axes["level"] == ("species", "genus", "family", "order", "class", "phylum")
+        assert main.axes["lr"] == (1e-5, 1e-4, 1e-3, 1e-2, 1e-1) and main.settings["backbone"] == "resnet50"
         assert methods == {"cam", "has", "acol", "spg", "adl", "cutmix", "cam-agg", "center", "fsl-seg", "fsl-det"}
         eff = [r for r in runs if r.per_class is not None]
         assert {r.per_class for r in eff} == {50, 100, 200} and {r.seed for r in eff} == {0, 1, 2, 3, 4}
@@ -156,6 +205,7 @@ def test_shipped_configs_load(name: str) -> None:
 
 FAKE_TRAINING = textwrap.dedent('''
     import json, os, pathlib
+    method, lr, seed, level, model_run = (config[k] for k in ("method", "lr", "seed", "level", "model_run"))
     if method == "adl":
         raise RuntimeError(f"cannot train {method} at lr={lr}")
     def block(score):
@@ -177,18 +227,7 @@ FAKE_TRAINING = textwrap.dedent('''
 def fake_notebook(tmp_path: Path) -> Path:
     """A stand-in for ``02_train_wsol``: same parameters, instant 'training', fails for ADL."""
     params = nbformat.v4.new_code_cell(textwrap.dedent('''
-        data = None
-        level = "species"
-        method = "cam"
-        lr = 0.01
-        schedule = "paper"
-        per_class = None
-        seed = 0
-        backbone = "tinycnn"
-        pretrained = False
-        image_size = 64
-        batch_size = 8
-        model_run = None
+        config = {"data": "synth:tiny"}
         out_dir = "."
     '''))
     params.metadata["tags"] = ["parameters"]

@@ -1,6 +1,7 @@
 """The training core on the tiny synthetic world: learner, schedules, seeding, CAMs, runs, CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -37,7 +38,8 @@ class GroupLRs(Callback):
 
 
 def _fit(dataset, seed=0, lr=0.01):
-    learn = build_learner(dataset, LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST)
+    learn = build_learner(dataset, RunConfig(
+        data="synth:tiny", level=LEVEL, lr=lr, seed=seed, schedule="2epoch", **FAST))
     probe = GroupLRs()
     with learn.no_bar():
         train(learn.add_cb(probe))
@@ -101,7 +103,7 @@ def test_same_seed_gives_identical_weights(tiny_dataset, fitted):
 
 
 def test_per_class_subsample_is_recorded(tiny_dataset):
-    learn = build_learner(tiny_dataset, LEVEL, per_class=3, seed=2, **FAST)
+    learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, per_class=3, seed=2, **FAST))
     n_genera = len(tiny_dataset.class_names(LEVEL))
     assert len(learn.train_ids) == len(learn.dls.train_ds) == 3 * n_genera
     assert learn.train_ids == tiny_dataset.subsample("train", LEVEL, 3, 2)
@@ -202,8 +204,9 @@ def test_run_config_round_trip_and_errors(tmp_path):
     assert RunConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
     with pytest.raises(InatlocError, match="unknown run parameter.*epochz"):
         RunConfig.from_dict({"data": "x", "epochz": 3})
+    unresolved = RunConfig(data="x", lr=None)  # e.g. a sweep run whose lr is still to be selected
     with pytest.raises(InatlocError, match="needs a learning rate"):
-        RunConfig(data="x", lr=None)
+        run_experiment(unresolved, tmp_path / "run")
     assert RunConfig(data="x", method="center", lr=None).lr is None
     with pytest.raises(InatlocError, match="neither a metadata folder"):
         run_experiment(RunConfig(data=str(tmp_path / "nowhere")), tmp_path / "run")
@@ -239,6 +242,54 @@ def test_cli_train_prints_metrics(tmp_path, tiny_dataset_dir, capsys):
            "--backbone", "tinycnn", "--no-pretrained", "--out", str(tmp_path / "bad")]
     assert main(bad) == 2
     assert "tribe" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_trains_multihead(tmp_path, tiny_dataset_dir, capsys):
+    """The command line offers the method registry's methods: multihead trains end to end."""
+    from inatloc_nb.cli import main
+
+    out = tmp_path / "multihead"
+    args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--method", "multihead", "--lr", "0.01",
+            "--epochs", "1", "--backbone", "tinycnn", "--no-pretrained", "--image-size", "32", "--batch-size", "16",
+            "--num-workers", "0", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    assert "D_test: MaxBoxAccV2" in capsys.readouterr().out
+    assert RunConfig.from_json(out / "params.json").method == "multihead"
+    assert json.loads((out / "metrics.json").read_text())["method"] == "multihead"
+
+
+def test_command_line_offers_every_run_parameter_with_its_default():
+    import argparse
+
+    from inatloc_nb.cli.run_options import add_run_options, config_fields
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    fields = config_fields(parser.parse_args(["--data", "synth:tiny", "--out", "x"]))
+    assert set(fields) == {f.name for f in dataclasses.fields(RunConfig)}
+    assert RunConfig(**fields) == RunConfig(data="synth:tiny")
+    chosen = config_fields(parser.parse_args(["--data", "synth:tiny", "--out", "x", "--param", "drop_rate=0.2",
+                                              "--eval-splits", "test", "--no-pretrained", "--epochs", "3"]))
+    config = RunConfig(**chosen)
+    assert (config.method_params, config.eval_splits, config.pretrained, config.schedule) == (
+        {"drop_rate": 0.2}, ("test",), False, 3)
+    with pytest.raises(SystemExit):  # argparse: not a registered method
+        parser.parse_args(["--data", "synth:tiny", "--out", "x", "--method", "vgg-cam"])
+
+
+def test_one_default_learning_rate():
+    """The notebook's parameters and the sweep take RunConfig's defaults; none spells its own lr."""
+    import nbformat
+
+    from inatloc_nb.sweep import default_notebook
+
+    nb = nbformat.read(default_notebook(), as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    namespace: dict = {}
+    exec(cell.source, namespace)
+    assert set(namespace) - {"__builtins__"} == {"config", "out_dir"} and "lr" not in namespace["config"]
+    assert RunConfig.from_dict(namespace["config"]).lr == RunConfig(data="x").lr == 1e-3
 
 
 @pytest.mark.slow

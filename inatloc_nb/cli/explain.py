@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 
 from inatloc_nb import validate as v
-from inatloc_nb.cli.run_options import BATCH_SIZE, DEVICE
+from inatloc_nb.cli.run_options import field_type
 from inatloc_nb.explainers import EXPLAINERS
 
 #: Score-CAM's masked images per forward pass.
@@ -24,10 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="finished run folder")
     p.add_argument("--explainer", required=True, choices=tuple(EXPLAINERS))
-    p.add_argument("--batch-size", type=BATCH_SIZE, help="images per batch (default: the run's)")
+    p.add_argument("--batch-size", type=field_type("batch_size"), help="images per batch (default: the run's)")
     p.add_argument("--score-batch", type=SCORE_BATCH, default=64,
                    help="Score-CAM: masked images per forward pass (default 64)")
-    p.add_argument("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--device", type=field_type("device"), help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--force", action="store_true", help="recompute even when already explained")
     p.set_defaults(func=run)
 

@@ -1,83 +1,103 @@
-"""Options and output shared by the commands that write a run folder (``train``, ``baseline``)."""
+"""Options and output shared by the commands that write a run folder (``train``, ``baseline``).
+
+The options are derived from the fields of :class:`~inatloc_nb.run_config.RunConfig`: one
+``--field-name`` per field, with the field's check, help and choices (its metadata), booleans
+as ``--x`` / ``--no-x``, ``method_params`` as repeatable ``--param KEY=VALUE``.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from inatloc_nb import validate as v
-from inatloc_nb.method_support import BACKBONE_LAYOUTS
-from inatloc_nb.protocol import LR_DECAYS, LR_GROUPS, SELECT_EPOCHS
+from inatloc_nb.errors import InatlocError
+from inatloc_nb.run_config import RunConfig, default
 
-#: argparse types of the shared numeric options (the ranges of ``RunConfig``).
+#: argparse type of ``--epochs`` (a number of epochs, the plain form of ``--schedule``).
 EPOCHS = v.arg_type(v.integer, int, minimum=1)
-IMAGE_SIZE = v.arg_type(v.integer, int, minimum=v.IMAGE_SIZE_RANGE[0], maximum=v.IMAGE_SIZE_RANGE[1])
-BATCH_SIZE = v.arg_type(v.integer, int, minimum=v.BATCH_SIZE_RANGE[0], maximum=v.BATCH_SIZE_RANGE[1])
-SEED = v.arg_type(v.integer, int, minimum=0, maximum=2**32 - 1)
-NUM_WORKERS = v.arg_type(v.integer, int, minimum=0, maximum=1024)
-LEARNING_RATE = v.arg_type(v.positive_float, float)
-DEVICE = v.arg_type(v.device)
+#: Parsers of the option text by the field's annotation (other fields take the text as is).
+_PARSE = {"int": int, "int | None": int, "float | None": float, "float": float}
+#: Namespace attribute listing the ``RunConfig`` fields a parser offers.
+_OFFERED = "run_config_fields"
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    """``--data`` and ``--image-root``."""
-    p.add_argument("--data", required=True,
-                   help="metadata folder, shipped dataset (cub, ilsvrc, inatloc500) or synth:tiny / synth:demo")
-    p.add_argument("--image-root", help="image folder (default: DATA/images when present)")
-    p.add_argument("--allow-split-overlap", action="store_true",
-                   help="accept image ids that are in train and in val or test (refused by default)")
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE parsed as JSON when possible (numbers, booleans), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
-def add_training_options(p: argparse.ArgumentParser, default_schedule: str) -> None:
-    """Schedule, backbone, image size, seed, batch, device and ``--out``."""
-    sched = p.add_mutually_exclusive_group()
-    sched.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3, see --lr-decay)")
-    sched.add_argument("--schedule", type=v.arg_type(v.schedule), default=default_schedule,
-                       help="2epoch, 10epoch, a number of epochs, or E/D: E epochs with LR / 10 "
-                            "every D (e.g. 50/15)")
-    p.add_argument("--lr-groups", choices=LR_GROUPS, default="reference",
-                   help="parameters at 10x LR: the reference code's (last backbone stage and fc) "
-                        "or the paper text's (classifier only)")
-    p.add_argument("--lr-decay", choices=LR_DECAYS, default="reference",
-                   help="LR / 10 after epochs 2, 5, 8 (reference code) or 3, 6, 9 (paper text)")
-    p.add_argument("--select-epoch", choices=SELECT_EPOCHS, default="last",
-                   help="score the model after the last epoch (the reference code's default) or the "
-                        "epoch (0 = before training) with the best D_f MaxBoxAccV2")
-    p.add_argument("--backbone", default="resnet50",
-                   help=f"{', '.join(BACKBONE_LAYOUTS)} (which methods run on each: `inatloc-nb train --help`)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
-                   help="start from random weights instead of ImageNet")
-    p.add_argument("--weights", metavar="PATH",
-                   help="local ImageNet weights file of the backbone (default: the torchvision/timm cache)")
-    p.add_argument("--image-size", type=IMAGE_SIZE, default=224, metavar="PX")
-    p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--batch-size", type=BATCH_SIZE, default=32)
-    p.add_argument("--num-workers", type=NUM_WORKERS,
-                   help="data-loading processes (default: none on CPU; with a GPU the available "
-                        "cores, at most 16, or $INATLOC_NB_LOADER_WORKERS)")
-    p.add_argument("--prepared", metavar="CACHE",
-                   help="read images from the prepared copy under CACHE (see `inatloc-nb prepare`)")
-    for flag, what in (("amp", "mixed precision (bfloat16 where supported, else float16)"),
-                       ("channels-last", "channels-last model and inputs"),
-                       ("compile", "torch.compile of the backbone stages")):
-        default = ("off; slower: 668 against 1,367 training images/s eager on an H200, plus ~45 s of "
-                   "compilation, benchmarks/README.md" if flag == "compile" else "on with CUDA, off on CPU")
-        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
-                       help=f"{what} (default: {default})")
-    p.add_argument("--device", type=DEVICE, help="cpu, cuda or cuda:N (default: cuda when available)")
+def field_type(name: str) -> Any:
+    """The argparse ``type=`` of the ``RunConfig`` field ``name``: its text parsed, then checked."""
+    f = RunConfig.__dataclass_fields__[name]
+    return v.arg_type(f.metadata["check"], _PARSE.get(f.type, str))
+
+
+def add_run_options(p: argparse.ArgumentParser, required: Sequence[str] = ("data",), skip: Sequence[str] = (),
+                    defaults: Mapping[str, Any] | None = None) -> None:
+    """An option for every ``RunConfig`` field but ``skip`` (``required`` ones must be given;
+    ``defaults`` replace ``RunConfig``'s), ``--epochs`` (an alternative to ``--schedule``) and
+    ``--out``."""
+    defaults = dict(defaults or {})
+    offered = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in skip:
+            continue
+        offered.append(f.name)
+        meta = f.metadata
+        cli = dict(meta["cli"])
+        flag = cli.pop("flag", "--" + f.name.replace("_", "-"))
+        value = defaults.get(f.name, None if f.name in required else default(f.name))
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta["help"], **cli}
+        if f.type in ("bool", "bool | None"):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif f.type.startswith("dict"):
+            kwargs.update(type=_key_value, action="append")
+            value = []
+        elif f.type.startswith("tuple"):
+            kwargs.update(nargs="+")
+        else:
+            kwargs["type"] = field_type(f.name)
+            if meta["choices"] is not None:
+                kwargs["choices"] = meta["choices"]()
+        if f.name in required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = value
+            if value is not None and value != [] and not isinstance(value, bool) and "(default" not in meta["help"]:
+                shown = " ".join(value) if isinstance(value, tuple) else value
+                kwargs["help"] = f"{meta['help']} (default: {shown})"
+        if f.name == "schedule":
+            group = p.add_mutually_exclusive_group()
+            group.add_argument("--epochs", type=EPOCHS, help="number of epochs (LR / 10 every 3, see --lr-decay)")
+            group.add_argument(flag, **kwargs)
+        else:
+            p.add_argument(flag, **kwargs)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+    p.set_defaults(**{_OFFERED: tuple(offered)})
 
 
 def config_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The ``RunConfig`` fields the shared options set."""
-    return dict(
-        data=args.data, image_root=args.image_root,
-        schedule=args.epochs if args.epochs is not None else args.schedule,
-        lr_groups=args.lr_groups, lr_decay=args.lr_decay, select_epoch=args.select_epoch,
-        backbone=args.backbone, pretrained=args.pretrained, weights=args.weights, image_size=args.image_size,
-        seed=args.seed, batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-        amp=args.amp, channels_last=args.channels_last, compile=args.compile, prepared=args.prepared,
-        allow_split_overlap=args.allow_split_overlap,
-    )
+    """The ``RunConfig`` fields the options of :func:`add_run_options` set."""
+    fields = {name: getattr(args, name) for name in getattr(args, _OFFERED)}
+    if getattr(args, "epochs", None) is not None:
+        fields["schedule"] = args.epochs
+    if "method_params" in fields:
+        pairs = fields["method_params"]
+        fields["method_params"] = dict(pairs)
+        if len(fields["method_params"]) != len(pairs):
+            raise InatlocError("a --param key is given more than once")
+    if "eval_splits" in fields:
+        fields["eval_splits"] = tuple(fields["eval_splits"])
+    return fields
 
 
 def print_metrics(metrics: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from inatloc_nb.sweep.config import (
     LIST_KEYS,
     LR_SELECTED,
     METHODS,
+    REQUIRED_KEYS,
     SCALAR_DEFAULTS,
     SCALAR_KEYS,
     SYNTH_SOURCES,
@@ -56,7 +57,7 @@ from inatloc_nb.sweep.layout import NOTEBOOK_NAME, default_notebook, is_finished
 
 __all__ = [
     "DEFAULT_GPU_MEMORY_PER_RUN_GB", "EXECUTION_KEYS", "IDENTITY_DEFAULTS", "LIST_DEFAULTS", "LIST_KEYS",
-    "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "SCALAR_DEFAULTS",
+    "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "REQUIRED_KEYS", "SCALAR_DEFAULTS",
     "SCALAR_KEYS", "SYNTH_SOURCES", "ConfigError", "Grid", "LRSearch", "RunOutcome", "RunSpec", "SweepConfig",
     "SweepSummary", "check_data", "dataset_levels", "default_notebook", "execute_group", "execute_run", "expand",
     "explain_runs", "fused_groups",

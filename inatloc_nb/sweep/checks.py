@@ -77,7 +77,7 @@ def _check_levels(config: SweepConfig) -> None:
     for name, data in config.datasets.items():
         levels = dataset_levels(data)
         for grid in config.grids:
-            unknown = [lv for lv in grid.levels if not is_mixed(lv) and lv not in levels]
+            unknown = [lv for lv in grid.axes["level"] if not is_mixed(lv) and lv not in levels]
             if unknown:
                 raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
                                   f"dataset {name!r} (its levels: {', '.join(levels)})")

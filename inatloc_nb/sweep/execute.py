@@ -4,7 +4,7 @@ temporary folder published when it ends, in waves that respect the runs' depende
 """
 from __future__ import annotations
 
-import dataclasses
+import json
 import os
 import re
 import shutil
@@ -223,10 +223,11 @@ def _begin(spec: RunSpec, results_dir: str | Path, parent: Path
     run_id = spec.run_id
     try:
         spec, selection = resolve_lr(spec, results_dir)
+        params = spec.params()
     except InatlocError as exc:  # recorded as a failed run (lr unknown), retried next sweep
-        spec, error = dataclasses.replace(spec, lr=None), _describe(exc)
+        params, error = {**spec.params(), "lr": None}, _describe(exc)
     record = {
-        "run_id": run_id, "params": spec.params(), "data": spec.data,
+        "run_id": run_id, "params": params, "data": spec.data,
         "started_at": _now(), "host": os.uname().nodename,
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         **({} if selection is None else {"lr_selection": selection}),
@@ -312,7 +313,8 @@ def fused_groups(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
     groups: dict[Any, list[RunSpec]] = {}
     for spec in specs:
         fusable = spec.method not in BASELINES and isinstance(spec.lr, float)
-        key = (dataclasses.replace(spec, lr=None), spec.data) if fusable else spec.run_id
+        same_but_lr = json.dumps(spec.replace(lr=None).config.to_dict(), sort_keys=True)
+        key = (spec.dataset, same_but_lr) if fusable else spec.run_id
         groups.setdefault(key, []).append(spec)
     return list(groups.values())
 
@@ -345,7 +347,7 @@ def resolve_lr(spec: RunSpec, results_dir: str | Path) -> tuple[RunSpec, dict[st
     lr = min(set(lrs), key=lambda v: (-lrs.count(v), v))
     selection = {"lr": lr, "selected_runs": chosen.filter(pl.col("lr") == lr)["run_id"].to_list(),
                  "candidates": finished}
-    return dataclasses.replace(spec, lr=lr), selection
+    return spec.replace(lr=lr), selection
 
 
 def _phases(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:

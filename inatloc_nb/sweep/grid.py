@@ -14,51 +14,83 @@ from typing import Any
 
 from inatloc_nb.errors import InatlocError
 from inatloc_nb.labelling import file_digest, is_mixed, labelling_path, short_name
+from inatloc_nb.run_config import ALWAYS, RunConfig, swept_fields
 from inatloc_nb.sweep.config import LR_SELECTED, LRSearch, SweepConfig
 from inatloc_nb.sweep.layout import runs_dir
 
 
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
-#: the ids of runs made before the parameters existed stay the same. ``select_epoch`` was
-#: ``"best"`` for those runs (the default then), so ``"best"`` stays out of the identity and
-#: today's default ``"last"`` is part of it: a finished best-epoch run is never resumed as a
-#: last-epoch one.
-IDENTITY_DEFAULTS: dict[str, Any] = {"lr_groups": "reference", "lr_decay": "reference", "select_epoch": "best",
-                                     "lr_search": None}
+#: the ids of runs made before the parameters existed stay the same: the ``identity`` of the
+#: ``RunConfig`` fields (``inatloc_nb.run_config.param``) and the sweep's own ``lr_search``.
+#: ``select_epoch`` was ``"best"`` for those runs (the default then), so ``"best"`` stays out
+#: of the identity and today's default ``"last"`` is part of it: a finished best-epoch run is
+#: never resumed as a last-epoch one.
+IDENTITY_DEFAULTS: dict[str, Any] = {
+    **{f.name: f.metadata["identity"] for f in swept_fields() if f.metadata["identity"] is not ALWAYS},
+    "lr_search": None,
+}
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training (or baseline) run: every parameter of ``02_train_wsol``; ``lr`` is
-    ``LR_SELECTED`` until :func:`resolve_lr` picks it from the runs of ``lr_search``."""
+    """One training (or baseline) run of a sweep: the dataset's name in the sweep and the run's
+    :class:`~inatloc_nb.run_config.RunConfig`. With ``lr_search`` and no ``config.lr``, the
+    learning rate is ``LR_SELECTED`` until :func:`resolve_lr` picks it from the runs of
+    ``lr_search``."""
 
     dataset: str
-    data: str
-    level: str
-    method: str
-    lr: float | str | None
-    seed: int
-    per_class: int | None
-    schedule: str
-    backbone: str
-    pretrained: bool
-    image_size: int
-    batch_size: int
-    lr_groups: str = "reference"
-    lr_decay: str = "reference"
-    select_epoch: str = "last"
+    config: RunConfig
     lr_search: LRSearch | None = None
 
+    @property
+    def data(self) -> str:
+        """Where the data is (``config.data``); not part of the run's identity."""
+        return self.config.data
+
+    @property
+    def level(self) -> str:
+        """``config.level`` (part of the run id's readable prefix)."""
+        return self.config.level
+
+    @property
+    def method(self) -> str:
+        """``config.method`` (part of the run id's readable prefix)."""
+        return self.config.method
+
+    @property
+    def seed(self) -> int:
+        """``config.seed`` (part of the run id's readable prefix)."""
+        return self.config.seed
+
+    @property
+    def per_class(self) -> int | None:
+        """``config.per_class`` (part of the run id's readable prefix)."""
+        return self.config.per_class
+
+    @property
+    def lr(self) -> float | str | None:
+        """``config.lr``, or ``LR_SELECTED`` while it is to be selected."""
+        return LR_SELECTED if self.selecting else self.config.lr
+
+    @property
+    def selecting(self) -> bool:
+        """True while the learning rate is to be selected (``lrs: selected``)."""
+        return self.lr_search is not None and self.config.lr is None
+
     def params(self) -> dict[str, Any]:
-        """The run's identity: every parameter except the data location (see :attr:`run_id`)
-        and those at their ``IDENTITY_DEFAULTS`` value; for a ``mixed:FILE`` level, also
+        """The run's identity: the dataset and every swept ``RunConfig`` parameter (the data
+        location aside, see :attr:`run_id`) except those at their ``IDENTITY_DEFAULTS`` value;
+        ``lr_search`` for ``lr: selected`` runs; for a ``mixed:FILE`` level, also
         ``labelling``, a digest of the file's content, so a labelling chosen anew gives new
         runs instead of resuming the old ones."""
-        out = dataclasses.asdict(self)
-        del out["data"]
-        for key, default in IDENTITY_DEFAULTS.items():
-            if out[key] == default:
-                del out[key]
+        out: dict[str, Any] = {"dataset": self.dataset}
+        for f in swept_fields():
+            value = getattr(self.config, f.name)
+            if f.metadata["identity"] is ALWAYS or value != f.metadata["identity"]:
+                out[f.name] = value
+        out["lr"] = self.lr
+        if self.lr_search is not None:
+            out["lr_search"] = dataclasses.asdict(self.lr_search)
         if is_mixed(self.level) and labelling_path(self.level).is_file():
             out["labelling"] = file_digest(labelling_path(self.level))[:10]
         return out
@@ -78,18 +110,22 @@ class RunSpec:
         prefix = f"{self.dataset}-{short_name(self.level)}-{self.method}-lr{lr}-s{self.seed}-n{n}"
         return f"{re.sub(r'[^A-Za-z0-9_.+-]', '_', prefix)}-{digest}"
 
+    def replace(self, **changes: Any) -> RunSpec:
+        """This run with ``RunConfig`` fields changed (``dataclasses.replace`` of the config)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, **changes))
+
     def dependency(self) -> RunSpec | None:
         """The run whose trained model this one reuses: CAM-Agg aggregates the CAMs of the
         finest-level CAM run with the same parameters."""
-        return dataclasses.replace(self, method="cam") if self.method == "cam-agg" else None
+        return self.replace(method="cam") if self.method == "cam-agg" else None
 
     def lr_candidates(self) -> tuple[RunSpec, ...]:
         """For ``lr: selected``: the main-grid runs of the same dataset, level, method and
         scalar settings over ``lr_search``'s learning rates, seeds and subsets; else none."""
-        if self.lr != LR_SELECTED or self.lr_search is None:
+        if not self.selecting:
             return ()
         search = self.lr_search
-        return tuple(dataclasses.replace(self, lr=lr, seed=seed, per_class=n, lr_search=None)
+        return tuple(dataclasses.replace(self.replace(lr=lr, seed=seed, per_class=n), lr_search=None)
                      for lr, seed, n in itertools.product(search.lrs, search.seeds, search.per_class))
 
     def dependencies(self) -> tuple[RunSpec, ...]:
@@ -99,35 +135,32 @@ class RunSpec:
         return (*(() if dependency is None else (dependency,)), *self.lr_candidates())
 
     def notebook_parameters(self, out_dir: str | Path, results_dir: str | Path) -> dict[str, Any]:
-        """The values injected into the notebook's ``parameters`` cell (``model_run``: the
-        folder of :meth:`dependency` under ``results_dir``, or None)."""
-        if self.lr == LR_SELECTED:
+        """The values injected into the notebook's ``parameters`` cell: ``config``, the
+        ``RunConfig`` as a dict (``model_run``: the folder of :meth:`dependency` under
+        ``results_dir``, or None), and ``out_dir``."""
+        if self.selecting:
             raise InatlocError(f"run {self.run_id}: resolve its learning rate first (sweep.resolve_lr)")
-        out = dataclasses.asdict(self)
-        del out["dataset"], out["lr_search"]
         dependency = self.dependency()
-        out["model_run"] = None if dependency is None else str(runs_dir(results_dir) / dependency.run_id)
-        out["out_dir"] = str(out_dir)
-        return out
+        model_run = None if dependency is None else str(runs_dir(results_dir) / dependency.run_id)
+        return {"config": self.replace(model_run=model_run).config.to_dict(), "out_dir": str(out_dir)}
 
 
 def expand(config: SweepConfig) -> list[RunSpec]:
     """Every run of the sweep, in config order, each once (grids may overlap); a run another
-    depends on (:meth:`RunSpec.dependencies`) is added before it when no grid lists it."""
+    depends on (:meth:`RunSpec.dependencies`) is added before it when no grid lists it. A
+    grid's runs are its settings' ``RunConfig`` with each combination of its axes replaced."""
     runs: dict[str, RunSpec] = {}
     for dataset, data in config.datasets.items():
         for grid in config.grids:
-            for level, method, lr, seed, per_class in itertools.product(
-                grid.levels, grid.methods, grid.lrs, grid.seeds, grid.per_class
-            ):
-                spec = RunSpec(
-                    dataset=dataset, data=data, level=level.replace("{dataset}", dataset) if is_mixed(level) else level,
-                    method=method, lr=lr, seed=seed,
-                    per_class=per_class, schedule=grid.schedule, backbone=grid.backbone,
-                    pretrained=grid.pretrained, image_size=grid.image_size, batch_size=grid.batch_size,
-                    lr_groups=grid.lr_groups, lr_decay=grid.lr_decay, select_epoch=grid.select_epoch,
-                    lr_search=grid.lr_search if lr == LR_SELECTED else None,
-                )
+            base = RunConfig(data=data, **grid.settings)
+            for values in itertools.product(*grid.axes.values()):
+                changes = dict(zip(grid.axes, values, strict=True))
+                if is_mixed(changes["level"]):
+                    changes["level"] = changes["level"].replace("{dataset}", dataset)
+                selected = changes["lr"] == LR_SELECTED
+                if selected:
+                    changes["lr"] = None
+                spec = RunSpec(dataset, dataclasses.replace(base, **changes), grid.lr_search if selected else None)
                 for dependency in spec.dependencies():
                     runs.setdefault(dependency.run_id, dependency)
                 runs.setdefault(spec.run_id, spec)
