@@ -1,7 +1,7 @@
 """Build step: the wheel carries the shipped ``data/``, ``notebooks/`` and ``configs/`` inside
 the package (``inatloc_nb/_shipped/``), the sdist carries them at the top level.
 
-Which files ship is decided by ``inatloc_nb/resources.py`` (loaded by path: the build runs
+Which files ship is decided by ``inatloc_nb/core/resources.py`` (loaded by path: the build runs
 before the package's dependencies exist). Everything else is in ``pyproject.toml``. Editable
 installs copy nothing: they read the repository's folders.
 """
@@ -18,8 +18,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _resources():
-    """``inatloc_nb/resources.py`` as a module, without importing the package."""
-    spec = importlib.util.spec_from_file_location("_inatloc_nb_resources", ROOT / "inatloc_nb" / "resources.py")
+    """``inatloc_nb/core/resources.py`` as a module, without importing the package."""
+    spec = importlib.util.spec_from_file_location("_inatloc_nb_resources", ROOT / "inatloc_nb" / "core" / "resources.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

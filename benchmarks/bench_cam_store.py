@@ -2,7 +2,7 @@
 
 Writes ``--images`` synthetic CAM-like 28 x 28 float32 maps (smoothed noise plus a few
 Gaussian blobs, one to three random GT boxes each on the 224 grid) as a ``CamSet`` file, then
-scores the file in a fresh subprocess (``CamSet.load`` + ``inatloc_nb.cam.accumulate`` with
+scores the file in a fresh subprocess (``CamSet.load`` + ``inatloc_nb.training.cam.accumulate`` with
 ``BoxAccuracy``, chunk by chunk) and reports that subprocess's peak RSS. Finally the same maps
 are scored from memory (the in-memory array ``extract_cams`` would return, another chunk size)
 and the per-threshold counts are compared.
@@ -25,8 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from inatloc_nb.cam import CamSet, accumulate
 from inatloc_nb.metrics import BoxAccuracy
+from inatloc_nb.training.cam import CamSet, accumulate
 
 SIDE = 28
 _GEN_CHUNK = 4096

@@ -5,7 +5,7 @@ times, in one process on one thread, every way of turning a file into a 224 x 22
 crop (or a 224 x 224 evaluation image):
 
 - ``fastai train item`` / ``fastai eval item``: the project's real loader path
-  (``inatloc_nb.pipeline``: ``open_image``, squish-resize, random crop, flip, to tensor);
+  (``inatloc_nb.training.pipeline``: ``open_image``, squish-resize, random crop, flip, to tensor);
 - ``PIL``: the same steps written directly on PIL (decode, bilinear resize to 256, crop, flip);
 - ``PIL draft``: ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale in the DCT
   domain, but only when the reduced image stays at least as large as the target;
@@ -103,7 +103,7 @@ def _rate(fn, items, repeat: int) -> float:
 
 
 def _fastai_items(dataset, level: str, prepared: Path | None):
-    from inatloc_nb.learner import build_dataloaders
+    from inatloc_nb.training.learner import build_dataloaders
 
     dls = build_dataloaders(dataset, level, CROP, 32, device="cpu", num_workers=0, prepared=prepared)
     out = {}
@@ -123,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     import cv2
     import torch
 
-    from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.prepared import prepare_dataset
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.prepared import prepare_dataset
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

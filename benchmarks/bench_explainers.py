@@ -1,6 +1,6 @@
 """Post-hoc explainers: images per second of each pytorch-grad-cam explainer on CPU.
 
-Times :class:`inatloc_nb.explainers.Explainer` ``cams`` (what ``inatloc-nb explain`` runs per
+Times :class:`inatloc_nb.runs.explainers.Explainer` ``cams`` (what ``inatloc-nb explain`` runs per
 batch: forward, backward where the explainer needs gradients, the explainer's maps at the
 feature resolution) on a CAMNet with random weights and random images, after one warm-up
 batch. Rates are given per second of wall-clock time and of the process's CPU time (on a
@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from inatloc_nb.explainers import EXPLAINERS, Explainer
-from inatloc_nb.models import CAMNet, build_backbone
+from inatloc_nb.runs.explainers import EXPLAINERS, Explainer
+from inatloc_nb.training.models import CAMNet, build_backbone
 
 
 def measure(name: str, model: CAMNet, images: torch.Tensor, classes: torch.Tensor, repeat: int,

@@ -4,7 +4,7 @@
 
 Writes a file in the released layout (images with the 2021 fields, categories with the
 taxonomy, one annotation per image) to a temporary folder, reads it with
-:func:`inatloc_nb.inat_builder.read_inat21` and prints MB/s and the peak resident memory.
+:func:`inatloc_nb.datasets.inat_builder.read_inat21` and prints MB/s and the peak resident memory.
 The real file (2.7M images, about 1 GB) scales linearly.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from inatloc_nb.inat_builder import read_inat21
+from inatloc_nb.datasets.inat_builder import read_inat21
 
 
 def write_train_json(path: Path, n_images: int, n_species: int = 1000) -> None:

@@ -45,8 +45,8 @@ def write_jpeg_dataset(out: Path, n_train: int, n_eval: int, seed: int = 0,
     import cv2
     import polars as pl
 
-    from inatloc_nb.io import atomic_write_bytes
-    from inatloc_nb.metadata import SplitMetadata, write_class_names, write_split
+    from inatloc_nb.core.atomic import atomic_write_bytes
+    from inatloc_nb.datasets.metadata import SplitMetadata, write_class_names, write_split
 
     rng = np.random.default_rng(seed)
     drawn: dict[int, tuple[bytes, tuple[int, ...]]] = {}
@@ -113,11 +113,11 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
     """One training + extraction measurement in this process."""
     import torchvision
 
-    from inatloc_nb.cam import extract_cams
-    from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.learner import build_learner
-    from inatloc_nb.prepared import prepare_dataset
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.cam import extract_cams
+    from inatloc_nb.training.learner import build_learner
+    from inatloc_nb.training.prepared import prepare_dataset
+    from inatloc_nb.training.run_config import RunConfig
 
     dataset = WSOLDataset.from_folder(data, image_root=data / "images")
     level = dataset.levels[0]
@@ -162,8 +162,8 @@ def run_once(args: argparse.Namespace, data: Path) -> dict:
 
 def run_packed(args: argparse.Namespace, data: Path) -> dict:
     """``args.runs`` copies of this script at once, each with its share of the cores."""
-    from inatloc_nb.env import LOADER_WORKERS_ENV
-    from inatloc_nb.pipeline import available_cores, workers_per_run
+    from inatloc_nb.core.env import LOADER_WORKERS_ENV
+    from inatloc_nb.training.pipeline import available_cores, workers_per_run
 
     env = dict(os.environ)
     if args.workers is None and args.device != "cpu":
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="data-loading workers (default: the pipeline's sizing)")
     for flag in ("amp", "channels-last", "compile"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction, default=None,
-                       help="default: the device's (inatloc_nb.device)")
+                       help="default: the device's (inatloc_nb.training.device)")
     p.add_argument("--prepared", action="store_true", help="read a prepared copy instead of the JPEG files")
     p.add_argument("--runs", type=int, default=1, help="packed runs at once on the device")
     p.add_argument("--workdir", type=Path, help="where to generate the images (default: a temporary folder)")

@@ -15,7 +15,7 @@ runs; sections that would not fit in ``--budget-s`` are skipped and say so):
   streams, as CUDA graphs (one; three one after another; three on streams) and under
   ``torch.compile`` (first-step seconds included apart): which lever could lift the training term.
 - ``cuda_graphs``: the real Learner trained eagerly and with CUDA-graph steps
-  (``inatloc_nb.cuda_graphs``) from one seed: both rates and whether the weights are identical.
+  (``inatloc_nb.training.cuda_graphs``) from one seed: both rates and whether the weights are identical.
 - ``run_jpeg``: ``bench_training.run_once`` (the real Learner and loaders) on generated 500 px
   JPEGs at batch 32; ``run_prepared``: the same from a prepared copy; ``run_batch64`` /
   ``run_batch128`` / ``run_batch128_prepared``; ``packed3``: three packed runs
@@ -24,7 +24,7 @@ runs; sections that would not fit in ``--budget-s`` are skipped and say so):
 - ``train_end_to_end``: ``run_experiment`` (what ``inatloc-nb train`` and the notebook run),
   one epoch, D_f and D_test, with where its wall time goes (``phases``) and the fixed cost
   (wall minus training and CAM extraction), plus the import time of a fresh process.
-- ``fused``: ``inatloc_nb.fused.run_fused`` of ``--fused-k`` learning rates on the same data:
+- ``fused``: ``inatloc_nb.runs.fused.run_fused`` of ``--fused-k`` learning rates on the same data:
   aggregate training and CAM images/s and the fixed cost per run.
 - ``maxboxacc``: ``bench_maxboxacc.run``: ms per map on one core and with all threads.
 - ``grid_estimate``: ``docs/cost_model.md``'s formula with the measured rates.
@@ -306,10 +306,10 @@ def bench_run(data: Path, argv: list[str], packed: int = 1) -> dict[str, Any]:
 def cuda_graph_run(data: Path, args: argparse.Namespace, warmup: int, steps: int) -> dict[str, Any]:
     """The real Learner on the JPEGs, trained eagerly and with CUDA-graph steps from one seed:
     training images/s of each, and whether the weights after the same batches are identical."""
-    from inatloc_nb.cuda_graphs import graph_summary
-    from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.learner import build_learner
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.cuda_graphs import graph_summary
+    from inatloc_nb.training.learner import build_learner
+    from inatloc_nb.training.run_config import RunConfig
 
     dataset = WSOLDataset.from_folder(data, image_root=data / "images")
     out: dict[str, Any] = {}
@@ -369,8 +369,8 @@ class Phases:
 
 
 def _run_config(data: Path, args: argparse.Namespace, lr: float, select_epoch: str) -> Any:
-    from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.run_config import RunConfig
 
     level = WSOLDataset.from_folder(data, image_root=data / "images").levels[0]
     return RunConfig(data=str(data), level=level, method="cam", lr=lr, schedule=1, select_epoch=select_epoch,
@@ -380,7 +380,7 @@ def _run_config(data: Path, args: argparse.Namespace, lr: float, select_epoch: s
 
 def end_to_end(data: Path, work: Path, args: argparse.Namespace, select_epoch: str) -> dict[str, Any]:
     """One ``run_experiment``: wall, training and CAM seconds from its timings, and its phases."""
-    from inatloc_nb.run import run_experiment
+    from inatloc_nb.runs.run import run_experiment
 
     config = _run_config(data, args, 0.01, select_epoch)
     out = work / f"e2e-{select_epoch}"
@@ -400,7 +400,7 @@ def end_to_end(data: Path, work: Path, args: argparse.Namespace, select_epoch: s
 
 def fused_group(data: Path, work: Path, args: argparse.Namespace, k: int) -> dict[str, Any]:
     """``run_fused`` of ``k`` learning rates: aggregate rates and fixed cost per run."""
-    from inatloc_nb.fused import run_fused
+    from inatloc_nb.runs.fused import run_fused
 
     lrs = [0.01 * 2**i for i in range(k)]
     configs = [_run_config(data, args, lr, "last") for lr in lrs]
@@ -428,7 +428,7 @@ def fused_group(data: Path, work: Path, args: argparse.Namespace, k: int) -> dic
 def import_seconds() -> dict[str, Any]:
     """Seconds a fresh interpreter takes to import what a run imports."""
     code = ("import time; t = time.perf_counter(); import torch, fastai.vision.all, polars; "
-            "import inatloc_nb.run, inatloc_nb.learner, inatloc_nb.cam, inatloc_nb.fused; "
+            "import inatloc_nb.runs.run, inatloc_nb.training.learner, inatloc_nb.training.cam, inatloc_nb.runs.fused; "
             "print(time.perf_counter() - t)")
     wall = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
@@ -537,9 +537,9 @@ def main(argv: list[str] | None = None) -> int:
                                  "distinct_photos": args.unique, "seconds": time.perf_counter() - start}
 
         def model_factory() -> tuple[torch.nn.Module, Any]:
-            from inatloc_nb.data import WSOLDataset
-            from inatloc_nb.learner import build_learner
-            from inatloc_nb.run_config import RunConfig
+            from inatloc_nb.datasets.dataset import WSOLDataset
+            from inatloc_nb.training.learner import build_learner
+            from inatloc_nb.training.run_config import RunConfig
 
             dataset = WSOLDataset.from_folder(data, image_root=data / "images")
             learn = build_learner(dataset, RunConfig(data=str(data), level=dataset.levels[0], backbone=args.backbone,

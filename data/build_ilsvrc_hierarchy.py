@@ -9,7 +9,7 @@ Usage (see PROVENANCE.md)::
 (WordNet 3.0 in the original WNDB files); Debian's ``wordnet-base`` ships the same file as
 ``/usr/share/wordnet/data.noun``. ``--synsets`` defaults to ``timm/data/_info/imagenet_synsets.txt``
 of the installed ``timm`` (the 1000 class wnids, sorted = label order). The tree comes from
-:func:`inatloc_nb.imagenet.hierarchy_table`; the counts are printed.
+:func:`inatloc_nb.hierarchies.imagenet.hierarchy_table`; the counts are printed.
 """
 from __future__ import annotations
 
@@ -20,9 +20,15 @@ from pathlib import Path
 
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.imagenet import HIERARCHY_FILE, hierarchy_table, order_readings, read_synsets, read_wordnet_nouns
-from inatloc_nb.io import atomic_path
+from inatloc_nb.core.atomic import atomic_path
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.hierarchies.imagenet import (
+    HIERARCHY_FILE,
+    hierarchy_table,
+    order_readings,
+    read_synsets,
+    read_wordnet_nouns,
+)
 
 
 def package_file(package: str, *parts: str) -> Path:

@@ -7,7 +7,7 @@ Usage (see PROVENANCE.md for the exact commands that produced the shipped files)
     python data/pack_metadata.py table NAME CSV
 
 ``choe`` reads a Choe-format folder (``train/ val/ test/`` as present) with
-:func:`inatloc_nb.metadata.read_split` and writes ``NAME_images.parquet`` (``split,
+:func:`inatloc_nb.datasets.metadata.read_split` and writes ``NAME_images.parquet`` (``split,
 image_id, width, height, label`` and ``label_<level>`` for every ``class_labels_<level>.txt``),
 ``NAME_boxes.parquet`` (``split, image_id, x0, y0, x1, y1``), ``NAME_classes.parquet``
 (``label, name``) and, when there are extra levels, ``NAME_level_classes.parquet`` (``level,
@@ -34,9 +34,9 @@ from pathlib import Path
 
 import polars as pl
 
-from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.io import atomic_path
-from inatloc_nb.metadata import SPLITS, class_names_file, read_class_names, read_split
+from inatloc_nb.core.atomic import atomic_path
+from inatloc_nb.core.errors import InatlocError, MetadataError
+from inatloc_nb.datasets.metadata import SPLITS, class_names_file, read_class_names, read_split
 
 
 

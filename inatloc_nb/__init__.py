@@ -17,35 +17,35 @@ __version__ = "0.1.0"
 #: Public name -> the module defining it (a module exported whole maps to itself).
 EXPORTS: dict[str, str] = {
     # datasets and hierarchies
-    "WSOLDataset": "inatloc_nb.data",
-    "load_shipped": "inatloc_nb.data",
-    "Hierarchy": "inatloc_nb.taxonomy",
-    "level_statistics": "inatloc_nb.level_stats",
-    "generate": "inatloc_nb.synth",
+    "WSOLDataset": "inatloc_nb.datasets.dataset",
+    "load_shipped": "inatloc_nb.datasets.dataset",
+    "Hierarchy": "inatloc_nb.hierarchies.taxonomy",
+    "level_statistics": "inatloc_nb.hierarchies.level_stats",
+    "generate": "inatloc_nb.datasets.synth",
     # one run
-    "RunConfig": "inatloc_nb.run_config",
-    "load_dataset": "inatloc_nb.run_config",
-    "run_experiment": "inatloc_nb.run",
-    "load_run_model": "inatloc_nb.run_model",
+    "RunConfig": "inatloc_nb.training.run_config",
+    "load_dataset": "inatloc_nb.training.run_config",
+    "run_experiment": "inatloc_nb.runs.run",
+    "load_run_model": "inatloc_nb.runs.run_model",
     # CAMs and metrics
-    "CamSet": "inatloc_nb.cam",
-    "extract_cams": "inatloc_nb.cam",
-    "score_cams": "inatloc_nb.cam",
+    "CamSet": "inatloc_nb.training.cam",
+    "extract_cams": "inatloc_nb.training.cam",
+    "score_cams": "inatloc_nb.training.cam",
     "BoxAccuracy": "inatloc_nb.metrics",
     "binarize": "inatloc_nb.metrics.scoremaps",
     "contour_boxes": "inatloc_nb.metrics.boxacc",
     "multiple_iou": "inatloc_nb.metrics.boxacc",
     # results, figures, explorers
-    "results": "inatloc_nb.results",
-    "report": "inatloc_nb.report",
-    "plots": "inatloc_nb.plots",
-    "chart_display": "inatloc_nb.chart_display",
-    "LevelRuns": "inatloc_nb.widgets",
-    "FragmentationExplorer": "inatloc_nb.widgets",
-    "BoxSizeExplorer": "inatloc_nb.widgets",
+    "results": "inatloc_nb.runs.results",
+    "report": "inatloc_nb.reports.report",
+    "plots": "inatloc_nb.reports.plots",
+    "chart_display": "inatloc_nb.reports.chart_display",
+    "LevelRuns": "inatloc_nb.reports.widgets",
+    "FragmentationExplorer": "inatloc_nb.reports.widgets",
+    "BoxSizeExplorer": "inatloc_nb.reports.widgets",
     "PairedBootstrap": "inatloc_nb.granularity.intervals",
     # errors
-    "InatlocError": "inatloc_nb.errors",
+    "InatlocError": "inatloc_nb.core.errors",
 }
 
 __all__ = ["__version__", *EXPORTS]

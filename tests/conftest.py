@@ -62,14 +62,14 @@ def torch_one_thread():
 @pytest.fixture(scope="session")
 def tiny_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The ``tiny`` synthetic preset generated with seed 0 (read-only: do not modify)."""
-    from inatloc_nb.synth import generate
+    from inatloc_nb.datasets.synth import generate
 
     return generate("tiny", seed=0, out=tmp_path_factory.mktemp("synth") / "tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tiny_dataset_dir: Path):
-    """``tiny_dataset_dir`` loaded as a :class:`inatloc_nb.data.WSOLDataset`."""
-    from inatloc_nb.data import WSOLDataset
+    """``tiny_dataset_dir`` loaded as a :class:`inatloc_nb.datasets.dataset.WSOLDataset`."""
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     return WSOLDataset.from_folder(tiny_dataset_dir, image_root=tiny_dataset_dir / "images")

@@ -3,7 +3,7 @@
 Three tiny CAM runs on the ``tiny`` synthetic preset, at the finest, a middle and the coarsest
 level, trained once per test session by ``run_experiment`` (what ``02_train_wsol`` calls) into
 the sweep's layout: ``runs/<run id>/`` named by :class:`inatloc_nb.sweep.RunSpec`, with the
-sweep's ``run.json`` record and run table, consolidated by :func:`inatloc_nb.results.collect`.
+sweep's ``run.json`` record and run table, consolidated by :func:`inatloc_nb.runs.results.collect`.
 They train in this process, without a kernel per run, to keep the session short.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ EXPLORER_LEVELS = ("species", "order", "phylum")
 @pytest.fixture(scope="session")
 def explorer_results(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``results_dir`` holding one finished CAM run per level of :data:`EXPLORER_LEVELS`."""
-    from inatloc_nb import results
-    from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.run import run_experiment
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.core.atomic import atomic_write_json
+    from inatloc_nb.runs import results
+    from inatloc_nb.runs.run import run_experiment
     from inatloc_nb.sweep import RunSpec, runs_dir
+    from inatloc_nb.training.run_config import RunConfig
 
     results_dir = tmp_path_factory.mktemp("explorer") / "results"
     for level in EXPLORER_LEVELS:
@@ -46,7 +46,7 @@ def explorer_results(tiny_dataset_dir: Path, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="session")
 def level_runs(explorer_results: Path):
-    """The fixture's runs gathered by :meth:`inatloc_nb.widgets.LevelRuns.from_results` (split ``val``)."""
-    from inatloc_nb.widgets import LevelRuns
+    """The fixture's runs gathered by :meth:`inatloc_nb.reports.widgets.LevelRuns.from_results` (split ``val``)."""
+    from inatloc_nb.reports.widgets import LevelRuns
 
     return LevelRuns.from_results(explorer_results, method="cam", split="val")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.learner import param_groups
-from inatloc_nb.models import BACKBONES, CAMNet, build_backbone
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.learner import param_groups
+from inatloc_nb.training.models import BACKBONES, CAMNet, build_backbone
+from inatloc_nb.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -90,8 +90,8 @@ def test_reference_lr_groups_take_the_last_stage_and_the_classifier(name, last):
 def test_timm_backbone_trains_and_yields_cams(tiny_dataset):
     from fastai.callback.training import ShortEpochCallback
 
-    from inatloc_nb.cam import extract_cams
-    from inatloc_nb.learner import build_learner
+    from inatloc_nb.training.cam import extract_cams
+    from inatloc_nb.training.learner import build_learner
 
     learn = build_learner(tiny_dataset, RunConfig(
         data="synth:tiny", level="genus", lr=0.01, schedule=1, backbone="deit_small", pretrained=False,
@@ -104,7 +104,7 @@ def test_timm_backbone_trains_and_yields_cams(tiny_dataset):
 
 
 def test_vit_backbone_is_refused_by_methods_that_need_conv_stages():
-    from inatloc_nb.methods import get_method
+    from inatloc_nb.training.methods import get_method
 
     features, channels = build_backbone("deit_small", pretrained=False)
     for method in ("adl", "bridgegap"):

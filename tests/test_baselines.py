@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from inatloc_nb.baselines import run_baseline
-from inatloc_nb.baselines.cam_agg import aggregated_cams, averaging_matrix
-from inatloc_nb.cam import CamSet
-from inatloc_nb.baselines.fsl_det import run_fsl_det
-from inatloc_nb.baselines.fsl_seg import balanced_bce, box_mask, class_balance_weights
 from inatloc_nb.cli import main
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.run import run_experiment
-from inatloc_nb.run_config import RunConfig
-from inatloc_nb.run_model import load_run_model
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs.baselines import run_baseline
+from inatloc_nb.runs.baselines.cam_agg import aggregated_cams, averaging_matrix
+from inatloc_nb.runs.baselines.fsl_det import run_fsl_det
+from inatloc_nb.runs.baselines.fsl_seg import balanced_bce, box_mask, class_balance_weights
+from inatloc_nb.runs.run import run_experiment
+from inatloc_nb.runs.run_model import load_run_model
+from inatloc_nb.training.cam import CamSet
+from inatloc_nb.training.run_config import RunConfig
 
 SPLIT_KEYS = {"maxboxacc_v2", "per_iou", "optimal_threshold", "top1", "n_images"}
 RUN_KEYS = {"level", "method", "lr", "seed", "per_class", "n_train_images"}
@@ -73,7 +73,7 @@ def test_fsl_seg_end_to_end(tiny_dataset_dir, tmp_path):
 
 @pytest.mark.slow
 def test_fsl_det_end_to_end(tiny_dataset_dir, tmp_path):
-    from inatloc_nb.run_config import load_dataset
+    from inatloc_nb.training.run_config import load_dataset
 
     out = tmp_path / "fsl-det"
     # few proposals: the C4 head runs layer4 on every proposal, slow on CPU

@@ -5,11 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.methods import METHODS, get_method
-from inatloc_nb.methods.bridgegap import AttentiveDropout, BridgeGapNet, alignment_losses, split_last_stage
-from inatloc_nb.models import build_backbone
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.methods import METHODS, get_method
+from inatloc_nb.training.methods.bridgegap import (
+    AttentiveDropout,
+    BridgeGapNet,
+    alignment_losses,
+    split_last_stage,
+)
+from inatloc_nb.training.models import build_backbone
+from inatloc_nb.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -96,7 +101,7 @@ def test_training_forward_runs_both_branches_and_the_loss_backpropagates():
 def test_warmup_switches_the_alignment_terms_on_after_warm_epochs(tiny_dataset):
     from fastai.callback.training import ShortEpochCallback
 
-    from inatloc_nb.learner import build_learner
+    from inatloc_nb.training.learner import build_learner
 
     seen = []
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from inatloc_nb.cam import (
+from inatloc_nb.training.cam import (
     CAM_FORMAT_VERSION, CamSet, accumulate, evaluation_maps, extract_cams, score_cams, upsample_cams,
 )
-from inatloc_nb.errors import ScoreMapError
+from inatloc_nb.core.errors import ScoreMapError
 from inatloc_nb.metrics import BoxAccuracy, normalize_scoremap
-from inatloc_nb.models import CAMNet, build_backbone
+from inatloc_nb.training.models import CAMNet, build_backbone
 
 LEVEL = "genus"
 
@@ -89,7 +89,7 @@ def test_cams_are_float32_reference_formula_without_autocast(model, tiny_dataset
     assert cams.raw.dtype == np.float32 and cams.raw.shape == (len(cams), 8, 8)
 
     # the reference formula in float64: weighted feature maps averaged over channels
-    from inatloc_nb.learner import build_dataloaders, labelled_items
+    from inatloc_nb.training.learner import build_dataloaders, labelled_items
 
     dls = build_dataloaders(tiny_dataset, LEVEL, 32, 64, device="cpu", num_workers=0)
     xb, yb = dls.test_dl(labelled_items(tiny_dataset, "test", LEVEL), with_labels=True).one_batch()

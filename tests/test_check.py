@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from inatloc_nb.build import write_dataset
-from inatloc_nb.check import check_dataset, decode_image
 from inatloc_nb.cli import main
-from inatloc_nb.errors import MetadataError
+from inatloc_nb.core.errors import MetadataError
+from inatloc_nb.datasets.build import write_dataset
+from inatloc_nb.datasets.check import check_dataset, decode_image
 
 
 def _dataset(root: Path, n: int = 6) -> Path:

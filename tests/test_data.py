@@ -8,9 +8,9 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from inatloc_nb.data import WSOLDataset, load_shipped
-from inatloc_nb.errors import InatlocError, MetadataError
-from inatloc_nb.metadata import SplitMetadata, write_class_names, write_split
+from inatloc_nb.core.errors import InatlocError, MetadataError
+from inatloc_nb.datasets.dataset import WSOLDataset, load_shipped
+from inatloc_nb.datasets.metadata import SplitMetadata, write_class_names, write_split
 
 SPECIES = ["Bufo bufo", "Bufo spinosus", "Rana temporaria", "Parus major"]
 GENUS = ["Bufo", "Rana", "Parus"]        # species -> genus 0, 0, 1, 2

@@ -8,10 +8,11 @@ import polars as pl
 import pytest
 from PIL import Image
 
-from inatloc_nb import aircraft, imagenet
-from inatloc_nb.data import WSOLDataset, load_shipped
-from inatloc_nb.errors import HierarchyError, MetadataError
-from inatloc_nb.dag import dag_to_tree
+from inatloc_nb.core.errors import HierarchyError, MetadataError
+from inatloc_nb.datasets import aircraft
+from inatloc_nb.datasets.dataset import WSOLDataset, load_shipped
+from inatloc_nb.hierarchies import imagenet
+from inatloc_nb.hierarchies.dag import dag_to_tree
 
 # --------------------------------------------------------------------------- DAG -> tree
 
@@ -220,7 +221,7 @@ def test_aircraft_box_outside_image_is_reported(tmp_path: Path) -> None:
 
 
 def _flat_metadata(root: Path, n_classes: int, train_per_class: int) -> Path:
-    from inatloc_nb.build import write_dataset
+    from inatloc_nb.datasets.build import write_dataset
 
     rows, boxes = [], []
     for label in range(n_classes):

@@ -9,16 +9,16 @@ import polars as pl
 import pytest
 import torch
 
-from inatloc_nb import results
-from inatloc_nb.cam import CamSet, evaluation_maps, score_cams
 from inatloc_nb.cli import main as cli_main
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.explainers import EXPLAINERS, Explainer, explain_dir, explain_run, is_explained
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.metrics.scoremaps import normalize_scoremap
-from inatloc_nb.models import CAMNet, build_backbone
-from inatloc_nb.run import run_experiment
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.runs import results
+from inatloc_nb.runs.explainers import EXPLAINERS, Explainer, explain_dir, explain_run, is_explained
+from inatloc_nb.runs.run import run_experiment
 from inatloc_nb.sweep import SweepConfig, expand, explain_runs, runs_dir
+from inatloc_nb.training.cam import CamSet, evaluation_maps, score_cams
+from inatloc_nb.training.models import CAMNet, build_backbone
+from inatloc_nb.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -152,7 +152,7 @@ def test_sweep_rejects_unknown_explainers():
 
 
 def test_explainer_figure_draws_one_line_per_explainer():
-    from inatloc_nb import plots
+    from inatloc_nb.reports import plots
 
     rows = [{"dataset": "t", "level": lv, "method": "cam", "explainer": ex, "per_class": None,
              "maxboxacc_v2": float(i + j)} for i, lv in enumerate(("species", "genus"))

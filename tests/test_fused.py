@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from inatloc_nb import fused
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.run import run_experiment
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs import fused
+from inatloc_nb.runs.run import run_experiment
 from inatloc_nb.sweep import RunSpec, SweepConfig, fused_groups
+from inatloc_nb.training.run_config import RunConfig
 
 FAST = dict(backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
 LRS = (0.01, 0.1)

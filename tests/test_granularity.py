@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 import torch
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.granularity.choose import category_scores, choose_levels
-from inatloc_nb.labelling import read_labelling, write_labelling
+from inatloc_nb.hierarchies.labelling import read_labelling, write_labelling
 
 pytest_plugins = ["fixtures_results"]
 
@@ -49,8 +49,8 @@ def test_mixed_level_labels_images_with_the_chosen_nodes(tiny_dataset, hierarchy
 
 
 def test_a_mixed_level_is_read_once_per_version_of_its_file(hierarchy, tmp_path, monkeypatch):
-    import inatloc_nb.taxonomy as taxonomy
-    from inatloc_nb.labelling import RUN_COPY, file_digest, load_labelling, store_run_labelling
+    import inatloc_nb.hierarchies.taxonomy as taxonomy
+    from inatloc_nb.hierarchies.labelling import RUN_COPY, file_digest, load_labelling, store_run_labelling
 
     leaves = hierarchy.leaves
     path = write_labelling(tmp_path / "mixed.csv", hierarchy, {leaf: hierarchy.coarsen(leaf, 1) for leaf in leaves})
@@ -125,7 +125,7 @@ def test_choose_levels_resolves_conflicting_preferences(hierarchy):
 
 
 def test_multihead_loss_is_the_weighted_sum_of_level_cross_entropies(tiny_dataset, hierarchy):
-    from inatloc_nb.methods import get_method
+    from inatloc_nb.training.methods import get_method
 
     method = get_method("multihead", levels=["species", "genus", "phylum"], weights=[1.0, 0.5, 2.0])
     method.bind(hierarchy, "species")
@@ -148,7 +148,7 @@ def test_multihead_loss_is_the_weighted_sum_of_level_cross_entropies(tiny_datase
 
 
 def test_multihead_refuses_what_it_cannot_compose_with(hierarchy):
-    from inatloc_nb.methods import get_method
+    from inatloc_nb.training.methods import get_method
 
     with pytest.raises(InatlocError, match="composes with cam, has only, not 'cutmix'"):
         get_method("multihead", base="cutmix")
@@ -197,12 +197,12 @@ def test_a_labelling_chosen_anew_gives_new_run_ids(hierarchy, tmp_path):
 def granularity_results(explorer_results: Path, tmp_path_factory, torch_one_thread) -> Path:
     """The explorer runs (species, order, phylum), a labelling chosen from them by the
     command line, a CAM run on it and a multi-head run, in one results folder."""
-    from inatloc_nb import results
     from inatloc_nb.cli import main
-    from inatloc_nb.io import atomic_write_json
-    from inatloc_nb.run import run_experiment
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.core.atomic import atomic_write_json
+    from inatloc_nb.runs import results
+    from inatloc_nb.runs.run import run_experiment
     from inatloc_nb.sweep import RunSpec, runs_dir
+    from inatloc_nb.training.run_config import RunConfig
 
     out = explorer_results.parent / "granularity"
     labelling = tmp_path_factory.mktemp("labels") / "mixed-tiny.csv"
@@ -239,8 +239,8 @@ def test_choose_levels_command_writes_a_valid_labelling(explorer_results, tiny_d
 
 @pytest.mark.slow
 def test_comparison_and_selection_tables(granularity_results):
-    from inatloc_nb import results
     from inatloc_nb.granularity import selection
+    from inatloc_nb.runs import results
 
     store = results.load(granularity_results)
     variants = selection.run_variants(store, full_schedule="2")
@@ -265,9 +265,9 @@ def test_comparison_and_selection_tables(granularity_results):
 
 @pytest.mark.slow
 def test_level_ensembles_fuse_the_single_level_runs(granularity_results):
-    from inatloc_nb import results
     from inatloc_nb.granularity import ensemble, selection
     from inatloc_nb.granularity.evidence import sweep_dataset
+    from inatloc_nb.runs import results
 
     variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
     table = ensemble.ensemble_scores(granularity_results, variants, progress=False)
@@ -307,7 +307,7 @@ def test_schedules_are_inferred_from_the_multihead_and_mixed_runs():
 
 @pytest.mark.slow
 def test_report_has_a_granularity_section(granularity_results, tmp_path):
-    from inatloc_nb.report import build_report
+    from inatloc_nb.reports.report import build_report
 
     page = build_report(granularity_results, tmp_path / "report", progress=False).read_text(encoding="utf-8")
     assert "Choosing the granularity: single level, mixed labelling, multi-head" in page
@@ -323,8 +323,8 @@ def test_report_has_a_granularity_section(granularity_results, tmp_path):
 def test_head_rescoring_shows_its_cam_passes_only_when_asked(granularity_results, capfd, monkeypatch):
     import json
 
+    from inatloc_nb.core.env import PROGRESS_ENV
     from inatloc_nb.granularity import selection
-    from inatloc_nb.env import PROGRESS_ENV
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     run = next(f for f in (granularity_results / "runs").iterdir()
@@ -466,8 +466,8 @@ def _no_heads() -> pl.DataFrame:
 
 @pytest.mark.slow
 def test_comparison_ignores_explainer_rows(granularity_results):
-    from inatloc_nb import results
     from inatloc_nb.granularity import selection
+    from inatloc_nb.runs import results
 
     store = results.load(granularity_results)
     variants = selection.run_variants(store, full_schedule="2")
@@ -484,10 +484,10 @@ def test_comparison_ignores_explainer_rows(granularity_results):
 
 @pytest.mark.slow
 def test_comparison_intervals_include_the_test_sample(granularity_results):
-    from inatloc_nb import results
     from inatloc_nb.granularity import selection
     from inatloc_nb.granularity.evidence import sweep_dataset
     from inatloc_nb.granularity.intervals import PairedBootstrap, replicate_scores, run_image_curves
+    from inatloc_nb.runs import results
 
     variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
     test_rows = variants.filter(pl.col("split") == "test")
@@ -522,10 +522,10 @@ def test_comparison_intervals_include_the_test_sample(granularity_results):
 def test_mixed_runs_keep_a_checked_copy_of_their_labelling(granularity_results):
     import json
 
-    from inatloc_nb import results
     from inatloc_nb.granularity import selection
-    from inatloc_nb.labelling import RUN_COPY, LabellingError, labelling_path, run_labelling
-    from inatloc_nb.run_model import load_run_model
+    from inatloc_nb.hierarchies.labelling import RUN_COPY, LabellingError, labelling_path, run_labelling
+    from inatloc_nb.runs import results
+    from inatloc_nb.runs.run_model import load_run_model
 
     variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
     run_dir = granularity_results / "runs" / variants.filter(pl.col("variant") == "mixed")["run_id"][0]
@@ -585,8 +585,8 @@ def test_synthetic_taxonomy_is_known_without_images(tiny_dataset):
 
 @pytest.mark.slow
 def test_coarsened_species_cams_rank_the_levels(granularity_results):
-    from inatloc_nb import results
     from inatloc_nb.granularity import selection
+    from inatloc_nb.runs import results
 
     variants = selection.run_variants(results.load(granularity_results), full_schedule="2")
     coarsened = selection.all_coarsened_scores(granularity_results, variants)

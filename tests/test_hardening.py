@@ -18,12 +18,13 @@ import pytest
 from PIL import Image
 from test_results import make_run
 
-from inatloc_nb import io, results, validate
 from inatloc_nb.cli import main
-from inatloc_nb.errors import InatlocError, MetadataError, ScoreMapError
-from inatloc_nb.images import ImageError, clear_worker_errors, open_image
-from inatloc_nb.metadata import SplitMetadata, read_split
-from inatloc_nb.results import ResultsError
+from inatloc_nb.core import atomic, validate
+from inatloc_nb.core.errors import InatlocError, MetadataError, ScoreMapError
+from inatloc_nb.datasets.images import ImageError, clear_worker_errors, open_image
+from inatloc_nb.datasets.metadata import SplitMetadata, read_split
+from inatloc_nb.runs import results
+from inatloc_nb.runs.results import ResultsError
 
 # --------------------------------------------------------------------------- images
 
@@ -100,8 +101,8 @@ def test_worker_process_errors_come_back_as_one_line(tmp_path: Path) -> None:
 
 
 def test_training_loader_names_the_damaged_image(tiny_dataset_dir: Path, tmp_path: Path) -> None:
-    from inatloc_nb.data import WSOLDataset
-    from inatloc_nb.learner import build_dataloaders
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.learner import build_dataloaders
 
     images = tmp_path / "images"
     images.symlink_to(tiny_dataset_dir / "images")
@@ -170,14 +171,14 @@ BAD_FIELDS = [
 
 @pytest.mark.parametrize(("change", "message"), BAD_FIELDS)
 def test_run_config_checks_every_field(change: dict, message: str) -> None:
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.training.run_config import RunConfig
 
     with pytest.raises(InatlocError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
         RunConfig(data="synth:tiny", **change)
 
 
 def test_run_config_keeps_valid_values() -> None:
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.training.run_config import RunConfig
 
     config = RunConfig(data="synth:tiny", lr="1e-2", schedule="3", device=" cpu ")
     assert (config.lr, config.schedule, config.device) == (0.01, "3", "cpu")
@@ -211,8 +212,8 @@ def trained_run(tmp_path: Path) -> Path:
     """A run folder as ``run_experiment`` writes it for a tinycnn CAM model (untrained weights)."""
     import torch
 
-    from inatloc_nb.run_config import RunConfig
-    from inatloc_nb.run_model import build_model_for
+    from inatloc_nb.runs.run_model import build_model_for
+    from inatloc_nb.training.run_config import RunConfig
 
     run = tmp_path / "run"
     run.mkdir()
@@ -224,7 +225,7 @@ def trained_run(tmp_path: Path) -> Path:
 
 
 def test_finished_run_loads(trained_run: Path) -> None:
-    from inatloc_nb.run_model import load_run_model
+    from inatloc_nb.runs.run_model import load_run_model
 
     model, config, _ = load_run_model(trained_run, device="cpu")
     assert config.backbone == "tinycnn" and not model.training
@@ -233,7 +234,7 @@ def test_finished_run_loads(trained_run: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "empty", "text", "missing"])
 @pytest.mark.parametrize("name", ["model.pth", "params.json"])
 def test_damaged_run_files_are_named_with_the_fix(trained_run: Path, name: str, damage: str) -> None:
-    from inatloc_nb.run_model import load_run_model
+    from inatloc_nb.runs.run_model import load_run_model
 
     path = trained_run / name
     data = path.read_bytes()
@@ -248,7 +249,7 @@ def test_damaged_run_files_are_named_with_the_fix(trained_run: Path, name: str, 
 
 
 def test_params_of_another_kind_are_refused(trained_run: Path) -> None:
-    from inatloc_nb.run_model import load_run_model
+    from inatloc_nb.runs.run_model import load_run_model
 
     (trained_run / "params.json").write_text(json.dumps({"config": {"data": "x"}, "n_classes": 0}))
     with pytest.raises(InatlocError, match="params.json: not the parameters of a training run"):
@@ -257,7 +258,7 @@ def test_params_of_another_kind_are_refused(trained_run: Path) -> None:
 
 @pytest.mark.parametrize("content", [b"", b"PK\x03\x04garbage", b"not a zip at all"])
 def test_damaged_cams_file_is_named(tmp_path: Path, content: bytes) -> None:
-    from inatloc_nb.cam import CamSet
+    from inatloc_nb.training.cam import CamSet
 
     path = tmp_path / "val.npz"
     path.write_bytes(content)
@@ -322,8 +323,8 @@ def test_damaged_store_is_named(tmp_path: Path) -> None:
 
 
 def test_report_lists_skipped_runs_and_uses_the_sweep_name(tmp_path: Path, monkeypatch) -> None:
-    from inatloc_nb import report
-    from inatloc_nb.report import build_report
+    from inatloc_nb.reports import report
+    from inatloc_nb.reports.report import build_report
 
     monkeypatch.setattr(report, "FIGURES", ())  # tables only: figures are tested in test_plots
 
@@ -340,7 +341,7 @@ def test_report_lists_skipped_runs_and_uses_the_sweep_name(tmp_path: Path, monke
 
 @pytest.mark.parametrize("strict", [False, True])
 def test_quiet_report_still_names_skipped_files_on_stderr(tmp_path: Path, monkeypatch, capsys, strict: bool) -> None:
-    from inatloc_nb import report
+    from inatloc_nb.reports import report
 
     monkeypatch.setattr(report, "FIGURES", ())
     results_dir = tmp_path / "results"
@@ -364,7 +365,7 @@ def test_quiet_report_still_names_skipped_files_on_stderr(tmp_path: Path, monkey
 
 
 def test_strict_report_of_sound_results_exits_zero(tmp_path: Path, monkeypatch, capsys) -> None:
-    from inatloc_nb import report
+    from inatloc_nb.reports import report
 
     monkeypatch.setattr(report, "FIGURES", ())
     results_dir = tmp_path / "results"
@@ -479,7 +480,7 @@ def _split(name: str, ids: list[str]) -> SplitMetadata:
 
 @pytest.mark.parametrize("other", ["val", "test"])
 def test_train_test_leakage_is_refused_unless_allowed(other: str) -> None:
-    from inatloc_nb.data import WSOLDataset, flat_hierarchy
+    from inatloc_nb.datasets.dataset import WSOLDataset, flat_hierarchy
 
     splits = {"train": _split("train", ["a.jpg", "b.jpg"]), other: _split(other, ["c.jpg", "b.jpg"])}
     with pytest.raises(MetadataError, match=f"1 image id\\(s\\) are in both train and {other}.*'b.jpg'.*allow_overlap"):
@@ -504,7 +505,7 @@ def test_whitespace_after_ids_is_stripped_consistently(tmp_path: Path, pad: str)
 def test_temporary_run_folders_respect_the_umask(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
-    folder = io.make_temp_dir(".run.tmp-", tmp_path / "runs")
+    folder = atomic.make_temp_dir(".run.tmp-", tmp_path / "runs")
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
     if not umask & 0o055:  # e.g. umask 022: colleagues can read the published run
         assert stat.S_IMODE(folder.stat().st_mode) & 0o055 == 0o055

@@ -8,10 +8,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from inatloc_nb import inat_builder
 from inatloc_nb.cli import main
-from inatloc_nb.data import WSOLDataset
-from inatloc_nb.errors import InatlocError, MetadataError
+from inatloc_nb.core.errors import InatlocError, MetadataError
+from inatloc_nb.datasets import inat_builder
+from inatloc_nb.datasets.dataset import WSOLDataset
 
 # species: (kingdom, phylum, class, order, family, supercategory 2017)
 SPECIES = {

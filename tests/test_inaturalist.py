@@ -8,10 +8,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb import inaturalist
 from inatloc_nb.cli import main
-from inatloc_nb.errors import HierarchyError, MetadataError
-from inatloc_nb.metadata import SplitMetadata, class_names_file, write_class_names, write_split
+from inatloc_nb.core.errors import HierarchyError, MetadataError
+from inatloc_nb.datasets.metadata import SplitMetadata, class_names_file, write_class_names, write_split
+from inatloc_nb.hierarchies import inaturalist
 
 
 def test_inatloc500_hierarchy_is_the_release() -> None:

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inatloc_nb import resources
 from inatloc_nb.cli import main
 from inatloc_nb.cli.demo import DEMO_CONFIG
-from inatloc_nb.shipped import data_dir
+from inatloc_nb.core import resources
+from inatloc_nb.core.shipped import data_dir
 from inatloc_nb.sweep import default_notebook
 
 REPO = Path(__file__).resolve().parents[1]

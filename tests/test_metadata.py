@@ -6,8 +6,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from inatloc_nb.errors import MetadataError
-from inatloc_nb.metadata import (
+from inatloc_nb.core.errors import MetadataError
+from inatloc_nb.datasets.metadata import (
     SplitMetadata,
     read_class_names,
     read_split,

@@ -9,14 +9,14 @@ import pytest
 import torch
 from fastai.callback.core import Callback, CancelFitException
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.method_support import BACKBONE_LAYOUTS, METHOD_NAMES, refusal, support_table
-from inatloc_nb.methods import METHODS, get_method
-from inatloc_nb.methods.adl import AttentionDropout, adl_places
-from inatloc_nb.methods.bridgegap import split_last_stage
-from inatloc_nb.methods.spg import spg_cuts
-from inatloc_nb.models import BACKBONES, build_backbone
-from inatloc_nb.run_config import RunConfig, trained_methods
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.method_support import BACKBONE_LAYOUTS, METHOD_NAMES, refusal, support_table
+from inatloc_nb.training.methods import METHODS, get_method
+from inatloc_nb.training.methods.adl import AttentionDropout, adl_places
+from inatloc_nb.training.methods.bridgegap import split_last_stage
+from inatloc_nb.training.methods.spg import spg_cuts
+from inatloc_nb.training.models import BACKBONES, build_backbone
+from inatloc_nb.training.run_config import RunConfig, trained_methods
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -78,7 +78,7 @@ def test_bridgegap_split_composes_to_the_backbone(backbone):
 
 
 def test_methods_inside_the_backbone_refuse_a_vision_transformer_with_the_reason(tiny_dataset):
-    from inatloc_nb.learner import build_learner
+    from inatloc_nb.training.learner import build_learner
 
     for method in ("adl", "spg", "bridgegap"):
         with pytest.raises(InatlocError, match=f"method '{method}' does not run on backbone 'deit_small': "
@@ -112,8 +112,8 @@ def _combinations():
 @pytest.mark.slow
 @pytest.mark.parametrize(("method", "backbone"), list(_combinations()))
 def test_every_supported_combination_trains_a_step_and_yields_cams(method, backbone, tiny_dataset):
-    from inatloc_nb.cam import extract_cams
-    from inatloc_nb.learner import build_learner
+    from inatloc_nb.training.cam import extract_cams
+    from inatloc_nb.training.learner import build_learner
 
     learn = build_learner(tiny_dataset, RunConfig(
         data="synth:tiny", level="genus", method=method, backbone=backbone, pretrained=False, image_size=32,

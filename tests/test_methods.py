@@ -14,16 +14,16 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from torch import nn
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.methods import METHODS, get_method
-from inatloc_nb.methods.acol import ACoLNet
-from inatloc_nb.methods.adl import AttentionDropout
-from inatloc_nb.methods.cutmix import CutMixCallback
-from inatloc_nb.methods.guided import min_max_normalize
-from inatloc_nb.methods.has import HideAndSeekCallback, hide_patches, patch_side
-from inatloc_nb.methods.spg import IGNORE, guidance_loss, guidance_mask
-from inatloc_nb.models import CAMNet, build_backbone
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.methods import METHODS, get_method
+from inatloc_nb.training.methods.acol import ACoLNet
+from inatloc_nb.training.methods.adl import AttentionDropout
+from inatloc_nb.training.methods.cutmix import CutMixCallback
+from inatloc_nb.training.methods.guided import min_max_normalize
+from inatloc_nb.training.methods.has import HideAndSeekCallback, hide_patches, patch_side
+from inatloc_nb.training.methods.spg import IGNORE, guidance_loss, guidance_mask
+from inatloc_nb.training.models import CAMNet, build_backbone
+from inatloc_nb.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -333,7 +333,7 @@ def test_spg_heads_are_supervised_by_thresholded_maps():
 def test_method_trains_and_yields_cams(name, tiny_dataset):
     from fastai.callback.training import ShortEpochCallback
 
-    from inatloc_nb.learner import build_learner
+    from inatloc_nb.training.learner import build_learner
 
     learn = build_learner(tiny_dataset, RunConfig(
         data="synth:tiny", level="species", method=name, lr=0.01, schedule=1, backbone="tinycnn", pretrained=False,

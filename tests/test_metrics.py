@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from inatloc_nb.cli import main
-from inatloc_nb.errors import ScoreMapError
-from inatloc_nb.metadata import SplitMetadata, write_class_names, write_split
+from inatloc_nb.core.errors import ScoreMapError
+from inatloc_nb.datasets.metadata import SplitMetadata, write_class_names, write_split
 from inatloc_nb.metrics import (
     BoxAccuracy,
     PxAP,
@@ -96,7 +96,7 @@ def test_center_map_definition():
 
 @pytest.mark.parametrize("name, expected", [("cub", 56.8), ("ilsvrc", 53.4)])
 def test_center_baseline_on_shipped_metadata(name, expected):
-    from inatloc_nb.data import load_shipped
+    from inatloc_nb.datasets.dataset import load_shipped
 
     dataset = load_shipped(name, with_hierarchy=False)
     acc = BoxAccuracy()
@@ -239,7 +239,7 @@ def metadata_folder(tmp_path: Path) -> Path:
 
 
 def test_evaluate_command(metadata_folder: Path, tmp_path: Path, capsys):
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     maps_dir = tmp_path / "maps"
     maps = cam_maps(3, seed=9)
@@ -273,7 +273,7 @@ def test_evaluate_command(metadata_folder: Path, tmp_path: Path, capsys):
 
 
 def test_center_command(metadata_folder: Path, capsys):
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     assert main(["center", "--metadata", str(metadata_folder), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

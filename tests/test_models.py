@@ -6,8 +6,8 @@ import urllib.error
 import pytest
 import torch
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.models import CAMNet, build_backbone, prepare_for_device, weights_path
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.models import CAMNet, build_backbone, prepare_for_device, weights_path
 
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

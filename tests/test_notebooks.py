@@ -7,7 +7,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from inatloc_nb.chart_display import VEGALITE5_MIME_TYPE
+from inatloc_nb.reports.chart_display import VEGALITE5_MIME_TYPE
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 #: Tiny-network settings shared by every training run here: one short epoch on 48 px images.
@@ -58,8 +58,8 @@ def test_notebooks_are_stored_without_outputs(name):
 @pytest.fixture(scope="module")
 def sweep_results(tiny_dataset_dir, tmp_path_factory) -> Path:
     """A results folder holding one ``02_train_wsol`` run (genus level) executed by the sweep."""
-    from inatloc_nb.run_config import RunConfig
     from inatloc_nb.sweep import RunSpec, execute_run
+    from inatloc_nb.training.run_config import RunConfig
 
     results_dir = tmp_path_factory.mktemp("results")
     spec = RunSpec("tiny", RunConfig(data=str(tiny_dataset_dir), level="genus", method="cam", **TINY))

@@ -7,11 +7,12 @@ import queue
 
 import pytest
 
-from inatloc_nb import pipeline, sweep
-from inatloc_nb.env import LOADER_WORKERS_ENV, PREPARED_ENV
+from inatloc_nb import sweep
 from inatloc_nb.cli import build_parser
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.env import LOADER_WORKERS_ENV, PREPARED_ENV
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.sweep import ConfigError, SweepConfig
+from inatloc_nb.training import pipeline
 
 GIB = 2**30
 BASE = {"name": "t", "datasets": {"toy": "synth:tiny"}, "levels": ["species"], "lrs": [0.01],
@@ -100,8 +101,8 @@ def test_sweep_prepared_cache_reaches_the_runs(monkeypatch, tmp_path, tiny_datas
     pool runs (and restored), and read by ``run_experiment`` when the run config has none."""
     import yaml
 
-    from inatloc_nb.run import run_experiment
-    from inatloc_nb.run_config import RunConfig
+    from inatloc_nb.runs.run import run_experiment
+    from inatloc_nb.training.run_config import RunConfig
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump({**BASE, "prepared": "cache"}))

@@ -13,15 +13,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from inatloc_nb import pipeline
-from inatloc_nb.device import (
+from inatloc_nb.training import pipeline
+from inatloc_nb.training.device import (
     ChannelsLastInputs, DeviceSettings, apply_precision, apply_settings, resolve_settings, tf32_enabled,
 )
-from inatloc_nb.env import LOADER_WORKERS_ENV
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.learner import build_dataloaders, build_learner
-from inatloc_nb.prepared import PreparedImages, prepare_dataset, prepared_folder, split_side
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.env import LOADER_WORKERS_ENV
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.learner import build_dataloaders, build_learner
+from inatloc_nb.training.prepared import PreparedImages, prepare_dataset, prepared_folder, split_side
+from inatloc_nb.training.run_config import RunConfig
 
 SIZE = 32
 LEVEL = "genus"
@@ -249,13 +249,13 @@ def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_datase
     same weights and metrics."""
     from fastai.torch_core import set_seed
 
-    from inatloc_nb.cam import extract_cams
-    from inatloc_nb.run import run_experiment
+    from inatloc_nb.runs.run import run_experiment
+    from inatloc_nb.training.cam import extract_cams
 
     prepare_dataset(tiny_dataset, tmp_path / "cache", SIZE, workers=1, progress=False)
     config = RunConfig(data=str(tiny_dataset_dir), level=LEVEL, lr=0.05, schedule=2, select_epoch="best",
                        prepared=str(tmp_path / "cache"), **FAST)
-    from inatloc_nb import cam
+    from inatloc_nb.training import cam
 
     runs, batch_reads = {}, []
     real = cam.prepared_batches
@@ -286,8 +286,8 @@ def test_cuda_graph_steps_where_replaying_cannot_differ(tiny_dataset, monkeypatc
     callback says why and training is fastai's eager loop, unchanged."""
     from fastai.callback.core import Callback
 
-    from inatloc_nb.cuda_graphs import CudaGraphStep, graph_summary, step_blocker
-    from inatloc_nb.methods import get_method
+    from inatloc_nb.training.cuda_graphs import CudaGraphStep, graph_summary, step_blocker
+    from inatloc_nb.training.methods import get_method
 
     assert resolve_settings("cpu").cuda_graphs is False
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -7,9 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb import plots, report, results, runfolder
 from inatloc_nb.cli import main
-from inatloc_nb.io import atomic_write_json, atomic_write_parquet
+from inatloc_nb.core.atomic import atomic_write_json, atomic_write_parquet
+from inatloc_nb.reports import plots, report
+from inatloc_nb.runs import results, runfolder
 
 LEVELS = ("species", "genus", "family", "order")
 #: A made-up "true" MaxBoxAccV2 per level, peaking at family as in the paper.
@@ -251,7 +252,7 @@ def test_notebook_chart_output_is_valid_nbformat_and_vega_lite_5(best):
     import nbformat
     import vl_convert as vlc
 
-    from inatloc_nb import chart_display
+    from inatloc_nb.reports import chart_display
 
     bundle = chart_display.notebook_bundle(plots.seed_spread(best).to_dict())
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(

@@ -5,9 +5,9 @@ import io
 
 import pytest
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.env import PROGRESS_ENV
-from inatloc_nb.progress import LineTracker, bars_wanted, format_count, format_seconds, track
+from inatloc_nb.core.env import PROGRESS_ENV
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.core.progress import LineTracker, bars_wanted, format_count, format_seconds, track
 
 
 class Terminal(io.StringIO):

@@ -20,17 +20,19 @@ from torchvision.models.resnet import Bottleneck
 
 from fastai.callback.core import Callback
 
-from inatloc_nb import cam, results, validate
-from inatloc_nb.epoch_select import EpochSelect
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.io import atomic_write_json
-from inatloc_nb.learner import Schedule, StepLR, build_dataloaders, build_learner, param_groups
-from inatloc_nb.methods import get_method
-from inatloc_nb.methods.adl import AttentionDropout
-from inatloc_nb.models import LINEAR_INIT_STD, build_backbone
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core import validate
+from inatloc_nb.core.atomic import atomic_write_json
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs import results
 from inatloc_nb.sweep import LR_SELECTED, SweepConfig, execute_run, expand, resolve_lr, runs_dir
 from inatloc_nb.sweep.execute import _phases
+from inatloc_nb.training import cam
+from inatloc_nb.training.epoch_select import EpochSelect
+from inatloc_nb.training.learner import Schedule, StepLR, build_dataloaders, build_learner, param_groups
+from inatloc_nb.training.methods import get_method
+from inatloc_nb.training.methods.adl import AttentionDropout
+from inatloc_nb.training.models import LINEAR_INIT_STD, build_backbone
+from inatloc_nb.training.run_config import RunConfig
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -164,7 +166,7 @@ def test_spg_branches_read_layer3_block0_and_supervise_at_input_resolution(resne
     expected = F.binary_cross_entropy_with_logits(logits_c[valid], masks["c"][valid])
     loss = model.auxiliary_loss(target)
     assert loss.requires_grad and torch.isfinite(loss)
-    from inatloc_nb.methods.spg import guidance_loss
+    from inatloc_nb.training.methods.spg import guidance_loss
 
     torch.testing.assert_close(guidance_loss(model._outputs["c"].detach(), masks["c"]), expected)
     model.target = None
@@ -341,7 +343,7 @@ def test_selected_lr_and_protocol_options_are_validated():
 
 
 def test_fsl_det_is_a_single_map_c4_faster_rcnn_with_the_tf_schedule():
-    from inatloc_nb.baselines.fsl_det import build_detector, detector_size, top_box, warmup_cosine
+    from inatloc_nb.runs.baselines.fsl_det import build_detector, detector_size, top_box, warmup_cosine
 
     assert detector_size(RunConfig(data="synth:tiny")) == 640
     model = build_detector(96, pretrained=False)
@@ -443,7 +445,7 @@ def test_epoch_select_uses_the_method_maps(tiny_dataset, method):
 
 @pytest.mark.slow
 def test_run_experiment_scores_the_selected_epoch_or_the_last(tmp_path, tiny_dataset_dir):
-    from inatloc_nb.run import run_experiment
+    from inatloc_nb.runs.run import run_experiment
 
     common = dict(data=str(tiny_dataset_dir), level="genus", lr=0.05, schedule=2, backbone="tinycnn",
                   pretrained=False, image_size=32, batch_size=16, num_workers=0)

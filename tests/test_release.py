@@ -9,10 +9,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb.build import export_dataset
 from inatloc_nb.cli import main
-from inatloc_nb.data import load_shipped
-from inatloc_nb.metadata import read_split
+from inatloc_nb.datasets.build import export_dataset
+from inatloc_nb.datasets.dataset import load_shipped
+from inatloc_nb.datasets.metadata import read_split
 
 #: Center baseline on the release's files with the reference BoxEvaluator (Table 2: 42.8).
 CENTER = {"test": (42.816, {"30": 73.656, "50": 41.368, "70": 13.424}), "val": (42.992, None)}

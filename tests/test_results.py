@@ -7,8 +7,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from inatloc_nb import results
-from inatloc_nb.results import ResultsError
+from inatloc_nb.runs import results
+from inatloc_nb.runs.results import ResultsError
 
 PARAMS = {"dataset": "toy", "level": "species", "method": "cam", "lr": 0.01, "seed": 0, "per_class": None,
           "schedule": "2epoch", "backbone": "tinycnn", "pretrained": False, "image_size": 64, "batch_size": 8}

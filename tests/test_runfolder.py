@@ -10,11 +10,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb.cam import CamSet
-from inatloc_nb.errors import InatlocError, ResultsError
+from inatloc_nb.core.errors import InatlocError, ResultsError
 from inatloc_nb.metrics import BoxAccuracy
-from inatloc_nb.run_config import RunConfig
-from inatloc_nb.runfolder import (
+from inatloc_nb.training.cam import CamSet
+from inatloc_nb.training.run_config import RunConfig
+from inatloc_nb.runs.runfolder import (
     IDENTITY_KEYS, REDO_RUN, RunFolder, analysis_frame, metrics_block, read_json, read_table, run_folder,
     run_identity,
 )

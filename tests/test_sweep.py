@@ -9,11 +9,12 @@ import nbformat
 import polars as pl
 import pytest
 
-from inatloc_nb import results, sweep
+from inatloc_nb import sweep
 from inatloc_nb.cli import main as cli_main
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.run_config import RunConfig
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs import results
 from inatloc_nb.sweep import ConfigError, RunSpec, SweepConfig, expand
+from inatloc_nb.training.run_config import RunConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

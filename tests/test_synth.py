@@ -11,9 +11,9 @@ import polars as pl
 import pytest
 
 from inatloc_nb.cli import main
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.metadata import read_split
-from inatloc_nb.synth import LEVELS, PRESETS, SPLITS, SynthConfig, SynthWorld, generate
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.datasets.metadata import read_split
+from inatloc_nb.datasets.synth import LEVELS, PRESETS, SPLITS, SynthConfig, SynthWorld, generate
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -175,8 +175,8 @@ def test_cli_round_trip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_longtail_preset_and_world_draw_specs():
-    from inatloc_nb.run_config import parse_synth_spec
     from inatloc_nb.sweep import ConfigError, SweepConfig
+    from inatloc_nb.training.run_config import parse_synth_spec
 
     world = SynthWorld(PRESETS["longtail"], 1)
     counts = world.split_counts("train")

@@ -7,10 +7,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb.errors import HierarchyError, InatlocError
-from inatloc_nb.dag import dag_to_tree
-from inatloc_nb.level_stats import level_statistics
-from inatloc_nb.taxonomy import Hierarchy
+from inatloc_nb.core.errors import HierarchyError, InatlocError
+from inatloc_nb.hierarchies.dag import dag_to_tree
+from inatloc_nb.hierarchies.level_stats import level_statistics
+from inatloc_nb.hierarchies.taxonomy import Hierarchy
 
 LEVELS = ["species", "genus", "family"]
 

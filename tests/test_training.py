@@ -10,14 +10,14 @@ import pytest
 import torch
 from fastai.callback.core import Callback
 
-from inatloc_nb.cam import CamSet, evaluation_maps, extract_cams
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.learner import (
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.cam import CamSet, evaluation_maps, extract_cams
+from inatloc_nb.training.learner import (
     Schedule, build_learner, history_rows, is_classifier_param, labelled_items, param_groups, train,
 )
-from inatloc_nb.run import run_experiment
-from inatloc_nb.run_config import RunConfig, synth_folder
-from inatloc_nb.run_model import load_run_model
+from inatloc_nb.runs.run import run_experiment
+from inatloc_nb.runs.run_model import load_run_model
+from inatloc_nb.training.run_config import RunConfig, synth_folder
 
 LEVEL = "genus"
 FAST = dict(backbone="tinycnn", pretrained=False, image_size=32, batch_size=16, num_workers=0)
@@ -298,7 +298,7 @@ def test_cli_train_logs_one_line_per_epoch_when_not_a_terminal(tmp_path, tiny_da
     import re
 
     from inatloc_nb.cli import main
-    from inatloc_nb.env import PROGRESS_ENV
+    from inatloc_nb.core.env import PROGRESS_ENV
 
     monkeypatch.delenv(PROGRESS_ENV, raising=False)
     args = ["train", "--data", str(tiny_dataset_dir), "--level", LEVEL, "--lr", "0.01", "--epochs", "2",

@@ -9,14 +9,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from inatloc_nb import results
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.metrics.boxacc import best_iou_curves, contour_boxes
 from inatloc_nb.metrics.scoremaps import quantize
-from inatloc_nb.widgets import BoxSizeExplorer, FragmentationExplorer, LevelRuns
-from inatloc_nb.widgets.box_size import MEASURES
 from inatloc_nb.metrics.scoremaps import binarize
-from inatloc_nb.widgets.render import analyse
+from inatloc_nb.reports.widgets import BoxSizeExplorer, FragmentationExplorer, LevelRuns
+from inatloc_nb.reports.widgets.box_size import MEASURES
+from inatloc_nb.reports.widgets.render import analyse
+from inatloc_nb.runs import results
 
 pytest_plugins = ["fixtures_results"]
 pytestmark = pytest.mark.slow

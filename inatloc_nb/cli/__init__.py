@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 
 #: Command modules under ``inatloc_nb.cli``, in the order ``--help`` lists them.
 COMMAND_MODULES = ("synth", "stats", "evaluate", "prepare", "train", "baseline", "explain", "sweep", "choose_levels", "make_dataset", "check", "report", "demo", "shipped")

@@ -1,11 +1,11 @@
-"""``inatloc-nb baseline``: Center, FSL-Seg, FSL-Det or CAM-Agg (``inatloc_nb.baselines``)."""
+"""``inatloc-nb baseline``: Center, FSL-Seg, FSL-Det or CAM-Agg (``inatloc_nb.runs.baselines``)."""
 from __future__ import annotations
 
 import argparse
 
 from inatloc_nb.cli.run_options import add_run_options, config_fields, print_metrics
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.run_config import BASELINES
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.run_config import BASELINES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the baseline and print its metrics."""
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.runs.run import RunConfig, run_experiment
 
     if args.name == "cam-agg" and not args.model_run:
         raise InatlocError("cam-agg needs --model RUN_DIR (a finished species-level training run)")

@@ -30,8 +30,8 @@ def run(args: argparse.Namespace) -> int:
     """Check the dataset, print the summary and the first offending lines."""
     import polars as pl
 
-    from inatloc_nb.check import check_dataset
-    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.core.errors import InatlocError
+    from inatloc_nb.datasets.check import check_dataset
 
     if args.workers is not None and args.workers < 1:
         raise InatlocError(f"--workers must be at least 1, got {args.workers}")

@@ -29,11 +29,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from inatloc_nb.core.atomic import atomic_write_text
     from inatloc_nb.granularity.choose import DEFAULT_PRIOR, category_scores, choose_levels
-    from inatloc_nb import results
     from inatloc_nb.granularity.evidence import run_evidence, sweep_dataset
-    from inatloc_nb.labelling import write_labelling
-    from inatloc_nb.io import atomic_write_text
+    from inatloc_nb.hierarchies.labelling import write_labelling
+    from inatloc_nb.runs import results
 
     evidence = run_evidence(args.results, args.dataset, args.schedule)
     hierarchy = sweep_dataset(results.load(args.results), args.dataset).hierarchy

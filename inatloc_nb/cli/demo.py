@@ -11,7 +11,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from inatloc_nb.resources import shipped_folder
+from inatloc_nb.core.resources import shipped_folder
 
 #: The sweep the demo runs: the shipped ``configs/demo.yaml`` (installed package or source tree).
 DEMO_CONFIG = shipped_folder("configs") / "demo.yaml"
@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     """Data, sweep, report; prints the MaxBoxAccV2-by-level table and the report's path."""
     import polars as pl
 
-    from inatloc_nb import report
-    from inatloc_nb.run_config import synth_folder
-    from inatloc_nb.runfolder import run_folder
+    from inatloc_nb.reports import report
+    from inatloc_nb.runs.runfolder import run_folder
     from inatloc_nb.sweep import SweepConfig, run_sweep, visible_gpus
+    from inatloc_nb.training.run_config import synth_folder
 
     out = args.out.resolve()
     os.environ["INATLOC_NB_CACHE"] = str(out / "data")  # synth:demo is generated (once) in here

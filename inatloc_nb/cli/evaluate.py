@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from inatloc_nb.data import SHIPPED
+from inatloc_nb.datasets.dataset import SHIPPED
 
 METRICS = ("maxboxacc-v2", "maxboxacc", "pxap")
 
@@ -53,8 +53,8 @@ def _report(result: Any, as_json: bool) -> None:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a folder of score maps."""
-    from inatloc_nb.data import open_split
-    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.core.errors import InatlocError
+    from inatloc_nb.datasets.dataset import open_split
     from inatloc_nb.metrics import EVAL_SIZE, BoxAccuracy, iter_score_maps
 
     if args.metric == "pxap":
@@ -75,8 +75,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_center(args: argparse.Namespace) -> int:
     """Score the Center baseline on a metadata folder or shipped dataset."""
-    from inatloc_nb.data import load_shipped, open_split
-    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.core.errors import InatlocError
+    from inatloc_nb.datasets.dataset import load_shipped, open_split
     from inatloc_nb.metrics import BoxAccuracy, center_map
 
     if args.dataset:

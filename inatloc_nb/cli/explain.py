@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from inatloc_nb import validate as v
 from inatloc_nb.cli.run_options import field_type
-from inatloc_nb.explainers import EXPLAINERS
+from inatloc_nb.core import validate as v
+from inatloc_nb.runs.explainers import EXPLAINERS
 
 #: Score-CAM's masked images per forward pass.
 SCORE_BATCH = v.arg_type(v.integer, int, minimum=1, maximum=65536)
@@ -35,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Explain the run (unless already done) and print its metrics."""
     from inatloc_nb.cli.run_options import print_metrics
-    from inatloc_nb.explainers import explain_dir, explain_run, is_explained
-    from inatloc_nb.runfolder import RunFolder
+    from inatloc_nb.runs.explainers import explain_dir, explain_run, is_explained
+    from inatloc_nb.runs.runfolder import RunFolder
 
     v.device_available(args.device, "--device")
     if is_explained(args.run_dir, args.explainer) and not args.force:

@@ -48,11 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the chosen dataset and print what was written."""
-    from inatloc_nb.errors import InatlocError
+    from inatloc_nb.core.errors import InatlocError
 
     progress = not args.quiet
     if args.kind == "inat":
-        from inatloc_nb import inat_builder
+        from inatloc_nb.datasets import inat_builder
 
         species = None
         if args.inatloc500:
@@ -70,13 +70,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"image root: {args.out / 'images'} (folders inat21/ and inat17/)")
         return 0
     if args.kind == "aircraft":
-        from inatloc_nb.aircraft import build_aircraft
+        from inatloc_nb.datasets.aircraft import build_aircraft
 
         out = build_aircraft(args.release, args.out, progress=progress)
         print(f"wrote {out} (images: {out / 'images'}, linked to the release's data/images)")
         return 0
-    from inatloc_nb.build import export_dataset, link_images, require_wsol_metadata, with_shipped_hierarchy
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.datasets.build import (
+        export_dataset,
+        link_images,
+        require_wsol_metadata,
+        with_shipped_hierarchy,
+    )
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     name = "cub" if args.kind == "cub" else "ilsvrc"
     require_wsol_metadata(args.metadata, name)

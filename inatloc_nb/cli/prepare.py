@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inatloc_nb.validate import IMAGE_SIZE_RANGE, arg_type, integer
+from inatloc_nb.core.validate import IMAGE_SIZE_RANGE, arg_type, integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "prepare",
         help="decode and squish-resize a dataset once into uint8 arrays that training reads",
-        description="Write the prepared copy of DATA (inatloc_nb.prepared.prepare_dataset): the train "
+        description="Write the prepared copy of DATA (inatloc_nb.training.prepared.prepare_dataset): the train "
         "split squish-resized to 256/224 of --image-size, the evaluation splits to --image-size, as "
         "uint8 arrays under CACHE/<dataset>-<hash>-<size>px. Runs given --prepared CACHE read it "
         "instead of decoding JPEGs, with the same pixels.",
@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the copy and print its folder."""
-    from inatloc_nb.prepared import prepare_dataset
-    from inatloc_nb.run_config import load_dataset
+    from inatloc_nb.training.prepared import prepare_dataset
+    from inatloc_nb.training.run_config import load_dataset
 
     dataset = load_dataset(args.data, args.image_root)
     folder = prepare_dataset(dataset, args.out, args.image_size, args.splits, workers=args.workers)

@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report and print the path of report.html; with ``--strict``, 1 when files were skipped."""
-    from inatloc_nb.report import build_report
+    from inatloc_nb.reports.report import build_report
 
     out = args.out if args.out is not None else args.results_dir / "report"
     skipped: list[str] = []

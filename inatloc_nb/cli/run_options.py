@@ -1,6 +1,6 @@
 """Options and output shared by the commands that write a run folder (``train``, ``baseline``).
 
-The options are derived from the fields of :class:`~inatloc_nb.run_config.RunConfig`: one
+The options are derived from the fields of :class:`~inatloc_nb.training.run_config.RunConfig`: one
 ``--field-name`` per field, with the field's check, help and choices (its metadata), booleans
 as ``--x`` / ``--no-x``, ``method_params`` as repeatable ``--param KEY=VALUE``.
 """
@@ -12,9 +12,9 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from inatloc_nb import validate as v
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.run_config import RunConfig, default
+from inatloc_nb.core import validate as v
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.training.run_config import RunConfig, default
 
 #: argparse type of ``--epochs`` (a number of epochs, the plain form of ``--schedule``).
 EPOCHS = v.arg_type(v.integer, int, minimum=1)

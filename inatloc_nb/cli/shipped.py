@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from inatloc_nb.resources import SHIPPED, folder_files, is_bundled, shipped_folder
+from inatloc_nb.core.resources import SHIPPED, folder_files, is_bundled, shipped_folder
 
 #: Folders ``--copy`` copies unless ``--what`` says otherwise (data is read in place).
 COPIED_BY_DEFAULT = ("notebooks", "configs")
@@ -35,8 +35,8 @@ def copy_shipped(dest: Path, names: list[str] | tuple[str, ...], force: bool = F
     Files already there with the same content are left alone; a different one is refused
     (``InatlocError`` naming it, before anything is written) unless ``force``.
     """
-    from inatloc_nb.errors import InatlocError
-    from inatloc_nb.io import atomic_write_bytes
+    from inatloc_nb.core.atomic import atomic_write_bytes
+    from inatloc_nb.core.errors import InatlocError
 
     plan: list[tuple[Path, bytes]] = []
     for name in names:

@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import polars as pl
 
-    from inatloc_nb.data import WSOLDataset, load_shipped
-    from inatloc_nb.errors import InatlocError
-    from inatloc_nb.level_stats import level_statistics
+    from inatloc_nb.core.errors import InatlocError
+    from inatloc_nb.datasets.dataset import WSOLDataset, load_shipped
+    from inatloc_nb.hierarchies.level_stats import level_statistics
 
     notes: list[str] = []
     with warnings.catch_warnings(record=True) as caught:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from inatloc_nb.validate import arg_type, integer
+from inatloc_nb.core.validate import arg_type, integer
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

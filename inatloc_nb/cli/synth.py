@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Generate the dataset and print where it is."""
-    from inatloc_nb.synth import SynthConfig, generate
+    from inatloc_nb.datasets.synth import SynthConfig, generate
 
     overrides: dict[str, object] = {
         name: getattr(args, name)

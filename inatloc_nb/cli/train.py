@@ -1,15 +1,15 @@
-"""``inatloc-nb train``: one WSOL training run (``inatloc_nb.run.run_experiment``)."""
+"""``inatloc-nb train``: one WSOL training run (``inatloc_nb.runs.run.run_experiment``)."""
 from __future__ import annotations
 
 import argparse
 
 from inatloc_nb.cli.run_options import add_run_options, config_fields, print_metrics
-from inatloc_nb.run_config import trained_methods
+from inatloc_nb.training.run_config import trained_methods
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``train`` subcommand: an option per ``RunConfig`` field."""
-    from inatloc_nb.method_support import support_table
+    from inatloc_nb.training.method_support import support_table
 
     p = subparsers.add_parser(
         "train",
@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the experiment and print its metrics."""
-    from inatloc_nb.run import RunConfig, run_experiment
+    from inatloc_nb.runs.run import RunConfig, run_experiment
 
     config = RunConfig(**config_fields(args))
     print_metrics(run_experiment(config, args.out))

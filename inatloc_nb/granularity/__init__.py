@@ -11,6 +11,6 @@
   runs of a range of levels (no training beyond the grid).
 
 Mixed (per-category) labellings, the ``mixed:FILE`` level and its CSV file format are
-:mod:`inatloc_nb.labelling` (every part of the library that takes a level reads them). The
-multi-head training method itself is :mod:`inatloc_nb.methods.multihead`.
+:mod:`inatloc_nb.hierarchies.labelling` (every part of the library that takes a level reads them). The
+multi-head training method itself is :mod:`inatloc_nb.training.methods.multihead`.
 """

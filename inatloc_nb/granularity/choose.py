@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 
 if TYPE_CHECKING:
-    from inatloc_nb.taxonomy import Hierarchy
+    from inatloc_nb.hierarchies.taxonomy import Hierarchy
 
 #: Default shrinkage strength, in D_f images.
 DEFAULT_PRIOR = 4.0

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.runfolder import RunFolder, run_folder
+from inatloc_nb.runs.runfolder import RunFolder, run_folder
 
 #: Cache of :func:`ensemble_scores` in a results folder.
 ENSEMBLES_FILE = "level_ensembles.parquet"
@@ -36,9 +36,9 @@ def fused_scores(run_dirs: Sequence[Path], levels: Sequence[str], dataset, split
                  chunk: int = 64) -> dict[str, float]:
     """MaxBoxAccV2 of the fused CAM of every contiguous range of ``levels`` (one run folder
     each, finest first) on ``split``: ``{level_range: score}``."""
-    from inatloc_nb.cam import check_split_ids
     from inatloc_nb.metrics import BoxAccuracy
     from inatloc_nb.metrics.scoremaps import normalize_scoremap
+    from inatloc_nb.training.cam import check_split_ids
 
     cams = []
     for run_dir in run_dirs:
@@ -63,10 +63,10 @@ def ensemble_scores(results_dir: str | Path, variants: pl.DataFrame, splits: tup
     range of levels of the ``single`` runs in ``variants`` (from
     :func:`~inatloc_nb.granularity.selection.run_variants`), per dataset and seed. Cached in
     ``results_dir`` (:data:`ENSEMBLES_FILE`, written atomically), recomputed when the runs change."""
-    from inatloc_nb.progress import track
+    from inatloc_nb.core.progress import track
 
+    from inatloc_nb.core.atomic import atomic_write_parquet
     from inatloc_nb.granularity.evidence import sweep_dataset
-    from inatloc_nb.io import atomic_write_parquet
 
     results_dir = Path(results_dir)
     runs = (variants.filter(pl.col("variant") == "single").select("run_id", "dataset", "seed", "level")

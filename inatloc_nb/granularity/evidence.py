@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.runfolder import RunFolder, run_folder
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs.runfolder import RunFolder, run_folder
 
 #: IoU thresholds (percent) of MaxBoxAccV2.
 IOU_THRESHOLDS = (30, 50, 70)
@@ -25,8 +25,8 @@ def image_hits(cams, boxes: Sequence[np.ndarray],
                iou_thresholds: Sequence[int] = IOU_THRESHOLDS) -> np.ndarray:
     """(N,) per-image scores in [0, 1] of a ``CamSet``'s evaluation maps against the N images'
     ``boxes``: the mean over ``iou_thresholds`` of ``BoxAccuracyResult.image_correct``."""
-    from inatloc_nb.cam import accumulate
     from inatloc_nb.metrics import BoxAccuracy
+    from inatloc_nb.training.cam import accumulate
 
     result = accumulate(cams, boxes, BoxAccuracy(iou_thresholds=tuple(iou_thresholds))).compute()
     return np.mean([result.image_correct[d] for d in iou_thresholds], axis=0)
@@ -52,7 +52,7 @@ def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = 
     """The finished single-level runs (one row each: ``run_id, level, seed, data``) of
     ``dataset`` trained with ``method`` on all of D_w at a named level (no mixed labelling),
     for one ``schedule``. Without ``schedule``, the runs must share one (else the error lists them)."""
-    from inatloc_nb.labelling import is_mixed
+    from inatloc_nb.hierarchies.labelling import is_mixed
 
     runs = (store.filter((pl.col("status") == "ok") & (pl.col("dataset") == dataset) & (pl.col("method") == method)
                          & (pl.col("explainer") == "cam")  # the runs' own maps, not post-hoc explainers
@@ -74,7 +74,7 @@ def single_level_runs(store: pl.DataFrame, dataset: str, schedule: str | None = 
 
 def sweep_dataset(store: pl.DataFrame, dataset: str):
     """The ``WSOLDataset`` the runs of ``dataset`` in a results store were trained on."""
-    from inatloc_nb.run_config import load_dataset
+    from inatloc_nb.training.run_config import load_dataset
 
     data = store.filter(pl.col("dataset") == dataset)["data"].drop_nulls().unique().to_list()
     if len(data) != 1:
@@ -86,9 +86,9 @@ def run_evidence(results_dir: str | Path, dataset: str, schedule: str | None = N
                  split: str = "val", progress: bool = True) -> pl.DataFrame:
     """``run_id, level, seed, image_id, category, hit`` for every single-level CAM run of
     ``dataset`` in ``results_dir`` (see :func:`single_level_runs`), on ``split`` (D_f)."""
-    from inatloc_nb.progress import track
+    from inatloc_nb.core.progress import track
 
-    from inatloc_nb import results
+    from inatloc_nb.runs import results
 
     results_dir = Path(results_dir)
     store = results.load(results_dir)

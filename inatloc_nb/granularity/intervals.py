@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.granularity.evidence import IOU_THRESHOLDS
-from inatloc_nb.runfolder import RunFolder, run_folder
+from inatloc_nb.runs.runfolder import RunFolder, run_folder
 
 #: Bootstrap replicates and generator seed of the comparison's intervals (docs/granularity.md).
 N_BOOT = 2000
@@ -44,8 +44,8 @@ LEVEL = 0.95
 def image_curves(cams, boxes: Sequence[np.ndarray], iou_thresholds: Sequence[int] = IOU_THRESHOLDS) -> np.ndarray:
     """(N, D, T) bool: whether each image's best box reaches each IoU threshold (D) at each
     CAM threshold (T), for a ``CamSet``'s evaluation maps against the N images' ``boxes``."""
-    from inatloc_nb.cam import accumulate
     from inatloc_nb.metrics import BoxAccuracy
+    from inatloc_nb.training.cam import accumulate
 
     curves = accumulate(cams, boxes, BoxAccuracy(iou_thresholds=tuple(iou_thresholds))).image_curves()
     return np.stack([curves[d] for d in iou_thresholds], axis=1)
@@ -54,8 +54,8 @@ def image_curves(cams, boxes: Sequence[np.ndarray], iou_thresholds: Sequence[int
 def run_image_curves(run_dir: str | Path, dataset, split: str = "test") -> np.ndarray:
     """:func:`image_curves` of a finished run folder's ``cams/<split>.npz``, cached beside it
     (``<split>-curves.npz``, recomputed when the CAM file changes)."""
-    from inatloc_nb.cam import check_split_ids
-    from inatloc_nb.io import atomic_write_bytes
+    from inatloc_nb.core.atomic import atomic_write_bytes
+    from inatloc_nb.training.cam import check_split_ids
 
     folder = RunFolder(run_dir)
     path, cams = folder.cams_path(split), folder.load_cams(split)  # maps read lazily, when needed

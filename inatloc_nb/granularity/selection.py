@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.granularity.intervals import PairedBootstrap, percentile_interval
-from inatloc_nb.labelling import is_mixed, labelling_path
-from inatloc_nb.runfolder import run_folder
+from inatloc_nb.hierarchies.labelling import is_mixed, labelling_path
+from inatloc_nb.runs.runfolder import run_folder
 
 #: Name of the per-head scores a multi-head run folder caches.
 HEADS_FILE = "heads.parquet"
@@ -41,7 +41,7 @@ COARSENED = "coarsened species CAMs"
 def _finished(store: pl.DataFrame) -> pl.DataFrame:
     """Finished rows of runs trained on all of D_w and scored at their own level with their own
     maps (a run's post-hoc explainer rows share its run id and are left out)."""
-    from inatloc_nb.explainers import OWN_MAPS
+    from inatloc_nb.runs.explainers import OWN_MAPS
 
     own = (pl.col("explainer") == OWN_MAPS) if "explainer" in store.columns else pl.lit(True)
     return store.filter((pl.col("status") == "ok") & pl.col("per_class").is_null()
@@ -96,11 +96,11 @@ def head_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val", "test"), 
     """``run_id, head, split, maxboxacc_v2`` of a finished multi-head run: the CAMs of every
     head (``head`` = its level) and the fused CAM, scored like the run's own. Cached in the
     run folder (``heads.parquet``, written atomically); ``refresh`` recomputes; ``progress``
-    shows the CAM passes (``inatloc_nb.progress``)."""
-    from inatloc_nb.cam import extract_cams, score_cams
-    from inatloc_nb.io import atomic_write_parquet
-    from inatloc_nb.run_config import load_dataset
-    from inatloc_nb.run_model import load_run_model
+    shows the CAM passes (``inatloc_nb.core.progress``)."""
+    from inatloc_nb.core.atomic import atomic_write_parquet
+    from inatloc_nb.runs.run_model import load_run_model
+    from inatloc_nb.training.cam import extract_cams, score_cams
+    from inatloc_nb.training.run_config import load_dataset
 
     run_dir = Path(run_dir)
     cache = run_dir / HEADS_FILE
@@ -146,10 +146,10 @@ def coarsened_scores(run_dir: str | Path, splits: tuple[str, ...] = ("val",), le
 
     import torch
 
-    from inatloc_nb.cam import extract_cams, score_cams
-    from inatloc_nb.io import atomic_write_parquet
-    from inatloc_nb.run_config import load_dataset
-    from inatloc_nb.run_model import load_run_model
+    from inatloc_nb.core.atomic import atomic_write_parquet
+    from inatloc_nb.runs.run_model import load_run_model
+    from inatloc_nb.training.cam import extract_cams, score_cams
+    from inatloc_nb.training.run_config import load_dataset
 
     run_dir = Path(run_dir)
     cache = run_dir / COARSENED_FILE
@@ -238,7 +238,7 @@ def level_table(variants: pl.DataFrame) -> pl.DataFrame:
     """Per dataset and level (finest first) of the ``single`` runs: ``val`` (mean D_f),
     ``test`` and ``test_std`` (D_test mean and std over seeds), ``n_seeds``, and which level the
     grid search picks on mean D_f (``df_pick``) and which scores best on D_test (``oracle``)."""
-    from inatloc_nb.synth import LEVELS
+    from inatloc_nb.datasets.synth import LEVELS
 
     single = _wide(variants.filter(pl.col("variant") == "single"), "level")
     table = (single.group_by("dataset", "level")
@@ -393,11 +393,11 @@ def agreement_summary(agreement: pl.DataFrame) -> pl.DataFrame:
 def labelling_summary(variants: pl.DataFrame, results_dir: str | Path) -> pl.DataFrame:
     """Per mixed labelling trained in ``variants``: ``dataset, file, sha1, level, categories``
     (how many finest categories were given each level), read from the copy each mixed run
-    keeps (:func:`~inatloc_nb.labelling.run_labelling`, digest checked). The mixed runs of one
+    keeps (:func:`~inatloc_nb.hierarchies.labelling.run_labelling`, digest checked). The mixed runs of one
     dataset must share one labelling; runs trained on different contents are refused, named."""
     import csv
 
-    from inatloc_nb.labelling import file_digest, run_labelling
+    from inatloc_nb.hierarchies.labelling import file_digest, run_labelling
 
     rows = []
     mixed = variants.filter(pl.col("variant") == "mixed").select("dataset", "run_id").unique().sort("dataset", "run_id")

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import polars as pl
 
-from inatloc_nb.errors import ScoreMapError
+from inatloc_nb.core.errors import ScoreMapError
 from inatloc_nb.metrics.boxacc import contour_boxes, multiple_iou
 from inatloc_nb.metrics.scoremaps import as_numpy, check_gt_boxes, check_score_maps, quantize
 

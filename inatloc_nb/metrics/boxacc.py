@@ -22,7 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from inatloc_nb.errors import ScoreMapError
+from inatloc_nb.core.errors import ScoreMapError
 from inatloc_nb.metrics.component_tree import batch_best_iou
 from inatloc_nb.metrics.scoremaps import (
     as_numpy,

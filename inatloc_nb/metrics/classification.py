@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from inatloc_nb.errors import ScoreMapError
+from inatloc_nb.core.errors import ScoreMapError
 from inatloc_nb.metrics.scoremaps import as_numpy
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from inatloc_nb.errors import ScoreMapError
+from inatloc_nb.core.errors import ScoreMapError
 
 #: Side of the square evaluation grid.
 EVAL_SIZE = 224
@@ -115,15 +115,15 @@ def iter_score_maps(folder: Path, image_ids: list[str], size: int,
     (``original_sizes``: (width, height) per image) or any other size not smaller than
     ``size`` on both sides is resized with ``cv2.resize`` (bilinear); one smaller than
     ``size`` on both sides is a native-resolution CAM and goes through
-    :func:`inatloc_nb.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
+    :func:`inatloc_nb.training.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
     stored CAMs. Every missing file is reported in one ScoreMapError before anything is read;
     a damaged or invalid one (:func:`read_score_map`), or with
     ``normalize=False`` a map outside [0, 1], is named with its image id.
     """
     import cv2
 
-    from inatloc_nb.cam import evaluation_maps
-    from inatloc_nb.progress import track
+    from inatloc_nb.core.progress import track
+    from inatloc_nb.training.cam import evaluation_maps
 
     paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
     missing = [str(p) for p in paths if not p.is_file()]

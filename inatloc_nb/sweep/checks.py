@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inatloc_nb.labelling import LabellingError, is_mixed, labelling_path, read_labelling
+from inatloc_nb.hierarchies.labelling import LabellingError, is_mixed, labelling_path, read_labelling
 from inatloc_nb.sweep.config import ConfigError, SweepConfig
 from inatloc_nb.sweep.grid import RunSpec, expand
 from inatloc_nb.sweep.layout import is_finished
@@ -26,7 +26,7 @@ def check_data(config: SweepConfig) -> None:
 
 def _check_labellings(config: SweepConfig) -> None:
     """Every mixed labelling file of the config exists and is valid for its dataset's hierarchy
-    (:func:`inatloc_nb.labelling.read_labelling`), checked once per dataset and file."""
+    (:func:`inatloc_nb.hierarchies.labelling.read_labelling`), checked once per dataset and file."""
     checked: set[tuple[str, Path]] = set()
     hierarchies: dict[str, object] = {}
     for spec in expand(config):
@@ -50,12 +50,12 @@ def dataset_hierarchy(data: str):
     """The taxonomy of a sweep data source (a metadata folder or ``synth:PRESET[:SEED]``, whose
     taxonomy is known without generating its images)."""
     if data.startswith("synth:"):
-        from inatloc_nb.run_config import parse_synth_spec
-        from inatloc_nb.synth import PRESETS, SynthWorld
+        from inatloc_nb.datasets.synth import PRESETS, SynthWorld
+        from inatloc_nb.training.run_config import parse_synth_spec
 
         preset, seed = parse_synth_spec(data)
         return SynthWorld(PRESETS[preset], seed).hierarchy()
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     return WSOLDataset.from_folder(data, allow_overlap=True).hierarchy
 
@@ -63,10 +63,10 @@ def dataset_hierarchy(data: str):
 def dataset_levels(data: str) -> tuple[str, ...]:
     """The label levels of a sweep data source (a metadata folder or ``synth:PRESET``)."""
     if data.startswith("synth:"):
-        from inatloc_nb.synth import LEVELS
+        from inatloc_nb.datasets.synth import LEVELS
 
         return tuple(LEVELS)
-    from inatloc_nb.data import WSOLDataset
+    from inatloc_nb.datasets.dataset import WSOLDataset
 
     return WSOLDataset.from_folder(data, allow_overlap=True).levels
 
@@ -84,8 +84,8 @@ def _check_levels(config: SweepConfig) -> None:
 
 
 def _check_images(config: SweepConfig) -> None:
-    """``check_data: true``: decode every image of every dataset folder (:mod:`inatloc_nb.check`)."""
-    from inatloc_nb.check import check_dataset
+    """``check_data: true``: decode every image of every dataset folder (:mod:`inatloc_nb.datasets.check`)."""
+    from inatloc_nb.datasets.check import check_dataset
 
     for name, data in config.datasets.items():
         if data.startswith("synth:"):

@@ -17,17 +17,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from inatloc_nb import results
-from inatloc_nb.env import PREPARED_ENV, PROGRESS_ENV
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.io import atomic_write_json, make_temp_dir
-from inatloc_nb.run_config import BASELINES
-from inatloc_nb.runfolder import RunFolder
+from inatloc_nb.core.atomic import atomic_write_json, make_temp_dir
+from inatloc_nb.core.env import PREPARED_ENV, PROGRESS_ENV
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.runs import results
+from inatloc_nb.runs.runfolder import RunFolder
 from inatloc_nb.sweep import executors
 from inatloc_nb.sweep.checks import check_data
 from inatloc_nb.sweep.config import LR_SELECTED, SweepConfig
 from inatloc_nb.sweep.grid import RunSpec, expand
 from inatloc_nb.sweep.layout import NOTEBOOK_NAME, clean_stale, default_notebook, is_finished, runs_dir
+from inatloc_nb.training.run_config import BASELINES
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -82,7 +82,7 @@ def run_sweep(
     else on with GPUs) trains runs that differ only in lr as one group from one loader
     (``execute_group``; a group takes one slot of the pool, and packing counts the memory of
     its models together). With GPUs, each run's data loading gets its share of
-    the cores (``inatloc_nb.pipeline.workers_per_run``). The config's ``prepared`` cache
+    the cores (``inatloc_nb.training.pipeline.workers_per_run``). The config's ``prepared`` cache
     reaches the runs as ``$INATLOC_NB_PREPARED`` (local pool and local Dask cluster; workers
     of an existing cluster need it in their own environment). ``executor="dask"``: a
     ``LocalCluster`` of ``max_parallel`` single-threaded worker processes, or the existing
@@ -91,9 +91,9 @@ def run_sweep(
     Worker processes are spawned: a script calling this needs an
     ``if __name__ == "__main__":`` guard.
     """
-    from inatloc_nb.progress import track
+    from inatloc_nb.core.progress import track
 
-    from inatloc_nb import pipeline
+    from inatloc_nb.training import pipeline
 
     if executor not in ("local", "dask"):
         raise InatlocError(f"unknown executor {executor!r}; use 'local' or 'dask'")
@@ -189,7 +189,7 @@ def execute_run(spec: RunSpec, results_dir: str | Path, notebook: str | Path,
 def execute_group(specs: Sequence[RunSpec], results_dir: str | Path, notebook: str | Path,
                   kernel_name: str = "python3") -> list[RunOutcome]:
     """Execute runs that differ only in their learning rate as one fused group
-    (``inatloc_nb.fused``, in a child process: one loader, one decode, each run its own
+    (``inatloc_nb.runs.fused``, in a child process: one loader, one decode, each run its own
     folder and random stream), then each run's notebook, which finds its folder finished
     and shows it; publish every ``runs/<id>``. A single spec is executed by its notebook
     alone. A run that fails is recorded as failed; the others go on."""
@@ -250,7 +250,7 @@ def papermill_execute(notebook: str | Path, tmp: Path, spec: RunSpec, results_di
 
 def _train_fused(started: Sequence[tuple[RunSpec, Path, dict[str, Any], Any]], results_dir: str | Path) -> None:
     """Train the runs of ``started`` as one fused group in a child process
-    (``python -m inatloc_nb.fused``); its output goes to each run's ``fused.log``. A run
+    (``python -m inatloc_nb.runs.fused``); its output goes to each run's ``fused.log``. A run
     that did not finish finds why in its folder (``_fused_error``)."""
     import subprocess
     import sys
@@ -263,7 +263,7 @@ def _train_fused(started: Sequence[tuple[RunSpec, Path, dict[str, Any], Any]], r
     atomic_write_json(group_file, group)
     log = started[0][1] / "fused.log"
     with open(log, "w") as out:
-        code = subprocess.run([sys.executable, "-m", "inatloc_nb.fused", str(group_file)],
+        code = subprocess.run([sys.executable, "-m", "inatloc_nb.runs.fused", str(group_file)],
                               stdout=out, stderr=subprocess.STDOUT, check=False).returncode
     text = _ANSI.sub("", log.read_text(errors="replace"))
     for _, tmp, _, _ in started:
@@ -369,10 +369,10 @@ def _phases(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
 def explain_runs(config: SweepConfig, specs: Sequence[RunSpec], results_dir: Path,
                  say: Callable[[str], None] = print) -> list[str]:
     """Score each of ``config.explainers`` on every finished trained run of ``specs`` that lacks
-    it (``inatloc_nb.explainers.explain_run``, in this process), then rebuild the run's results
+    it (``inatloc_nb.runs.explainers.explain_run``, in this process), then rebuild the run's results
     table. Resumable: an explainer counts as done once its ``metrics.json`` is written (last).
     Returns one message per explainer that failed (the sweep goes on)."""
-    from inatloc_nb.explainers import explain_run, is_explained
+    from inatloc_nb.runs.explainers import explain_run, is_explained
 
     failures = []
     for spec in specs:

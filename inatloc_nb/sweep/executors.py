@@ -8,8 +8,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from inatloc_nb.env import LOADER_WORKERS_ENV
-from inatloc_nb.errors import InatlocError
+from inatloc_nb.core.env import LOADER_WORKERS_ENV
+from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.sweep.grid import RunSpec
 
 

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inatloc_nb.errors import InatlocError
-from inatloc_nb.labelling import file_digest, is_mixed, labelling_path, short_name
-from inatloc_nb.run_config import ALWAYS, RunConfig, swept_fields
+from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.hierarchies.labelling import file_digest, is_mixed, labelling_path, short_name
 from inatloc_nb.sweep.config import LR_SELECTED, LRSearch, SweepConfig
 from inatloc_nb.sweep.layout import runs_dir
+from inatloc_nb.training.run_config import ALWAYS, RunConfig, swept_fields
 
 
 #: Run parameters left out of a run's identity (:meth:`RunSpec.params`) at these values, so
 #: the ids of runs made before the parameters existed stay the same: the ``identity`` of the
-#: ``RunConfig`` fields (``inatloc_nb.run_config.param``) and the sweep's own ``lr_search``.
+#: ``RunConfig`` fields (``inatloc_nb.training.run_config.param``) and the sweep's own ``lr_search``.
 #: ``select_epoch`` was ``"best"`` for those runs (the default then), so ``"best"`` stays out
 #: of the identity and today's default ``"last"`` is part of it: a finished best-epoch run is
 #: never resumed as a last-epoch one.
@@ -34,7 +34,7 @@ IDENTITY_DEFAULTS: dict[str, Any] = {
 @dataclass(frozen=True)
 class RunSpec:
     """One training (or baseline) run of a sweep: the dataset's name in the sweep and the run's
-    :class:`~inatloc_nb.run_config.RunConfig`. With ``lr_search`` and no ``config.lr``, the
+    :class:`~inatloc_nb.training.run_config.RunConfig`. With ``lr_search`` and no ``config.lr``, the
     learning rate is ``LR_SELECTED`` until :func:`resolve_lr` picks it from the runs of
     ``lr_search``."""
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from inatloc_nb.resources import shipped_folder
-from inatloc_nb.runfolder import RUNS_DIR, run_folder
+from inatloc_nb.core.resources import shipped_folder
+from inatloc_nb.runs.runfolder import RUNS_DIR, run_folder
 
 
 #: File name of the executed notebook inside a run folder.

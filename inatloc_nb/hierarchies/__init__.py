@@ -1,0 +1,1 @@
+"""Label hierarchies: trees, levels, mixed labellings and the shipped taxonomies."""

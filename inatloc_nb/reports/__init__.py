@@ -1,0 +1,1 @@
+"""The paper's tables and figures, the HTML report, the chart renderer and the widget explorers."""

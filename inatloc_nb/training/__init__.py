@@ -1,0 +1,2 @@
+"""What defines a run, the models and WSOL methods, the data pipeline, the fastai learner, CAM
+extraction and epoch selection."""
