@@ -14,11 +14,13 @@ from inatloc_nb.metrics.scoremaps import (
     center_map,
     check_gt_boxes,
     check_score_maps,
+    evaluation_maps,
     iter_score_maps,
     load_score_maps,
     normalize_scoremap,
     quantize,
     rescale_boxes,
+    upsample_cams,
 )
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "check_gt_boxes",
     "check_score_maps",
     "contour_boxes",
+    "evaluation_maps",
     "image_analysis",
     "iter_score_maps",
     "load_score_maps",
@@ -42,5 +45,6 @@ __all__ = [
     "normalize_scoremap",
     "quantize",
     "rescale_boxes",
+    "upsample_cams",
     "topk_accuracy",
 ]

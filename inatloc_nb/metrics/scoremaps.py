@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inatloc_nb.core.errors import ScoreMapError
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 #: Side of the square evaluation grid.
 EVAL_SIZE = 224
@@ -115,7 +118,7 @@ def iter_score_maps(folder: Path, image_ids: list[str], size: int,
     (``original_sizes``: (width, height) per image) or any other size not smaller than
     ``size`` on both sides is resized with ``cv2.resize`` (bilinear); one smaller than
     ``size`` on both sides is a native-resolution CAM and goes through
-    :func:`inatloc_nb.training.cam.evaluation_maps` (bicubic upsampling, min-max normalisation), like
+    :func:`evaluation_maps` (bicubic upsampling, min-max normalisation), like
     stored CAMs. Every missing file is reported in one ScoreMapError before anything is read;
     a damaged or invalid one (:func:`read_score_map`), or with
     ``normalize=False`` a map outside [0, 1], is named with its image id.
@@ -123,7 +126,6 @@ def iter_score_maps(folder: Path, image_ids: list[str], size: int,
     import cv2
 
     from inatloc_nb.core.progress import track
-    from inatloc_nb.training.cam import evaluation_maps
 
     paths = [folder / (str(Path(image_id).with_suffix("")) + ".npy") for image_id in image_ids]
     missing = [str(p) for p in paths if not p.is_file()]
@@ -266,3 +268,37 @@ def center_map(size: int = EVAL_SIZE, sigma: float | None = None) -> np.ndarray:
 def _listing(indices: np.ndarray, limit: int = 20) -> str:
     shown = ", ".join(str(int(i)) for i in indices[:limit])
     return shown if len(indices) <= limit else f"{shown} and {len(indices) - limit} more"
+
+
+#: Maps upsampled and normalised together inside ``evaluation_maps``.
+_BLOCK = 8
+
+
+def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+    """(B, size, size) float64: each (h, w) map, widened to float64 as the reference does,
+    resized by ``cv2.resize(..., INTER_CUBIC)``."""
+    import cv2
+
+    maps = np.asarray(raw, dtype=np.float64)
+    if maps.ndim != 3:
+        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {maps.shape}")
+    out = np.empty((len(maps), size, size), dtype=np.float64)
+    for i, cam in enumerate(maps):
+        out[i] = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
+    return out
+
+
+def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE) -> np.ndarray:
+    """The evaluation maps of raw (B, h, w) maps: bicubic upsampling to ``size``, then min-max
+    normalisation per map, in float64 as the reference's ``t2n`` / ``normalize_scoremap`` path
+    (values in [0, 1]; a constant map becomes zeros).
+
+    The one path from stored or freshly computed maps to what the metric and every view see.
+    """
+    raw = np.asarray(as_numpy(raw), dtype=np.float64)
+    if raw.ndim != 3:
+        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {raw.shape}")
+    out = np.empty((len(raw), size, size), dtype=np.float64)
+    for start in range(0, len(raw), _BLOCK):  # a few maps at a time stay in cache
+        out[start : start + _BLOCK] = normalize_scoremap(upsample_cams(raw[start : start + _BLOCK], size))
+    return out

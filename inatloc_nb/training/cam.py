@@ -7,7 +7,8 @@ training level (or of any other class on request). The raw CAMs are kept at the 
 resolution (e.g. 28 x 28 for the paper's ResNet-50) in float32, in a ``CamSet``.
 
 Every consumer (scoring, baselines, analysis measures, explorers, plots, ``inatloc-nb
-evaluate``) turns raw maps into evaluation maps with one function, :func:`evaluation_maps`:
+evaluate``) turns raw maps into evaluation maps with one function,
+:func:`inatloc_nb.metrics.scoremaps.evaluation_maps`:
 the raw float32 map widened to float64 (the reference's ``t2n``: ``.astype(np.float)``), then
 ``cv2.resize(raw, (224, 224), interpolation=cv2.INTER_CUBIC)`` and ``normalize_scoremap`` in
 float64, as the reference protocol does. Since the stored maps are the raw float32 values,
@@ -31,7 +32,7 @@ import numpy as np
 
 from inatloc_nb.core.atomic import atomic_path
 from inatloc_nb.core.errors import InatlocError, ScoreMapError
-from inatloc_nb.metrics.scoremaps import EVAL_SIZE, as_numpy, normalize_scoremap
+from inatloc_nb.metrics.scoremaps import evaluation_maps
 
 if TYPE_CHECKING:  # torch is imported where models run, so reading and scoring CAMs stays light
     import torch
@@ -51,39 +52,7 @@ CAM_FORMAT_VERSION = 2
 STORE_CHUNK = 1024
 #: Evaluation maps (224 x 224 float64, ~400 KB each) built and scored at a time.
 SCORE_CHUNK = 256
-#: Maps upsampled and normalised together inside ``evaluation_maps``.
-_BLOCK = 8
 _META = ("split", "level", "image_ids", "labels", "cam_classes", "predictions", "top1_logits")
-
-
-def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
-    """(B, size, size) float64: each (h, w) map, widened to float64 as the reference does,
-    resized by ``cv2.resize(..., INTER_CUBIC)``."""
-    import cv2
-
-    maps = np.asarray(raw, dtype=np.float64)
-    if maps.ndim != 3:
-        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {maps.shape}")
-    out = np.empty((len(maps), size, size), dtype=np.float64)
-    for i, cam in enumerate(maps):
-        out[i] = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
-    return out
-
-
-def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE) -> np.ndarray:
-    """The evaluation maps of raw (B, h, w) maps: bicubic upsampling to ``size``, then min-max
-    normalisation per map, in float64 as the reference's ``t2n`` / ``normalize_scoremap`` path
-    (values in [0, 1]; a constant map becomes zeros).
-
-    The one path from stored or freshly computed maps to what the metric and every view see.
-    """
-    raw = np.asarray(as_numpy(raw), dtype=np.float64)
-    if raw.ndim != 3:
-        raise ScoreMapError(f"raw maps must have shape (B, h, w), got {raw.shape}")
-    out = np.empty((len(raw), size, size), dtype=np.float64)
-    for start in range(0, len(raw), _BLOCK):  # a few maps at a time stay in cache
-        out[start : start + _BLOCK] = normalize_scoremap(upsample_cams(raw[start : start + _BLOCK], size))
-    return out
 
 
 class StoredMaps:

@@ -19,7 +19,7 @@ The prepared copy of a dataset that loaders may read instead of the images is in
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,10 +30,9 @@ from inatloc_nb.core.env import LOADER_WORKERS_ENV
 from inatloc_nb.core.errors import InatlocError
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from fastai.data.core import DataLoaders
-
-    from inatloc_nb.training.prepared import PreparedImages
 
 #: Ratio of the training resize to the crop size (256 / 224 at the paper's resolution).
 TRAIN_RESIZE_RATIO = 256 / 224
@@ -141,13 +140,13 @@ def protocol_dataloaders(
     device: torch.device | str,
     num_workers: int | None = None,
     image_root: str | Path | None = None,
-    prepared: PreparedImages | None = None,
+    prepared: Callable[[Sequence], np.ndarray] | None = None,
 ) -> DataLoaders:
     """fastai ``DataLoaders`` of ``[path, class name]`` items with the protocol's transforms.
 
     ``vocab`` fixes the class order (vocab index = integer label). Images are decoded with
     ``inatloc_nb.datasets.images.open_image`` (errors name the image id relative to ``image_root``),
-    or read from a ``prepared`` copy. Every training image is used each
+    or read from a ``prepared`` copy (``inatloc_nb.training.prepared.PreparedImages``). Every training image is used each
     epoch (the last, incomplete batch is kept, as in the reference code's loader). Loader
     settings: ``loader_options`` with ``num_workers`` (default ``default_num_workers``).
     """

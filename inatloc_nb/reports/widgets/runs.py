@@ -5,7 +5,7 @@ the learning rate with the best D_f MaxBoxAccV2 (:func:`inatloc_nb.runs.results.
 on all of D_w (``per_class`` null) unless asked otherwise, lowest seed first. Its stored
 CAMs of the explored split are opened with the optimal threshold (IoU 0.5) on that split.
 Maps are read from the run's ``cams/<split>.npz`` chunk by chunk when needed and turned into
-evaluation maps by the same function the metric uses (``inatloc_nb.training.cam.evaluation_maps``).
+evaluation maps by the same function the metric uses (``inatloc_nb.metrics.scoremaps.evaluation_maps``).
 """
 from __future__ import annotations
 
