@@ -33,11 +33,11 @@ SYNTH_PREFIX = "synth:"
 ANALYSIS_IOU = 50
 
 
-def _name(value: Any, name: str, choices: tuple[str, ...] | None = None) -> str:
+def _name(value: Any, name: str, choices: tuple[str, ...] | None = None, kind: str = "value") -> str:
     if not isinstance(value, str) or not value:
         raise InatlocError(f"{name}: expected a non-empty string, got {value!r}")
     if choices is not None and value not in choices:
-        raise InatlocError(f"{name}: unknown value {value!r}; expected one of {', '.join(choices)}")
+        raise InatlocError(f"{name}: unknown {kind} {value!r}; expected one of {', '.join(choices)}")
     return value
 
 
@@ -166,7 +166,7 @@ class RunConfig:
                       "synth:tiny / synth:demo")
     level: str = param("species", check=_name, grid="levels",
                        help="training label level, e.g. species, genus, order, or mixed:FILE")
-    method: str = param("cam", check=lambda v, n: _name(v, n, methods()), choices=trained_methods,
+    method: str = param("cam", check=lambda v, n: _name(v, n, methods(), "method"), choices=trained_methods,
                         grid="methods", help="WSOL method (which backbones each runs on: the table below)")
     lr: float | None = param(1e-3, check=_optional_lr, grid="lrs", cli={"metavar": "LR"},
                              help="learning rate (the 10x group gets 10 times it, see --lr-groups)")
@@ -177,7 +177,7 @@ class RunConfig:
     schedule: str | int = param("2epoch", check=validate.schedule, grid="scalar",
                                 help="2epoch, 10epoch, a number of epochs, or E/D: E epochs with LR / 10 "
                                      "every D (e.g. 50/15)")
-    backbone: str = param("resnet50", check=lambda v, n: _name(v, n, backbones()), choices=backbones,
+    backbone: str = param("resnet50", check=lambda v, n: _name(v, n, backbones(), "backbone"), choices=backbones,
                           grid="scalar", help="feature extractor (which methods run on each: `inatloc-nb train --help`)")
     pretrained: bool = param(True, check=_flag, grid="scalar",
                              help="start from ImageNet weights (--no-pretrained: random weights)")
