@@ -317,7 +317,7 @@ def test_fig_a1_configs_parse_and_refuse_placeholders(name: str) -> None:
     from inatloc_nb.sweep import ConfigError, SweepConfig, plan
 
     config = SweepConfig.from_yaml(Path(__file__).parents[1] / "configs" / f"{name}.yaml")
-    assert config.check_images and {g.methods for g in config.grids} >= {("cam",)}
+    assert config.check_images and {g.axes["method"] for g in config.grids} >= {("cam",)}
     with pytest.raises(ConfigError, match="edit the path"):
         plan(config, "unused")
 
