@@ -17,7 +17,8 @@ def test_grid_estimate_applies_the_cost_model() -> None:
         "run_jpeg": {"train": {"images_per_s": 1000.0}, "cam_extraction": {"images_per_s": 2000.0}},
         "train_end_to_end": {"fixed_seconds": 30.0, "wall_seconds": 40.0,
                              "timings": {"train_seconds": 6.0, "cam_val_seconds": 2.0, "cam_test_seconds": 2.0}},
-        "packed3": {"aggregate": {"train_images_per_s_sum": 1500.0, "cam_images_per_s_sum": 3000.0}},
+        "packed3": {"aggregate": {"train_images_per_s_sum": 1500.0, "cam_images_per_s_sum": 3000.0,
+                                  "train_windows_overlap_s": 5.0}},
         # 5 runs: training 2x faster per run (15 s for 5 x 6 s), CAMs as fast, 100 s of wall
         "fused": {"k": 5, "train_images_per_s_aggregate": 2000.0, "cam_images_per_s_aggregate": 4000.0,
                   "train_seconds": 15.0, "cam_seconds": 20.0, "wall_seconds": 100.0, "fixed_seconds_per_run": 6.0},
@@ -35,6 +36,9 @@ def test_grid_estimate_applies_the_cost_model() -> None:
     assert fused["fused_runs"]["speedup_per_run"] == {"training": 2.0, "cams": 1.0, "wall": 2.0}
     assert fused["total_h"] < one["total_h"]
     assert "missing" in gpu_check.grid_estimate({})
+    # packed runs whose timed windows did not overlap measured no packed throughput
+    measured["packed3"]["aggregate"]["train_windows_overlap_s"] = -2.0
+    assert "not_estimated" in gpu_check.grid_estimate(measured)["packed_3"]
 
 
 @pytest.mark.slow
