@@ -321,6 +321,48 @@ def test_selected_lr_runs_wait_for_and_select_among_the_main_grid(tmp_path):
     assert resolve_lr(next(iter(main.values())), tmp_path)[1] is None
 
 
+@pytest.mark.slow
+def test_a_selected_run_that_is_a_main_grid_run_takes_its_outputs(tmp_path, tiny_dataset_dir):
+    """The stability grid's seed 0 at the selected lr is the main grid's run at that lr: the
+    sweep gives it that run's outputs (hard links), with the numbers training it again gives."""
+    from inatloc_nb.runs.run import run_experiment
+    from inatloc_nb.sweep import default_notebook
+
+    config = SweepConfig.from_dict({
+        "datasets": {"tiny": str(tiny_dataset_dir)}, "levels": ["species"], "methods": ["cam"],
+        "lrs": [0.1, 0.01], "backbone": "tinycnn", "pretrained": False, "image_size": 32, "schedule": 1,
+        "batch_size": 16, "extra": [{"name": "stability", "lrs": LR_SELECTED, "seeds": [0, 1]}]})
+    specs = expand(config)
+    main = [s for s in specs if s.lr != LR_SELECTED]
+    same, other = sorted((s for s in specs if s.lr == LR_SELECTED), key=lambda s: s.seed)
+    for spec in main:  # as the sweep leaves them
+        folder = runs_dir(tmp_path) / spec.run_id
+        run_experiment(spec.config, folder, say=lambda *_: None)
+        atomic_write_json(folder / results.RUN_RECORD, {"run_id": spec.run_id, "params": spec.params(),
+                                                        "data": spec.data, "status": "ok"})
+        results.write_run_results(folder)
+    resolved, selection = resolve_lr(same, tmp_path)
+    twin = next(s for s in main if s.config == resolved.config)
+    assert selection["trained_as"] == twin.run_id
+    assert "trained_as" not in resolve_lr(other, tmp_path)[1]  # seed 1 was not trained by the main grid
+
+    assert execute_run(same, tmp_path, notebook=default_notebook()).status == "ok"
+    ours, theirs = runs_dir(tmp_path) / same.run_id, runs_dir(tmp_path) / twin.run_id
+    record = json.loads((ours / results.RUN_RECORD).read_text())
+    assert record["lr_selection"]["trained_as"] == twin.run_id and record["params"]["lr"] == twin.lr
+    for name in ("model.pth", "metrics.json", "cams/test.npz", "cams/val.npz", "analysis.parquet"):
+        assert (ours / name).stat().st_ino == (theirs / name).stat().st_ino, name  # linked, not trained again
+    metric_cols = ["split", "maxboxacc_v2", "maxboxacc_50", "top1", "n_train_images"]
+    table = results.run_results(ours)
+    assert set(table["run_id"]) == {same.run_id} and set(table["lr"]) == {twin.lr}
+    assert table.select(metric_cols).sort("split").rows() == \
+        results.run_results(theirs).select(metric_cols).sort("split").rows()
+    again = run_experiment(resolved.config, tmp_path / "again", say=lambda *_: None)
+    shared = json.loads((ours / "metrics.json").read_text())
+    assert (again["maxboxacc_v2"], again["val"]["maxboxacc_v2"]) == (shared["maxboxacc_v2"],
+                                                                     shared["val"]["maxboxacc_v2"])
+
+
 def test_selected_lr_and_protocol_options_are_validated():
     base = {"datasets": {"tiny": "synth:tiny"}, "levels": ["species"], "lrs": [0.01], "backbone": "tinycnn",
             "pretrained": False}

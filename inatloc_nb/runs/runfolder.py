@@ -29,6 +29,8 @@ A sweep's results folder keeps one run folder per run under ``runs/<run id>``
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,6 +74,9 @@ FUSED_ERROR = "fused_error.json"
 EXPLAIN_DIR = "explain"
 #: Folder of a results folder holding one run folder per run.
 RUNS_DIR = "runs"
+#: What a finished training run leaves in its folder, ``metrics.json`` last (it marks the run
+#: finished): what :meth:`RunFolder.share_outputs` gives another folder.
+OUTPUTS = (PARAMS, MODEL, HISTORY, TIMINGS, ANALYSIS, CAMS_DIR, EXPLAIN_DIR, METRICS)
 #: How to redo a run whose files are damaged (``{run}``: the run folder).
 REDO_RUN = "delete the run folder {run} and run it again (a sweep reruns missing runs)"
 #: The run's identity in ``metrics.json``, beside its metrics blocks.
@@ -342,6 +347,20 @@ class RunFolder:
             raise InatlocError(f"{path}: missing; the run did not evaluate split {split!r}")
         return CamSet.load(path)
 
+    def share_outputs(self, source: RunFolder) -> None:
+        """Give this folder the outputs (:data:`OUTPUTS`) of the finished run in ``source``:
+        hard links where the file system allows (no second copy on disk; files are only ever
+        replaced, never written in place), else copies; ``metrics.json`` last."""
+        if not source.is_finished():
+            raise ResultsError(f"{source.path}: not a finished run (no {METRICS}); {source.redo}")
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in OUTPUTS:
+            src, dst = source.path / name, self.path / name
+            if src.is_dir():
+                shutil.copytree(src, dst, copy_function=_link_or_copy, dirs_exist_ok=True)
+            elif src.is_file():
+                _link_or_copy(src, dst)
+
     def save_model(self, model: nn.Module) -> Path:
         """``model.pth``: ``model``'s state dict."""
         import torch
@@ -366,6 +385,15 @@ class RunFolder:
         return model
 
 
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link ``src`` at ``dst`` (replacing it), or copy it where links are not possible."""
+    Path(dst).unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or one without hard links
+        shutil.copy2(src, dst)
+
+
 __all__ = ["ANALYSIS", "CAMS_DIR", "ERROR", "EXPLAIN_DIR", "FUSED_ERROR", "HISTORY", "IDENTITY_KEYS", "METRICS",
-           "MODEL", "PARAMS", "REDO_RUN", "RUNS_DIR", "RUN_RECORD", "RUN_TABLE", "RunFolder", "TIMINGS",
+           "MODEL", "OUTPUTS", "PARAMS", "REDO_RUN", "RUNS_DIR", "RUN_RECORD", "RUN_TABLE", "RunFolder", "TIMINGS",
            "analysis_frame", "metrics_block", "read_json", "read_table", "run_folder", "run_identity"]

@@ -21,7 +21,7 @@ from inatloc_nb.core.atomic import atomic_write_json, make_temp_dir
 from inatloc_nb.core.env import PREPARED_ENV, PROGRESS_ENV
 from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.runs import results
-from inatloc_nb.runs.runfolder import RunFolder
+from inatloc_nb.runs.runfolder import RunFolder, run_folder
 from inatloc_nb.sweep import executors
 from inatloc_nb.sweep.checks import check_data
 from inatloc_nb.sweep.config import LR_SELECTED, SweepConfig
@@ -219,13 +219,15 @@ def _begin(spec: RunSpec, results_dir: str | Path, parent: Path
     """A run's temporary folder and ``run.json`` record, its learning rate resolved (an
     error when it cannot be)."""
     tmp = make_temp_dir(f".{spec.run_id}.tmp-", parent)
-    error = selection = None
+    error = selection = params = None
     run_id = spec.run_id
     try:
         spec, selection = resolve_lr(spec, results_dir)
         params = spec.params()
-    except InatlocError as exc:  # recorded as a failed run (lr unknown), retried next sweep
-        params, error = {**spec.params(), "lr": None}, _describe(exc)
+        if selection is not None and "trained_as" in selection:  # the very same run has finished
+            RunFolder(tmp).share_outputs(run_folder(results_dir, selection["trained_as"]))
+    except InatlocError as exc:  # recorded as a failed run (lr unknown if params is None), retried next sweep
+        params, error = params or {**spec.params(), "lr": None}, _describe(exc)
     record = {
         "run_id": run_id, "params": params, "data": spec.data,
         "started_at": _now(), "host": os.uname().nodename,
@@ -325,7 +327,10 @@ def resolve_lr(spec: RunSpec, results_dir: str | Path) -> tuple[RunSpec, dict[st
     For ``lr: selected`` the paper's model selection (``results.select_learning_rate``: best
     D_f MaxBoxAccV2, ties to the smaller lr) runs over the finished runs of
     :meth:`RunSpec.lr_candidates` under ``results_dir``; when the main grid has several
-    seeds or subsets, the lr selected most often wins (ties to the smaller). Raises
+    seeds or subsets, the lr selected most often wins (ties to the smaller). When the run, its
+    lr now given, is one of those candidates (same configuration: e.g. the stability grid's
+    seed 0 and the main grid's run at the selected lr), ``trained_as`` names it: the sweep
+    gives the run that candidate's outputs instead of training it again. Raises
     ``InatlocError`` when no candidate has finished with D_f results.
     """
     if spec.lr != LR_SELECTED:
@@ -345,9 +350,14 @@ def resolve_lr(spec: RunSpec, results_dir: str | Path) -> tuple[RunSpec, dict[st
             f"results under {runs_dir(results_dir)}; run the main grid first (the sweep does)")
     lrs = chosen["lr"].to_list()
     lr = min(set(lrs), key=lambda v: (-lrs.count(v), v))
+    resolved = spec.replace(lr=lr)
     selection = {"lr": lr, "selected_runs": chosen.filter(pl.col("lr") == lr)["run_id"].to_list(),
                  "candidates": finished}
-    return spec.replace(lr=lr), selection
+    twin = next((c.run_id for c in candidates
+                 if c.config == resolved.config and c.run_id in selection["selected_runs"]), None)
+    if twin is not None:
+        selection["trained_as"] = twin
+    return resolved, selection
 
 
 def _phases(specs: Sequence[RunSpec]) -> list[list[RunSpec]]:
