@@ -5,16 +5,22 @@ Gaussian blobs, one to three random GT boxes each on the 224 grid) as a ``CamSet
 scores the file in a fresh subprocess (``CamSet.load`` + ``inatloc_nb.training.cam.accumulate`` with
 ``BoxAccuracy``, chunk by chunk) and reports that subprocess's peak RSS. Finally the same maps
 are scored from memory (the in-memory array ``extract_cams`` would return, another chunk size)
-and the per-threshold counts are compared.
+and the per-threshold counts are compared, and the per-image analysis of a run
+(``analysis.parquet``: ``runfolder.analysis_frame`` at the optimal threshold) is timed.
+
+What a training run does with each evaluated split after extracting its CAMs is the save, the
+scoring and the analysis: at the paper's 12,500 images per split, part of a run's fixed cost.
 
 Usage: ``python benchmarks/bench_cam_store.py --images N [--json]``; prints
-``bytes_per_image``, ``peak_rss_mb``, ``score_seconds`` (wall clock), ``score_cpu_seconds``
-(CPU time of all scoring threads: comparable on a shared machine) and ``identical``.
+``bytes_per_image``, ``save_seconds``, ``peak_rss_mb``, ``score_seconds`` (wall clock),
+``score_cpu_seconds`` (CPU time of all scoring threads: comparable on a shared machine),
+``analysis_seconds`` / ``analysis_cpu_seconds``, ``cpu_cores`` and ``identical``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +32,7 @@ import cv2
 import numpy as np
 
 from inatloc_nb.metrics import BoxAccuracy
+from inatloc_nb.runs.runfolder import analysis_frame
 from inatloc_nb.training.cam import CamSet, accumulate
 
 SIDE = 28
@@ -91,7 +98,9 @@ def main() -> None:
     zeros = np.zeros(n, dtype=np.int64)
     cams = CamSet("test", "species", ids, raw, zeros, zeros, zeros, np.zeros(n, np.float32))
     with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
         path = cams.save(Path(tmp) / "test.npz")
+        save_seconds = time.perf_counter() - start
         bytes_per_image = path.stat().st_size / n
         proc = subprocess.run(
             [sys.executable, __file__, "--images", str(n), "--seed", str(args.seed), "--score-file", str(path)],
@@ -100,12 +109,19 @@ def main() -> None:
     streamed = json.loads(proc.stdout.strip().splitlines()[-1])
     in_memory = accumulate(cams, synthetic_boxes(n, args.seed), BoxAccuracy(), chunk=1000).compute()
     identical = all(np.array_equal(np.array(streamed["correct"][str(d)]), c) for d, c in in_memory.correct.items())
+    start, cpu_start = time.perf_counter(), time.process_time()
+    analysis_frame(cams.iter_maps(), synthetic_boxes(n, args.seed), ids, in_memory, "test")
+    analysis_seconds, analysis_cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     report = {
         "images": n,
+        "cpu_cores": os.cpu_count(),
         "bytes_per_image": round(bytes_per_image, 1),
+        "save_seconds": round(save_seconds, 2),
         "peak_rss_mb": round(streamed["peak_rss_mb"], 1),
         "score_seconds": round(streamed["score_seconds"], 2),
         "score_cpu_seconds": round(streamed["score_cpu_seconds"], 2),
+        "analysis_seconds": round(analysis_seconds, 2),
+        "analysis_cpu_seconds": round(analysis_cpu_seconds, 2),
         "maxboxacc_v2": streamed["maxboxacc_v2"],
         "identical": identical,
     }

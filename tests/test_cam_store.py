@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from inatloc_nb.core.errors import ScoreMapError
+from inatloc_nb.metrics import BoxAccuracy, normalize_scoremap
+from inatloc_nb.metrics.scoremaps import upsample_cams
 from inatloc_nb.training.cam import (
     CAM_FORMAT_VERSION, CamSet, accumulate, evaluation_maps, extract_cams, score_cams,
 )
-from inatloc_nb.metrics.scoremaps import upsample_cams
-from inatloc_nb.core.errors import ScoreMapError
-from inatloc_nb.metrics import BoxAccuracy, normalize_scoremap
 from inatloc_nb.training.models import CAMNet, build_backbone
 
 LEVEL = "genus"
@@ -73,6 +73,15 @@ def test_evaluation_maps_are_the_reference_path_bit_for_bit():
     assert not evaluation_maps(np.full((1, 28, 28), 3.0, np.float32)).any()  # constant map -> zeros
     with pytest.raises(ScoreMapError, match="shape"):
         evaluation_maps(raw[0])
+    buffer = np.full((16, 224, 224), np.nan)
+    assert evaluation_maps(raw, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, reference)
+    with pytest.raises(ScoreMapError, match="C-contiguous float64"):
+        evaluation_maps(raw, out=np.empty((16, 224, 224), np.float32))
+    # chunks come in two buffers used in turn: each equals its rows while it is the current one
+    chunks = [(start, maps.copy()) for start, maps in camset(raw).iter_maps(chunk=5)]
+    assert [(start, len(maps)) for start, maps in chunks] == [(0, 5), (5, 5), (10, 5), (15, 1)]
+    np.testing.assert_array_equal(np.concatenate([maps for _, maps in chunks]), reference)
 
 
 def test_cams_are_float32_reference_formula_without_autocast(model, tiny_dataset, monkeypatch):

@@ -129,6 +129,9 @@ def test_bad_score_maps_are_rejected():
     bad[1, 5, 5] = np.inf
     with pytest.raises(ScoreMapError, match="NaN or infinite"):
         acc.update(bad, gts)
+    bad[1, 5, 5], bad[2, 0, 0] = 0.5, -np.inf
+    with pytest.raises(ScoreMapError, match="positions 2 contain NaN or infinite"):
+        acc.update(bad, gts)
     with pytest.raises(ScoreMapError, match="outside \\[0, 1\\]"):
         acc.update(maps * 3, gts)
     with pytest.raises(ScoreMapError, match="3 score maps"):

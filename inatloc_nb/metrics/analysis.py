@@ -27,10 +27,17 @@ def _box_areas(boxes: np.ndarray) -> np.ndarray:
 
 def image_analysis(score_map: Any, gt_boxes: Any, threshold: float) -> dict[str, float]:
     """Box-area ratio, GT-box activation and component count of one map in [0, 1] at ``threshold``."""
+    _check_threshold(threshold)
+    return _analysis(check_score_maps(as_numpy(score_map)[None])[0], check_gt_boxes([gt_boxes], 1)[0], threshold)
+
+
+def _check_threshold(threshold: float) -> None:
     if not 0 <= threshold < 1:
         raise ScoreMapError(f"threshold must lie in [0, 1), got {threshold}")
-    smap = check_score_maps(as_numpy(score_map)[None])[0]
-    gt = check_gt_boxes([gt_boxes], 1)[0]
+
+
+def _analysis(smap: np.ndarray, gt: np.ndarray, threshold: float) -> dict[str, float]:
+    """:func:`image_analysis` of a checked map and checked boxes."""
     q = quantize(smap)
     binary = (q > int(threshold * np.max(q))).astype(np.uint8)
     boxes = contour_boxes(binary)
@@ -58,7 +65,8 @@ def analysis_table(
     maps = check_score_maps(score_maps)
     if not len(maps) == len(gt_boxes) == len(image_ids):
         raise ScoreMapError(f"got {len(maps)} maps, {len(gt_boxes)} box arrays and {len(image_ids)} image ids")
-    rows = [image_analysis(m, b, threshold) for m, b in zip(maps, gt_boxes)]
+    _check_threshold(threshold)
+    rows = [_analysis(m, b, threshold) for m, b in zip(maps, check_gt_boxes(gt_boxes, len(maps)))]
     return pl.DataFrame(
         {
             "image_id": list(image_ids),

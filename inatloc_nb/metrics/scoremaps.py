@@ -49,13 +49,20 @@ def normalize_scoremap(score_map: np.ndarray) -> np.ndarray:
     maps = np.array(as_numpy(score_map), copy=True)
     if maps.dtype.kind != "f":
         maps = maps.astype(np.float32)
+    return _normalize_in_place(maps)
+
+
+def _normalize_in_place(maps: np.ndarray) -> np.ndarray:
+    """:func:`normalize_scoremap` of a float array, written over it (no temporary maps)."""
     axes = tuple(range(maps.ndim - 2, maps.ndim))
-    low = maps.min(axis=axes, keepdims=True)
-    maps -= low
+    maps -= maps.min(axis=axes, keepdims=True)
     high = maps.max(axis=axes, keepdims=True)
-    flat = (high == 0)
-    np.divide(maps, np.where(flat, 1, high), out=maps)
-    maps[np.broadcast_to(flat, maps.shape)] = 0
+    flat = high == 0
+    if flat.any():
+        np.divide(maps, np.where(flat, 1, high), out=maps)
+        maps[np.broadcast_to(flat, maps.shape)] = 0
+    else:
+        np.divide(maps, high, out=maps)
     return maps
 
 
@@ -169,18 +176,20 @@ def check_score_maps(score_maps: Any, normalize: bool = False) -> np.ndarray:
         raise ScoreMapError(f"score maps must be floating point, got dtype {maps.dtype}")
     if maps.dtype not in (np.float32, np.float64):
         maps = maps.astype(np.float32)
-    finite = np.isfinite(maps).all(axis=(1, 2))
+    # one pass of min and max per map: NaN propagates into both, an infinity shows in one
+    low, high = maps.min(axis=(1, 2)), maps.max(axis=(1, 2))
+    finite = np.isfinite(low) & np.isfinite(high)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         raise ScoreMapError(f"score maps at batch positions {_listing(bad)} contain NaN or infinite values")
     if normalize:
         return normalize_scoremap(maps)
-    inside = ((maps >= 0) & (maps <= 1)).all(axis=(1, 2))
+    inside = (low >= 0) & (high <= 1)
     if not inside.all():
         bad = np.flatnonzero(~inside)
         raise ScoreMapError(
             f"score maps at batch positions {_listing(bad)} have values outside [0, 1] "
-            f"(min {maps.min():.4g}, max {maps.max():.4g}); pass normalize=True to min-max normalise"
+            f"(min {low.min():.4g}, max {high.max():.4g}); pass normalize=True to min-max normalise"
         )
     return maps
 
@@ -274,31 +283,43 @@ def _listing(indices: np.ndarray, limit: int = 20) -> str:
 _BLOCK = 8
 
 
-def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE) -> np.ndarray:
+def upsample_cams(raw: np.ndarray, size: int = EVAL_SIZE, out: np.ndarray | None = None) -> np.ndarray:
     """(B, size, size) float64: each (h, w) map, widened to float64 as the reference does,
-    resized by ``cv2.resize(..., INTER_CUBIC)``."""
+    resized by ``cv2.resize(..., INTER_CUBIC)``; into ``out`` when given."""
     import cv2
 
     maps = np.asarray(raw, dtype=np.float64)
     if maps.ndim != 3:
         raise ScoreMapError(f"raw maps must have shape (B, h, w), got {maps.shape}")
-    out = np.empty((len(maps), size, size), dtype=np.float64)
+    out = _output(out, len(maps), size)
     for i, cam in enumerate(maps):
-        out[i] = cv2.resize(cam, (size, size), interpolation=cv2.INTER_CUBIC)
+        cv2.resize(cam, (size, size), dst=out[i], interpolation=cv2.INTER_CUBIC)  # no temporary map
     return out
 
 
-def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE) -> np.ndarray:
+def evaluation_maps(raw: np.ndarray | Tensor, size: int = EVAL_SIZE, out: np.ndarray | None = None) -> np.ndarray:
     """The evaluation maps of raw (B, h, w) maps: bicubic upsampling to ``size``, then min-max
     normalisation per map, in float64 as the reference's ``t2n`` / ``normalize_scoremap`` path
-    (values in [0, 1]; a constant map becomes zeros).
+    (values in [0, 1]; a constant map becomes zeros). Written into ``out`` when given (a
+    C-contiguous float64 (B, size, size) array, e.g. reused from chunk to chunk).
 
     The one path from stored or freshly computed maps to what the metric and every view see.
     """
     raw = np.asarray(as_numpy(raw), dtype=np.float64)
     if raw.ndim != 3:
         raise ScoreMapError(f"raw maps must have shape (B, h, w), got {raw.shape}")
-    out = np.empty((len(raw), size, size), dtype=np.float64)
+    out = _output(out, len(raw), size)
     for start in range(0, len(raw), _BLOCK):  # a few maps at a time stay in cache
-        out[start : start + _BLOCK] = normalize_scoremap(upsample_cams(raw[start : start + _BLOCK], size))
+        block = out[start : start + _BLOCK]
+        _normalize_in_place(upsample_cams(raw[start : start + _BLOCK], size, out=block))
+    return out
+
+
+def _output(out: np.ndarray | None, n: int, size: int) -> np.ndarray:
+    """``out`` checked to be a C-contiguous float64 (n, size, size) array, or a new one."""
+    if out is None:
+        return np.empty((n, size, size), dtype=np.float64)
+    if out.shape != (n, size, size) or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ScoreMapError(f"out must be a C-contiguous float64 array of shape {(n, size, size)}, "
+                            f"got {out.dtype} {out.shape}")
     return out

@@ -11,7 +11,7 @@ that its presence means the run finished)::
     history.csv        per-epoch train/valid loss and accuracy (valid = D_f at the
                        training level): the learning curve
     cams/<split>.npz   ``CamSet`` of every evaluated split (raw float32 CAMs at the network's
-                       resolution, compressed; ``inatloc_nb.training.cam``)
+                       resolution; ``inatloc_nb.training.cam``)
     analysis.parquet   per image: ``image_id, split, box_area_ratio, gt_activation_ratio,
                        n_components`` at the split's optimal threshold for IoU 0.5
     timings.json       training and CAM-extraction images/s and seconds, and the seconds
@@ -34,8 +34,9 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inatloc_nb.core import validate
 from inatloc_nb.core.env import PREPARED_ENV
@@ -43,6 +44,13 @@ from inatloc_nb.hierarchies.labelling import store_run_labelling
 from inatloc_nb.runs.baselines import run_baseline
 from inatloc_nb.runs.runfolder import RunFolder, analysis_frame, metrics_block, run_identity
 from inatloc_nb.training.run_config import BASELINES, RunConfig, load_dataset
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.metrics.boxacc import BoxAccuracyResult
+    from inatloc_nb.training.cam import CamSet
 
 
 def run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -74,7 +82,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     say(f"loading data {config.data}")
     dataset = shared("dataset", lambda: load_dataset(config.data, config.image_root, config.allow_split_overlap))
 
-    from inatloc_nb.training.cam import extract_cams, score_cams
+    from inatloc_nb.training.cam import extract_cams
     from inatloc_nb.training.epoch_select import SELECT_SPLIT, EpochSelect
     from inatloc_nb.training.learner import build_learner, history_rows, train
 
@@ -109,30 +117,31 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     out.save_model(learn.model)
     out.write_history(history_rows(learn))
 
-    metrics: dict[str, Any] = {}
-    analyses = []
     timings: dict[str, Any] = {
         "train_seconds": train_s,
         "train_images_per_s": n_train * learn.schedule.epochs / train_s,
         "select_epoch_seconds": select_s,
     }
-    for split in config.eval_splits:
-        if selector is not None and split == SELECT_SPLIT:  # the selected epoch's, already scored
-            cams, result, cam_s = selector.best_cams, selector.best_result, selector.best_cam_seconds
-        else:
-            say(f"extracting CAMs of {split}")
-            start = time.perf_counter()
-            cams, result = extract_cams(learn, dataset, split, config.level), None
-            cam_s = time.perf_counter() - start
-        if result is None:
-            say(f"scoring {split}")
+    # A split's CPU work (save, score, analyse) runs on a thread of its own while the GPU
+    # extracts the next split's CAMs; it draws no random numbers, so nothing changes.
+    scored: dict[str, tuple[CamSet, Future]] = {}
+    with ThreadPoolExecutor(1, thread_name_prefix="score") as scorer:
+        for split in config.eval_splits:
+            if selector is not None and split == SELECT_SPLIT:  # the selected epoch's, already scored
+                cams, result, cam_s = selector.best_cams, selector.best_result, selector.best_cam_seconds
+            else:
+                say(f"extracting CAMs of {split}")
+                start = time.perf_counter()
+                cams, result = extract_cams(learn, dataset, split, config.level), None
+                cam_s = time.perf_counter() - start
+            scored[split] = cams, scorer.submit(_score_split, out, cams, dataset, result, say)
+            timings[f"cam_{split}_seconds"] = cam_s
+            timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
         with step_aside():  # CPU work: in a fused group, the other runs use the GPU meanwhile
-            out.save_cams(cams)
-            result = score_cams(cams, dataset) if result is None else result
-            analyses.append(analysis_frame(cams.iter_maps(), dataset.gt_boxes(split), cams.image_ids, result, split))
-        metrics[split] = metrics_block(result, cams.top1)
-        timings[f"cam_{split}_seconds"] = cam_s
-        timings[f"cam_{split}_images_per_s"] = len(cams) / cam_s
+            done = {split: future.result() for split, (_, future) in scored.items()}
+    metrics = {split: metrics_block(done[split][0], cams.top1) for split, (cams, _) in scored.items()}
+    analyses = [done[split][1] for split in scored]
+    timings.update({f"score_{split}_seconds": done[split][2] for split in scored})
     out.write_analysis(analyses)
     out.write_timings(timings)
 
@@ -141,6 +150,21 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
                                 **selected)
     say(f"done: {out.path}")
     return summary
+
+
+def _score_split(out: RunFolder, cams: CamSet, dataset: WSOLDataset, result: BoxAccuracyResult | None,
+                 say: Callable[[str], None]) -> tuple[BoxAccuracyResult, pl.DataFrame, float]:
+    """Save ``cams``, score them (unless ``result`` is given) and analyse them per image:
+    the result, the ``analysis.parquet`` rows and the seconds it took."""
+    from inatloc_nb.training.cam import score_cams
+
+    start = time.perf_counter()
+    out.save_cams(cams)
+    if result is None:
+        say(f"scoring {cams.split}")
+        result = score_cams(cams, dataset)
+    analysis = analysis_frame(cams.iter_maps(), dataset.gt_boxes(cams.split), cams.image_ids, result, cams.split)
+    return result, analysis, time.perf_counter() - start
 
 
 def _finished(config: RunConfig, out_dir: str | Path) -> dict[str, Any] | None:
