@@ -422,6 +422,9 @@ def test_sweep_config_folder_and_dry_run(tmp_path: Path, capsys) -> None:
     path.write_text(GOOD)
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "res")]) == 0
     assert "4 runs: 0 finished, 4 to run" in capsys.readouterr().out
+    path.write_text(GOOD.replace("species, genus", "species, c2"))  # K steps above the leaves
+    assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "res")]) == 0
+    assert "tiny-c2-cam" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- score-map files

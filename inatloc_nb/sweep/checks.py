@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from inatloc_nb.hierarchies.labelling import LabellingError, is_mixed, labelling_path, read_labelling
+from inatloc_nb.hierarchies.labelling import LabellingError, is_mixed, labelling_path, parse_level, read_labelling
 from inatloc_nb.sweep.config import ConfigError, SweepConfig
 from inatloc_nb.sweep.grid import RunSpec, expand
 from inatloc_nb.sweep.layout import is_finished
@@ -72,12 +72,14 @@ def dataset_levels(data: str) -> tuple[str, ...]:
 
 
 def _check_levels(config: SweepConfig) -> None:
-    """Every level a grid lists exists in every dataset of the config (mixed labellings aside)."""
+    """Every named level a grid lists exists in every dataset of the config (``cK``, K steps
+    above the leaves, exists in every hierarchy; mixed labellings are checked on their own)."""
     where = config.path or "<config>"
     for name, data in config.datasets.items():
         levels = dataset_levels(data)
         for grid in config.grids:
-            unknown = [lv for lv in grid.axes["level"] if not is_mixed(lv) and lv not in levels]
+            unknown = [lv for lv in grid.axes["level"]
+                       if parse_level(lv).kind == "name" and lv not in levels]
             if unknown:
                 raise ConfigError(f"{where}: grid {grid.name!r}: levels: {', '.join(map(repr, unknown))} not in "
                                   f"dataset {name!r} (its levels: {', '.join(levels)})")

@@ -191,16 +191,19 @@ def execute_group(specs: Sequence[RunSpec], results_dir: str | Path, notebook: s
     """Execute runs that differ only in their learning rate as one fused group
     (``inatloc_nb.runs.fused``, in a child process: one loader, one decode, each run its own
     folder and random stream), then each run's notebook, which finds its folder finished
-    and shows it; publish every ``runs/<id>``. A single spec is executed by its notebook
+    and shows it (the group's notebooks at once: each is a kernel of its own, mostly starting
+    and importing); publish every ``runs/<id>``. A single spec is executed by its notebook
     alone. A run that fails is recorded as failed; the others go on."""
+    from concurrent.futures import ThreadPoolExecutor
+
     parent = runs_dir(results_dir)
     parent.mkdir(parents=True, exist_ok=True)
     started = [_begin(spec, results_dir, parent) for spec in specs]
     start = time.perf_counter()
     if len(specs) > 1:
         _train_fused([s for s in started if s[3] is None], results_dir)
-    outcomes = []
-    for spec, tmp, record, error in started:
+
+    def execute(spec: RunSpec, tmp: Path, error: dict[str, str] | None) -> dict[str, str] | None:
         if error is None:
             error = _fused_error(tmp) if len(specs) > 1 else None
         if error is None:
@@ -208,6 +211,12 @@ def execute_group(specs: Sequence[RunSpec], results_dir: str | Path, notebook: s
                 papermill_execute(notebook, tmp, spec, results_dir, kernel_name)
             except Exception as exc:  # the run failed: recorded, the sweep goes on
                 error = _describe(exc)
+        return error
+
+    with ThreadPoolExecutor(len(started), thread_name_prefix="notebook") as pool:
+        errors = list(pool.map(execute, *zip(*((spec, tmp, error) for spec, tmp, _, error in started))))
+    outcomes = []
+    for (spec, tmp, record, _), error in zip(started, errors):
         if len(specs) > 1:
             record["fused_with"] = [s.run_id for s in specs if s.run_id != spec.run_id]
         outcomes.append(_publish(spec, tmp, record, error, time.perf_counter() - start, parent))
