@@ -422,9 +422,12 @@ def test_sweep_config_folder_and_dry_run(tmp_path: Path, capsys) -> None:
     path.write_text(GOOD)
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "res")]) == 0
     assert "4 runs: 0 finished, 4 to run" in capsys.readouterr().out
-    path.write_text(GOOD.replace("species, genus", "species, c2"))  # K steps above the leaves
+    path.write_text(GOOD.replace("species, genus", "species, c2")  # K steps above the leaves
+                    + "extra:\n  - {name: stability, levels: [species], lrs: selected, seeds: [0, 1]}\n")
     assert main(["sweep", str(path), "--dry-run", "--results", str(tmp_path / "res")]) == 0
-    assert "tiny-c2-cam" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tiny-c2-cam" in out and "6 runs: 0 finished, 6 to run, 1 of them without training" in out
+    assert len([line for line in out.splitlines() if line.endswith("at the selected lr)")]) == 1
 
 
 # --------------------------------------------------------------------------- score-map files

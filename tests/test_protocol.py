@@ -287,7 +287,7 @@ def test_selected_lr_runs_wait_for_and_select_among_the_main_grid(tmp_path):
     main = {s.run_id: s for s in specs if s.per_class is None and s.method == "cam" and s.lr != LR_SELECTED}
     assert len(main) == 2 * 3
     for spec in selected:
-        assert "lrselected" in spec.run_id
+        assert "lrselected" in spec.run_id and not spec.repeats_a_candidate()  # per_class 2: not in the main grid
         candidates = spec.dependencies()
         assert {c.run_id for c in candidates} <= set(main)
         assert {(c.level, c.lr) for c in candidates} == {(spec.level, lr) for lr in (0.1, 0.01, 0.001)}
@@ -341,6 +341,7 @@ def test_a_selected_run_that_is_a_main_grid_run_takes_its_outputs(tmp_path, tiny
         atomic_write_json(folder / results.RUN_RECORD, {"run_id": spec.run_id, "params": spec.params(),
                                                         "data": spec.data, "status": "ok"})
         results.write_run_results(folder)
+    assert same.repeats_a_candidate() and not other.repeats_a_candidate()
     resolved, selection = resolve_lr(same, tmp_path)
     twin = next(s for s in main if s.config == resolved.config)
     assert selection["trained_as"] == twin.run_id

@@ -45,10 +45,14 @@ def _run(args: argparse.Namespace) -> int:
         config = config.select_grids(args.grid)
     if args.dry_run:
         runs = plan(config, args.results)
+        reused = "  (takes the outputs of the main grid's run at the selected lr)"
         for spec, finished in runs:
-            print(f"{'finished' if finished else 'to run  '}  {spec.run_id}")
+            print(f"{'finished' if finished else 'to run  '}  {spec.run_id}"
+                  + (reused if not finished and spec.repeats_a_candidate() else ""))
         n_done = sum(finished for _, finished in runs)
-        print(f"{len(runs)} runs: {n_done} finished, {len(runs) - n_done} to run (results in {args.results})")
+        n_reused = sum(not finished and spec.repeats_a_candidate() for spec, finished in runs)
+        print(f"{len(runs)} runs: {n_done} finished, {len(runs) - n_done} to run"
+              + (f", {n_reused} of them without training" if n_reused else "") + f" (results in {args.results})")
         return 0
     executor = "dask" if args.scheduler else args.executor
     summary = run_sweep(config, args.results, executor=executor, scheduler=args.scheduler,

@@ -128,6 +128,13 @@ class RunSpec:
         return tuple(dataclasses.replace(self.replace(lr=lr, seed=seed, per_class=n), lr_search=None)
                      for lr, seed, n in itertools.product(search.lrs, search.seeds, search.per_class))
 
+    def repeats_a_candidate(self) -> bool:
+        """For ``lr: selected``: whether the run, its lr selected, will be one of
+        :meth:`lr_candidates` (same seed and subset), whose outputs the sweep then gives it
+        instead of training it again (``inatloc_nb.sweep.execute.resolve_lr``)."""
+        return (self.selecting and self.seed in self.lr_search.seeds
+                and self.per_class in self.lr_search.per_class)
+
     def dependencies(self) -> tuple[RunSpec, ...]:
         """Every run that must have ended before this one starts: the model it reuses
         (:meth:`dependency`) and the runs its learning rate is selected from."""
