@@ -62,7 +62,10 @@ import bench_training  # noqa: E402
 #: each); the images per evaluated split (D_f, D_test).
 GRID = {"train_images": 55.6e6 - 6 * 276_000, "cams": 7.06e6 - 6 * 25_000, "runs": 281,
         "fusable_runs": 155, "fusable_train_images": 155 * 276_000, "fusable_cams": 155 * 25_000,
-        "split_images": 12_500}
+        "split_images": 12_500,
+        # fastai's validation pass over D_f after each of 2 epochs, in the 269 trained WSOL runs
+        # (179 on all of D_w, 90 data-efficiency runs; FSL baselines aside)
+        "valid_images": 269 * 2 * 12_500, "fusable_valid_images": 155 * 2 * 12_500}
 
 
 class Check:
@@ -447,13 +450,20 @@ def import_seconds() -> dict[str, Any]:
 
 def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
     """``docs/cost_model.md``'s GPU-hours from the measured rates, for each way of running."""
-    def hours(w_train: float, a_train: float, w_cam: float, a_cam: float, runs: float, t_run: float) -> dict:
+    one, e2e = r.get("run_jpeg", {}), r.get("train_end_to_end", {})
+    # fastai's validation passes, at the rate one run measured end to end (its timings)
+    a_valid = e2e.get("timings", {}).get("validate_images_per_s")
+
+    def hours(w_train: float, a_train: float, w_cam: float, a_cam: float, runs: float, t_run: float,
+              w_valid: float = GRID["valid_images"]) -> dict:
         parts = {"training_h": w_train / a_train / 3600, "cams_h": w_cam / a_cam / 3600,
                  "fixed_h": runs * t_run / 3600}
+        if a_valid:
+            parts["validation_h"] = w_valid / a_valid / 3600
         return {**{k: round(v, 2) for k, v in parts.items()}, "total_h": round(sum(parts.values()), 2)}
 
-    out: dict[str, Any] = {"grid": GRID, "formula": "W_train / A_train + W_cam / A_cam + n_runs x t_run / k"}
-    one, e2e = r.get("run_jpeg", {}), r.get("train_end_to_end", {})
+    out: dict[str, Any] = {"grid": GRID, "formula": "W_train / A_train + W_cam / A_cam + n_runs x t_run / k"
+                                                    " + W_valid / A_valid (when measured)"}
     if "train" not in one or "fixed_seconds" not in e2e:
         return {**out, "missing": "needs run_jpeg and train_end_to_end"}
     a_train, a_cam, t_run = one["train"]["images_per_s"], one["cam_extraction"]["images_per_s"], e2e["fixed_seconds"]
@@ -489,11 +499,11 @@ def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
         r_cam = (single["cam_val_seconds"] + single["cam_test_seconds"]) / (fused["cam_seconds"] / k)
         rest_runs = GRID["runs"] - GRID["fusable_runs"]
         fused_part = hours(GRID["fusable_train_images"], a_train * r_train, GRID["fusable_cams"], a_cam * r_cam,
-                           GRID["fusable_runs"], fused["fixed_seconds_per_run"] + extra)
+                           GRID["fusable_runs"], fused["fixed_seconds_per_run"] + extra, GRID["fusable_valid_images"])
         fused_part["speedup_per_run"] = {"training": round(r_train, 3), "cams": round(r_cam, 3),
                                          "wall": round(e2e["wall_seconds"] / (fused["wall_seconds"] / k), 3)}
         rest = hours(GRID["train_images"] - GRID["fusable_train_images"], a_train, GRID["cams"] - GRID["fusable_cams"],
-                     a_cam, rest_runs, t_run)
+                     a_cam, rest_runs, t_run, GRID["valid_images"] - GRID["fusable_valid_images"])
         out["fused_lrs"] = {"fused_runs": fused_part, "other_runs_one_at_a_time": rest,
                             "total_h": round(fused_part["total_h"] + rest["total_h"], 2),
                             "k": fused["k"], "note": "the main grid and ACoL fused by lr; the other runs one at a time"}

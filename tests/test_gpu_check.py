@@ -46,6 +46,13 @@ def test_grid_estimate_applies_the_cost_model() -> None:
     scaled = gpu_check.grid_estimate(measured)
     assert scaled["inputs"]["t_run_seconds_at_paper_scale"] == pytest.approx(30.0 + 2 * 10_500 * 0.0005)
     assert scaled["one_run_at_a_time"]["fixed_h"] == pytest.approx(grid["runs"] * 40.5 / 3600, abs=0.01)
+    assert "validation_h" not in scaled["one_run_at_a_time"]
+    # fastai's validation passes, at the rate the run measured
+    measured["train_end_to_end"]["timings"]["validate_images_per_s"] = 1000.0
+    valid = gpu_check.grid_estimate(measured)
+    assert valid["one_run_at_a_time"]["validation_h"] == pytest.approx(grid["valid_images"] / 1000 / 3600, abs=0.01)
+    assert valid["one_run_at_a_time"]["total_h"] == pytest.approx(
+        scaled["one_run_at_a_time"]["total_h"] + valid["one_run_at_a_time"]["validation_h"], abs=0.02)
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -242,37 +243,54 @@ def test_bench_training_smoke(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cams_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_dataset_dir, tmp_path, monkeypatch):
-    """CAMs of evaluation splits read from a prepared copy as whole batches (no loader workers,
-    no per-image transforms) equal those read through the loader: the same maps, and with D_f
-    passes between epochs (``select_epoch: best``) the same random numbers afterwards, so the
-    same weights and metrics."""
+def test_evaluation_passes_read_from_a_prepared_copy_change_nothing(tiny_dataset, tiny_dataset_dir, tmp_path,
+                                                                     monkeypatch):
+    """CAMs of evaluation splits and fastai's validation passes over D_f read from a prepared
+    copy as whole batches (no loader workers, no per-image transforms) equal those read
+    through the loader: the same maps and validation losses, and with D_f passes between
+    epochs (``select_epoch: best``) the same random numbers afterwards, so the same weights
+    and metrics."""
     from fastai.torch_core import set_seed
 
     from inatloc_nb.runs.run import run_experiment
+    from inatloc_nb.runs.runfolder import RunFolder
+    from inatloc_nb.training import prepared
     from inatloc_nb.training.cam import extract_cams
 
     prepare_dataset(tiny_dataset, tmp_path / "cache", SIZE, workers=1, progress=False)
+    # a worker process: without one the loader's item transforms draw random numbers here
+    with_workers = {**FAST, "num_workers": 1}
     config = RunConfig(data=str(tiny_dataset_dir), level=LEVEL, lr=0.05, schedule=2, select_epoch="best",
-                       prepared=str(tmp_path / "cache"), **FAST)
-    from inatloc_nb.training import cam
+                       prepared=str(tmp_path / "cache"), **with_workers)
 
     runs, batch_reads = {}, []
-    real = cam.prepared_batches
-    monkeypatch.setattr(cam, "prepared_batches", lambda dl, copy, split, *a: batch_reads.append(split) or real(dl, copy, split, *a))
+    real = prepared.prepared_batches
+
+    def reading(dl, copy, split, *a):
+        batch_reads.append(split)
+        return real(dl, copy, split, *a)
+
+    monkeypatch.setattr(prepared, "prepared_batches", reading)
     for way in ("batches", "loader"):
         if way == "loader":
             monkeypatch.setattr(PreparedImages, "holds", lambda self, split: False)
+        batch_reads.clear()
         metrics = run_experiment(config, tmp_path / way, say=lambda _: None)
+        history, python_random = RunFolder(tmp_path / way).read_history(), random.getstate()
         set_seed(1)
         learn = build_learner(tiny_dataset, RunConfig(data="synth:tiny", level=LEVEL, lr=0.05,
                                                       prepared=str(tmp_path / "cache"), **FAST))
         cams = extract_cams(learn, tiny_dataset, "test", LEVEL, progress=False)
-        runs[way] = (metrics, torch.load(tmp_path / way / "model.pth"), cams, torch.get_rng_state(), np.random.get_state()[1])
-        if way == "batches":
-            assert set(batch_reads) == {"val", "test"}  # the fast path was taken
-    (m_fast, w_fast, c_fast, r_fast, n_fast), (m_slow, w_slow, c_slow, r_slow, n_slow) = runs["batches"], runs["loader"]
-    assert m_fast == m_slow
+        runs[way] = (metrics, torch.load(tmp_path / way / "model.pth"), cams, torch.get_rng_state(),
+                     np.random.get_state()[1], history, python_random)
+        if way == "batches":  # the fast path was taken: 2 validation passes over D_f, 3 D_f CAM
+            # passes (before training, after each epoch), D_test's CAMs in the run and below
+            assert sorted(batch_reads) == ["test"] * 2 + ["val"] * 5
+        else:
+            assert batch_reads == []
+    (m_fast, w_fast, c_fast, r_fast, n_fast, h_fast, p_fast), (m_slow, w_slow, c_slow, r_slow, n_slow, h_slow, p_slow) = \
+        runs["batches"], runs["loader"]
+    assert m_fast == m_slow and h_fast.equals(h_slow) and p_fast == p_slow
     assert all(torch.equal(w_fast[k], w_slow[k]) for k in w_slow)
     assert np.array_equal(c_fast.raw, c_slow.raw) and np.array_equal(c_fast.labels, c_slow.labels)
     assert np.array_equal(c_fast.predictions, c_slow.predictions) and np.array_equal(c_fast.top1_logits, c_slow.top1_logits)

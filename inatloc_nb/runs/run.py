@@ -14,8 +14,12 @@ that its presence means the run finished)::
                        resolution; ``inatloc_nb.training.cam``)
     analysis.parquet   per image: ``image_id, split, box_area_ratio, gt_activation_ratio,
                        n_components`` at the split's optimal threshold for IoU 0.5
-    timings.json       training and CAM-extraction images/s and seconds, and the seconds
-                       spent scoring D_f between epochs (``select_epoch_seconds``)
+    timings.json       training and CAM-extraction images/s and seconds; of the training
+                       seconds, those of fastai's validation passes over D_f
+                       (``validate_seconds``, ``validate_images_per_s``); the seconds spent
+                       scoring D_f between epochs (``select_epoch_seconds``, not in the
+                       training seconds); per split, the seconds of saving, scoring and
+                       analysing its CAMs (``score_<split>_seconds``, beside the GPU's work)
     metrics.json       D_test: ``maxboxacc_v2``, ``per_iou``, ``optimal_threshold``, ``top1``,
                        ``n_images``; run identity: ``level``, ``method``, ``lr``, ``seed``,
                        ``per_class``, ``n_train_images``; ``select_epoch``, ``selected_epoch``
@@ -84,7 +88,7 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
 
     from inatloc_nb.training.cam import extract_cams
     from inatloc_nb.training.epoch_select import SELECT_SPLIT, EpochSelect
-    from inatloc_nb.training.learner import build_learner, history_rows, train
+    from inatloc_nb.training.learner import ValidationTimer, build_learner, history_rows, train
 
     out = RunFolder(out_dir)
     out.path.mkdir(parents=True, exist_ok=True)
@@ -104,12 +108,11 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
     say(f"training {config.method} at {config.level} ({n_classes} classes, {n_train} images, "
         f"{learn.schedule.epochs} epochs, lr {config.lr:g})")
     selector = EpochSelect(dataset, config.level) if config.select_epoch == "best" else None
+    validation = ValidationTimer()
     start = time.perf_counter()
-    if selector is None:
+    with learn.added_cbs([validation, *([] if selector is None else [selector])]):
         train(learn)
-    else:
-        with learn.added_cbs(selector):
-            train(learn)
+    if selector is not None:
         say(f"selected epoch {selector.selected_epoch} of {learn.schedule.epochs} "
             f"(D_f MaxBoxAccV2 per epoch: {', '.join(f'{v:.1f}' for v in selector.scores)})")
     select_s = 0.0 if selector is None else selector.seconds
@@ -121,6 +124,8 @@ def _run_experiment(config: RunConfig, out_dir: str | Path, say: Callable[[str],
         "train_seconds": train_s,
         "train_images_per_s": n_train * learn.schedule.epochs / train_s,
         "select_epoch_seconds": select_s,
+        "validate_seconds": validation.seconds,
+        "validate_images_per_s": validation.images / validation.seconds if validation.seconds else None,
     }
     # A split's CPU work (save, score, analyse) runs on a thread of its own while the GPU
     # extracts the next split's CAMs; it draws no random numbers, so nothing changes.

@@ -273,6 +273,7 @@ def extract_cams(
     from torch import Tensor
 
     from inatloc_nb.core.progress import track
+    from inatloc_nb.training import prepared
     from inatloc_nb.training.learner import build_dataloaders, labelled_items
     from inatloc_nb.training.models import prepare_for_device
 
@@ -300,7 +301,7 @@ def extract_cams(
     dl = dls.test_dl(items, with_labels=True, shuffle=False, drop_last=False)
     device_type = torch.device(dl.device).type if dl.device is not None else "cpu"
     copy = getattr(dls, "prepared", None)
-    batches = (prepared_batches(dl, copy, split, items, dls.vocab) if copy is not None and copy.holds(split)
+    batches = (prepared.prepared_batches(dl, copy, split, items, dls.vocab) if copy is not None and copy.holds(split)
                else iter(dl))
     raws: list[np.ndarray] = []
     labels = np.empty(n, np.int64)
@@ -349,47 +350,6 @@ def extract_cams(
         predictions=predictions,
         top1_logits=top1_logits,
     )
-
-
-#: Images per batch of CAM extraction from a prepared copy on a GPU (BatchNorm is in eval mode,
-#: so the batch size changes no map; on a CPU the run's own batch size is kept).
-CUDA_EVAL_BATCH = 256
-
-
-def prepared_batches(dl: Any, copy: PreparedImages, split: str, items: Sequence[Sequence],
-                     vocab: Sequence[str]) -> Iterator[tuple[Tensor, Tensor]]:
-    """The batches of the evaluation loader ``dl`` over ``items`` (the images of ``split`` in
-    order), read straight from the prepared copy's array instead of through the loader's
-    per-image transforms: the same uint8 pixels (the evaluation resize of a stored image is
-    the identity), the loader's own ``after_batch`` (to float, ImageNet normalisation) on its
-    device. No worker processes are started, the next batch is read (and pinned) while the
-    model runs on this one, and on a GPU batches are ``CUDA_EVAL_BATCH`` images. The random
-    draw that starting ``dl`` would make is made, so a run's later random numbers do not depend
-    on which way its CAMs were read."""
-    import torch
-    from concurrent.futures import ThreadPoolExecutor
-    from fastai.torch_core import TensorCategory, TensorImage
-
-    torch.empty((), dtype=torch.int64).random_()  # torch's DataLoader iterator draws its base seed
-    device = torch.device(dl.device) if dl.device is not None else torch.device("cpu")
-    pin = device.type == "cuda"
-    size = max(dl.bs, CUDA_EVAL_BATCH) if pin else dl.bs
-    array = copy.array(split)
-    o2i = {name: i for i, name in enumerate(vocab)}
-    targets = torch.tensor([o2i[item[1]] for item in items], dtype=torch.int64)
-
-    def read(start: int) -> tuple[Tensor, Tensor]:
-        x = torch.from_numpy(np.array(array[start : start + size])).permute(0, 3, 1, 2).contiguous()
-        y = targets[start : start + size]
-        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
-
-    with ThreadPoolExecutor(1) as reader:
-        ahead = reader.submit(read, 0) if len(items) else None
-        for start in range(0, len(items), size):
-            x, y = ahead.result()
-            ahead = reader.submit(read, start + size) if start + size < len(items) else None
-            batch = (TensorImage(x.to(device, non_blocking=pin)), TensorCategory(y.to(device, non_blocking=pin)))
-            yield dl.after_batch(batch)
 
 
 def check_split_ids(cams: CamSet, dataset: WSOLDataset) -> None:

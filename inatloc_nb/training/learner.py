@@ -27,6 +27,7 @@ code, wsolevaluation, unless an option names the other reading):
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -39,7 +40,7 @@ from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
-from fastai.torch_core import set_seed
+from fastai.torch_core import find_bs, set_seed
 
 from inatloc_nb.core import progress
 from inatloc_nb.core.errors import InatlocError
@@ -48,7 +49,7 @@ from inatloc_nb.training.device import apply_settings, default_device, prepare_m
 from inatloc_nb.training.method_support import check_support
 from inatloc_nb.training.models import build_backbone
 from inatloc_nb.training.pipeline import protocol_dataloaders
-from inatloc_nb.training.prepared import open_prepared
+from inatloc_nb.training.prepared import PreparedValidation, open_prepared
 from inatloc_nb.training.protocol import DECAY_EVERY, check_reading
 
 if TYPE_CHECKING:
@@ -119,6 +120,26 @@ class Reseed(Callback):
 
     def before_fit(self) -> None:
         set_seed(self.seed, reproducible=True)
+
+
+class ValidationTimer(Callback):
+    """Wall seconds (``seconds``) and images (``images``) of fastai's validation passes in a
+    fit (D_f at the training level, after every epoch)."""
+
+    order = -20  # its before_validate first, its after_validate first
+
+    def before_fit(self) -> None:
+        self.seconds, self.images = 0.0, 0
+
+    def before_validate(self) -> None:
+        self._start = time.perf_counter()
+
+    def after_batch(self) -> None:
+        if not self.training:
+            self.images += find_bs(self.yb)
+
+    def after_validate(self) -> None:
+        self.seconds += time.perf_counter() - self._start
 
 
 def is_classifier_param(name: str) -> bool:
@@ -258,7 +279,7 @@ def build_learner(dataset: WSOLDataset, config: RunConfig) -> Learner:
         splitter=partial(param_groups, lr_groups=c.lr_groups),
         metrics=accuracy,
         wd_bn_bias=True,
-        cbs=[Reseed(seed), StepLR(base_lrs, sched), *method.callbacks()],
+        cbs=[Reseed(seed), StepLR(base_lrs, sched), PreparedValidation("val"), *method.callbacks()],
     )
     learn.recorder.train_metrics = True
     progress.install(learn)  # bars in terminals and notebooks, one line per epoch in logs
@@ -292,6 +313,7 @@ __all__ = [
     "Schedule",
     "StepLR",
     "Reseed",
+    "ValidationTimer",
     "build_dataloaders",
     "build_learner",
     "history_rows",

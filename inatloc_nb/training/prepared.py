@@ -15,16 +15,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from fastai.callback.core import Callback
 
 from inatloc_nb.core.errors import InatlocError
 from inatloc_nb.training.pipeline import available_cores, train_side
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from inatloc_nb.datasets.dataset import WSOLDataset
 
 #: Version of the prepared-copy layout (``prepared.json``).
@@ -215,13 +218,114 @@ class PreparedImages:
         return np.array(self.array(split)[row])
 
 
+#: Images per batch of evaluation passes (CAMs, validation) read from a prepared copy on a GPU
+#: (BatchNorm is in eval mode, so the batch size changes no map; on a CPU the run's own
+#: batch size is kept).
+CUDA_EVAL_BATCH = 256
+
+
+def prepared_batches(dl: Any, copy: PreparedImages, split: str, items: Sequence[Sequence],
+                     vocab: Sequence[str]) -> Iterator[tuple[Tensor, Tensor]]:
+    """The batches of the evaluation loader ``dl`` over ``items`` (the images of ``split`` in
+    order), read straight from the prepared copy's array instead of through the loader's
+    per-image transforms: the same uint8 pixels (the evaluation resize of a stored image is
+    the identity), the loader's own ``after_batch`` (to float, ImageNet normalisation) on its
+    device. No worker processes are started, the next batch is read (and pinned) while the
+    model runs on this one, and on a GPU batches are ``CUDA_EVAL_BATCH`` images. The random
+    draw that starting ``dl`` would make is made, so a run's later random numbers do not depend
+    on which way its evaluation batches were read."""
+    import torch
+    from concurrent.futures import ThreadPoolExecutor
+    from fastai.torch_core import TensorCategory, TensorImage
+
+    torch.empty((), dtype=torch.int64).random_()  # torch's DataLoader iterator draws its base seed
+    device = torch.device(dl.device) if dl.device is not None else torch.device("cpu")
+    pin = device.type == "cuda"
+    size = _batch_size(dl)
+    array = copy.array(split)
+    o2i = {name: i for i, name in enumerate(vocab)}
+    targets = torch.tensor([o2i[item[1]] for item in items], dtype=torch.int64)
+
+    def read(start: int) -> tuple[Tensor, Tensor]:
+        x = torch.from_numpy(np.array(array[start : start + size])).permute(0, 3, 1, 2).contiguous()
+        y = targets[start : start + size]
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    with ThreadPoolExecutor(1) as reader:
+        ahead = reader.submit(read, 0) if len(items) else None
+        for start in range(0, len(items), size):
+            x, y = ahead.result()
+            ahead = reader.submit(read, start + size) if start + size < len(items) else None
+            batch = (TensorImage(x.to(device, non_blocking=pin)), TensorCategory(y.to(device, non_blocking=pin)))
+            yield dl.after_batch(batch)
+
+
+class PreparedValidation(Callback):
+    """Makes fastai's validation pass over D_f (``dls.valid``) read :func:`prepared_batches`
+    from the run's prepared copy instead of its loader: the same pixels, labels and
+    ``after_batch`` in the same order, without per-image transforms or worker processes (on a
+    GPU in batches of ``CUDA_EVAL_BATCH``). Used when the copy holds the split and its rows are
+    the loader's items in order, and when the loader has worker processes: without them its
+    item transforms draw from this process's random generators (fastai's ``RandTransform``
+    draws even where it does not apply), which a pass over the copy would not, and the
+    training that follows would change. Inside a fused group the shared loader is kept (one
+    decode serves every run there)."""
+
+    order = -5  # before any callback that reads ``learn.dl`` (progress bars)
+
+    def __init__(self, split: str):
+        self.split = split
+        self._fits: dict[int, bool] = {}
+
+    def before_validate(self) -> None:
+        from inatloc_nb.training.lockstep import active
+
+        dl, copy = self.learn.dl, getattr(self.dls, "prepared", None)
+        if (dl is not self.dls.valid or copy is None or dl.fake_l.num_workers == 0 or active() is not None
+                or not self._in_order(dl, copy)):
+            return
+        dl.randomize()  # what fastai's start of a pass does: the loader's own later passes stay the same
+        dl.before_iter()
+        self.learn.dl = _Pass(prepared_batches(dl, copy, self.split, dl.items, self.dls.vocab),
+                              -(-len(dl.items) // _batch_size(dl)))
+
+    def _in_order(self, dl: Any, copy: PreparedImages) -> bool:
+        if id(dl) not in self._fits:
+            rows = [copy.rows.get(str(item[0])) for item in dl.items]
+            self._fits[id(dl)] = copy.holds(self.split) and rows == [(self.split, i) for i in range(len(rows))]
+        return self._fits[id(dl)]
+
+
+class _Pass:
+    """One validation pass as fastai iterates it: a length and the batches."""
+
+    def __init__(self, batches: Iterator, n: int):
+        self.batches, self.n = batches, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator:
+        return self.batches
+
+
+def _batch_size(dl: Any) -> int:
+    import torch
+
+    on_gpu = dl.device is not None and torch.device(dl.device).type == "cuda"
+    return max(dl.bs, CUDA_EVAL_BATCH) if on_gpu else dl.bs
+
+
 __all__ = [
+    "CUDA_EVAL_BATCH",
     "PREPARED_VERSION",
+    "PreparedValidation",
     "PreparedImages",
     "dataset_key",
     "load_resized",
     "open_prepared",
     "prepare_dataset",
+    "prepared_batches",
     "prepared_folder",
     "split_side",
 ]
