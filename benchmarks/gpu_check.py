@@ -377,22 +377,30 @@ class Phases:
         return [{"phase": m, "seconds": round(times[i + 1] - t, 3)} for i, (t, m) in enumerate(self.marks)]
 
 
-def _run_config(data: Path, args: argparse.Namespace, lr: float, select_epoch: str) -> Any:
+def _run_config(data: Path, args: argparse.Namespace, lr: float, select_epoch: str, prepared: bool = False) -> Any:
+    """A one-epoch CAM run on ``data``; ``prepared``: reading a prepared copy (made at
+    ``data/prepared`` when missing, where ``bench_training --prepared`` makes it)."""
     from inatloc_nb.datasets.dataset import WSOLDataset
+    from inatloc_nb.training.prepared import prepare_dataset
     from inatloc_nb.training.run_config import RunConfig
 
-    level = WSOLDataset.from_folder(data, image_root=data / "images").levels[0]
-    return RunConfig(data=str(data), level=level, method="cam", lr=lr, schedule=1, select_epoch=select_epoch,
-                     backbone=args.backbone, pretrained=False, image_size=args.image_size, batch_size=32,
-                     device=args.device)
+    dataset = WSOLDataset.from_folder(data, image_root=data / "images")
+    copy = data / "prepared"
+    if prepared and not copy.is_dir():
+        prepare_dataset(dataset, copy, args.image_size, progress=False)
+    return RunConfig(data=str(data), level=dataset.levels[0], method="cam", lr=lr, schedule=1,
+                     select_epoch=select_epoch, backbone=args.backbone, pretrained=False, image_size=args.image_size,
+                     batch_size=32, device=args.device, prepared=str(copy) if prepared else None,
+                     num_workers=1 if args.smoke and prepared else None)  # reading the copy needs workers
 
 
-def end_to_end(data: Path, work: Path, args: argparse.Namespace, select_epoch: str) -> dict[str, Any]:
+def end_to_end(data: Path, work: Path, args: argparse.Namespace, select_epoch: str,
+               prepared: bool = False) -> dict[str, Any]:
     """One ``run_experiment``: wall, training and CAM seconds from its timings, and its phases."""
     from inatloc_nb.runs.run import run_experiment
 
-    config = _run_config(data, args, 0.01, select_epoch)
-    out = work / f"e2e-{select_epoch}"
+    config = _run_config(data, args, 0.01, select_epoch, prepared)
+    out = work / f"e2e-{select_epoch}{'-prepared' if prepared else ''}"
     phases = Phases()
     with contextlib.redirect_stdout(sys.stderr):
         run_experiment(config, out, say=phases)
@@ -603,6 +611,9 @@ def main(argv: list[str] | None = None) -> int:
                           lambda: compile_run(data, [*args.bench, "--steps", "50", "--warmup", "10"] if big
                                               else args.bench))
         check.section("train_end_to_end_best", 35 if big else 0, lambda: end_to_end(data, work, args, "best"))
+        # validation and CAM passes read from the prepared copy in whole batches
+        check.section("train_end_to_end_prepared", 35 if big else 0,
+                      lambda: end_to_end(data, work, args, "last", prepared=True))
         check.section("packed3", 50 if big else 0,
                       lambda: bench_run(data, [*args.bench, "--prepared"], packed=3 if big else 2))
     check.results["grid_estimate"] = grid_estimate(check.results)

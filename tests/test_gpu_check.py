@@ -62,7 +62,9 @@ def test_smoke_mode_measures_every_section(tmp_path: Path, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "check.json").read_text())
     for name in ("bare_loop", "run_jpeg", "train_end_to_end", "fused", "maxboxacc", "run_prepared", "packed3",
-                 "train_end_to_end_best"):
+                 "train_end_to_end_best", "train_end_to_end_prepared"):
         assert "error" not in printed[name] and "skipped" not in printed[name], (name, printed[name])
     assert printed["fused"]["train_images_per_s_aggregate"] > 0 and printed["fused"]["k"] == 2
     assert printed["grid_estimate"]["fused_lrs"]["total_h"] > 0
+    assert printed["train_end_to_end_prepared"]["timings"]["validate_images_per_s"] > 0
+    assert printed["grid_estimate"]["one_run_at_a_time"]["validation_h"] > 0
