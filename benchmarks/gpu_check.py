@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_maxboxacc  # noqa: E402
 import bench_training  # noqa: E402
 
-#: The paper grid (docs/cost_model.md): training images, CAMs and runs that train (287 runs, of
+#: The paper grid (docs/cost_model.md): training images, CAMs and runs executed (287 runs, of
 #: which the stability grid's 6 seed-0 runs take the main grid's outputs); the part of it made
 #: of runs that differ only in lr (main grid 150 + ACoL 5 runs of 2 x 138k images, 25k CAMs
 #: each); the images per evaluated split (D_f, D_test).
