@@ -457,61 +457,51 @@ def import_seconds() -> dict[str, Any]:
 
 
 def grid_estimate(r: dict[str, Any]) -> dict[str, Any]:
-    """``docs/cost_model.md``'s GPU-hours from the measured rates, for each way of running."""
-    one, e2e = r.get("run_jpeg", {}), r.get("train_end_to_end", {})
-    # fastai's validation passes, at the rate one run measured end to end (its timings)
-    a_valid = e2e.get("timings", {}).get("validate_images_per_s")
+    """``docs/cost_model.md``'s GPU-hours of the paper grid (:data:`GRID`) from the measured
+    rates (``inatloc_nb.sweep.cost``), for each way of running."""
+    from inatloc_nb.core.errors import InatlocError
+    from inatloc_nb.sweep.cost import Rates, Work, gpu_hours
 
-    def hours(w_train: float, a_train: float, w_cam: float, a_cam: float, runs: float, t_run: float,
-              w_valid: float = GRID["valid_images"]) -> dict:
-        parts = {"training_h": w_train / a_train / 3600, "cams_h": w_cam / a_cam / 3600,
-                 "fixed_h": runs * t_run / 3600}
-        if a_valid:
-            parts["validation_h"] = w_valid / a_valid / 3600
-        return {**{k: round(v, 2) for k, v in parts.items()}, "total_h": round(sum(parts.values()), 2)}
-
-    out: dict[str, Any] = {"grid": GRID, "formula": "W_train / A_train + W_cam / A_cam + n_runs x t_run / k"
-                                                    " + W_valid / A_valid (when measured)"}
-    if "train" not in one or "fixed_seconds" not in e2e:
+    out: dict[str, Any] = {"grid": GRID, "formula": "W_train / A_train + W_eval / A_eval + W_valid / A_valid "
+                                                    "+ (n_runs x t_run + W_eval x t_image) / k"}
+    try:
+        rates = Rates.from_check(r)
+    except InatlocError:
         return {**out, "missing": "needs run_jpeg and train_end_to_end"}
-    a_train, a_cam, t_run = one["train"]["images_per_s"], one["cam_extraction"]["images_per_s"], e2e["fixed_seconds"]
-    out["inputs"] = {"A_train_one_run": a_train, "A_cam_one_run": a_cam, "t_run_seconds": t_run}
-    # The run scored splits of n_eval images; a paper run scores 12,500 per split. Its CPU work
-    # per image (save, score, analyse; timed on D_test, which nothing overlaps) scales t_run up
-    # to that size, as if D_f's did not overlap D_test's extraction either (an upper bound).
-    n_eval, post = r.get("data", {}).get("eval_images_per_split"), e2e["timings"].get("score_test_seconds")
-    extra = 0.0
-    if n_eval and post is not None:
-        extra = 2 * (GRID["split_images"] - n_eval) * post / n_eval
-        t_run += extra
-        out["inputs"].update(post_cam_seconds_per_image=post / n_eval, t_run_seconds_at_paper_scale=t_run)
-    out["one_run_at_a_time"] = hours(GRID["train_images"], a_train, GRID["cams"], a_cam, GRID["runs"], t_run)
+    grid = Work(runs=GRID["runs"], train_images=GRID["train_images"], eval_images=GRID["cams"],
+                valid_images=GRID["valid_images"])
+    fusable = Work(runs=GRID["fusable_runs"], train_images=GRID["fusable_train_images"],
+                   eval_images=GRID["fusable_cams"], valid_images=GRID["fusable_valid_images"])
+    out["inputs"] = {"A_train_one_run": rates.train, "A_cam_one_run": rates.eval, "A_valid_one_run": rates.valid,
+                     "t_run_seconds": rates.seconds_per_run, "post_cam_seconds_per_image": rates.seconds_per_eval_image,
+                     "t_run_seconds_at_paper_scale": rates.seconds_per_run
+                     + 2 * GRID["split_images"] * rates.seconds_per_eval_image}
+    out["one_run_at_a_time"] = gpu_hours(grid, rates)
     prepared = r.get("run_prepared", {}).get("cam_extraction")
     if prepared:  # evaluation splits read from a prepared copy (CAMs in whole batches)
-        out["one_run_at_a_time_prepared_cams"] = hours(GRID["train_images"], a_train, GRID["cams"],
-                                                       prepared["images_per_s"], GRID["runs"], t_run)
+        out["one_run_at_a_time_prepared_cams"] = gpu_hours(grid, rates.replace(eval=prepared["images_per_s"]))
     packed = r.get("packed3", {}).get("aggregate")
     if packed and packed.get("train_windows_overlap_s", 0) <= 0:
         out["packed_3"] = {"not_estimated": "the packed runs' timed windows did not overlap, so the sum of "
                                             "their rates is not a packed throughput"}
     elif packed:
-        out["packed_3"] = hours(GRID["train_images"], packed["train_images_per_s_sum"], GRID["cams"],
-                                packed["cam_images_per_s_sum"], GRID["runs"] / 3, t_run)
+        out["packed_3"] = gpu_hours(grid, rates.replace(train=packed["train_images_per_s_sum"],
+                                                        eval=packed["cam_images_per_s_sum"]), runs_at_once=3)
     fused = r.get("fused", {})
     if "train_images_per_s_aggregate" in fused:
         # The fused group is measured end to end (its windows hold worker start-up, the D_f
         # validation pass and the waits of the lockstep), the one-run rates in steady state:
         # the fused rates are the one-run rates times the end-to-end speed-up per run of each phase.
-        k, single = fused["k"], e2e["timings"]
+        k, single = fused["k"], r["train_end_to_end"]["timings"]
         r_train = single["train_seconds"] / (fused["train_seconds"] / k)
         r_cam = (single["cam_val_seconds"] + single["cam_test_seconds"]) / (fused["cam_seconds"] / k)
-        rest_runs = GRID["runs"] - GRID["fusable_runs"]
-        fused_part = hours(GRID["fusable_train_images"], a_train * r_train, GRID["fusable_cams"], a_cam * r_cam,
-                           GRID["fusable_runs"], fused["fixed_seconds_per_run"] + extra, GRID["fusable_valid_images"])
+        fused_rates = rates.replace(train=rates.train * r_train, eval=rates.eval * r_cam,
+                                    seconds_per_run=fused["fixed_seconds_per_run"])
+        fused_part = gpu_hours(fusable, fused_rates)
         fused_part["speedup_per_run"] = {"training": round(r_train, 3), "cams": round(r_cam, 3),
-                                         "wall": round(e2e["wall_seconds"] / (fused["wall_seconds"] / k), 3)}
-        rest = hours(GRID["train_images"] - GRID["fusable_train_images"], a_train, GRID["cams"] - GRID["fusable_cams"],
-                     a_cam, rest_runs, t_run, GRID["valid_images"] - GRID["fusable_valid_images"])
+                                         "wall": round(r["train_end_to_end"]["wall_seconds"]
+                                                       / (fused["wall_seconds"] / k), 3)}
+        rest = gpu_hours(grid - fusable, rates)
         out["fused_lrs"] = {"fused_runs": fused_part, "other_runs_one_at_a_time": rest,
                             "total_h": round(fused_part["total_h"] + rest["total_h"], 2),
                             "k": fused["k"], "note": "the main grid and ACoL fused by lr; the other runs one at a time"}

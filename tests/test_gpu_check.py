@@ -39,13 +39,14 @@ def test_grid_estimate_applies_the_cost_model() -> None:
     # packed runs whose timed windows did not overlap measured no packed throughput
     measured["packed3"]["aggregate"]["train_windows_overlap_s"] = -2.0
     assert "not_estimated" in gpu_check.grid_estimate(measured)["packed_3"]
-    # a run that scored 2,000 images per split, D_test's CPU work taking 1 s: 2 x 10,500 more
-    # images at 0.5 ms each at the paper's size
+    # a run that scored 2,000 images per split, D_test's CPU work taking 1 s (0.5 ms per image,
+    # not overlapped): 29 s of fixed cost per run, plus 0.5 ms per evaluated image of the grid
     measured["data"] = {"eval_images_per_split": 2000}
     measured["train_end_to_end"]["timings"]["score_test_seconds"] = 1.0
     scaled = gpu_check.grid_estimate(measured)
-    assert scaled["inputs"]["t_run_seconds_at_paper_scale"] == pytest.approx(30.0 + 2 * 10_500 * 0.0005)
-    assert scaled["one_run_at_a_time"]["fixed_h"] == pytest.approx(grid["runs"] * 40.5 / 3600, abs=0.01)
+    assert scaled["inputs"]["t_run_seconds_at_paper_scale"] == pytest.approx(29.0 + 25_000 * 0.0005)
+    assert scaled["one_run_at_a_time"]["fixed_h"] == pytest.approx(
+        (grid["runs"] * 29.0 + grid["cams"] * 0.0005) / 3600, abs=0.01)
     assert "validation_h" not in scaled["one_run_at_a_time"]
     # fastai's validation passes, at the rate the run measured
     measured["train_end_to_end"]["timings"]["validate_images_per_s"] = 1000.0

@@ -334,3 +334,53 @@ def test_dask_sweep_runs_the_training_notebook(tmp_path: Path, tiny_dataset_dir:
             assert {"params.json", "metrics.json", "analysis.parquet"} <= {p.name for p in folder.iterdir()}
     if real:
         assert results.load_analysis(tmp_path)["run_id"].n_unique() == 2
+
+
+def test_sweep_work_counts_what_each_run_asks_of_the_gpu() -> None:
+    from inatloc_nb.sweep.cost import Rates, gpu_hours, sweep_work
+    from inatloc_nb.training.run_config import load_dataset
+
+    config = SweepConfig.from_dict({
+        **BASE, "levels": ["species"], "methods": ["cam"], "lrs": [0.1, 0.01], "schedule": 2,
+        "extra": [{"name": "stability", "lrs": "selected", "seeds": [0, 1]},
+                  {"name": "eff", "lrs": "selected", "per_class": [2], "seeds": [0]}],
+        "baselines": ["center", "cam-agg"]})
+    specs = expand(config)
+    dataset = load_dataset("synth:tiny")
+    n = {split: len(dataset.images(split)) for split in ("train", "val", "test")}
+    subset = len(dataset.subsample("train", "species", 2, 0))
+    cam_agg = sum(s.method == "cam-agg" for s in specs)
+    work = sweep_work(specs, {"toy": dataset})
+    # main grid 2 runs + stability seed 1 (seed 0 is the main run at the selected lr) + 1 subset run
+    assert work.reused == 1 and work.runs == len(specs) - 1
+    assert work.train_images == 3 * 2 * n["train"] + 2 * subset
+    assert work.valid_images == 4 * 2 * n["val"]
+    assert work.eval_images == (4 + cam_agg) * (n["val"] + n["test"])  # Center computes nothing
+    best = sweep_work([specs[0].replace(select_epoch="best")], {"toy": dataset})
+    assert best.eval_images == n["val"] + n["test"] + 3 * n["val"]  # D_f before training and after each epoch
+
+    rates = Rates(train=100.0, eval=200.0, valid=50.0, seconds_per_run=10.0, seconds_per_eval_image=0.001)
+    hours = gpu_hours(work, rates, runs_at_once=2)
+    assert hours["training_h"] == pytest.approx(work.train_images / 100 / 3600, abs=0.005)
+    assert hours["validation_h"] == pytest.approx(work.valid_images / 50 / 3600, abs=0.005)
+    assert hours["fixed_h"] == pytest.approx((work.runs * 10 + work.eval_images * 0.001) / 2 / 3600, abs=0.005)
+    assert "validation_h" not in gpu_hours(work, rates.replace(valid=None))
+
+
+def test_dry_run_estimates_gpu_hours_from_a_gpu_check(tmp_path: Path, capsys) -> None:
+    path = write_config(tmp_path, {**BASE, "levels": "species", "methods": "cam"})
+    check = tmp_path / "check.json"
+    check.write_text(json.dumps({
+        "data": {"eval_images_per_split": 100},
+        "run_jpeg": {"train": {"images_per_s": 1000.0}, "cam_extraction": {"images_per_s": 2000.0}},
+        "train_end_to_end": {"fixed_seconds": 6.0, "wall_seconds": 20.0,
+                             "timings": {"score_test_seconds": 0.1, "validate_images_per_s": 1500.0}}}))
+    argv = ["sweep", str(path), "--results", str(tmp_path / "res"), "--dry-run"]
+    assert cli_main([*argv, "--rates", str(check)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU estimate of the 2 runs to run: " in out and "training images" in out and "validation " in out
+    assert cli_main(["sweep", str(path), "--rates", str(check)]) == 2
+    assert "add --dry-run" in capsys.readouterr().err
+    check.write_text("{}")
+    assert cli_main([*argv, "--rates", str(check)]) == 2
+    assert f"{check}: needs the sections run_jpeg and train_end_to_end" in capsys.readouterr().err

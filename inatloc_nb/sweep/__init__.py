@@ -22,7 +22,9 @@ The package, one module per part (each re-exported here):
   (fused learning-rate runs), ``resolve_lr``,
   ``explain_runs``;
 - :mod:`~inatloc_nb.sweep.executors`: the local process pool and the Dask cluster, GPU pinning
-  and packing.
+  and packing;
+- :mod:`~inatloc_nb.sweep.cost`: what the runs ask of a GPU and the cost model's hours at
+  measured rates (``sweep --dry-run --rates``).
 """
 from inatloc_nb.sweep.checks import check_data, dataset_levels, plan
 from inatloc_nb.sweep.config import (
@@ -41,6 +43,7 @@ from inatloc_nb.sweep.config import (
     LRSearch,
     SweepConfig,
 )
+from inatloc_nb.sweep.cost import Rates, Work, gpu_hours, sweep_work
 from inatloc_nb.sweep.execute import (
     RunOutcome,
     SweepSummary,
@@ -58,9 +61,9 @@ from inatloc_nb.sweep.layout import NOTEBOOK_NAME, default_notebook, is_finished
 __all__ = [
     "DEFAULT_GPU_MEMORY_PER_RUN_GB", "EXECUTION_KEYS", "IDENTITY_DEFAULTS", "LIST_DEFAULTS", "LIST_KEYS",
     "LR_SELECTED", "METHODS", "NOTEBOOK_NAME", "REQUIRED_KEYS", "SCALAR_DEFAULTS",
-    "SCALAR_KEYS", "SYNTH_SOURCES", "ConfigError", "Grid", "LRSearch", "RunOutcome", "RunSpec", "SweepConfig",
-    "SweepSummary", "check_data", "dataset_levels", "default_notebook", "execute_group", "execute_run", "expand",
+    "SCALAR_KEYS", "SYNTH_SOURCES", "ConfigError", "Grid", "LRSearch", "Rates", "RunOutcome", "RunSpec",
+    "SweepConfig", "SweepSummary", "Work", "check_data", "dataset_levels", "default_notebook", "execute_group", "execute_run", "expand",
     "explain_runs", "fused_groups",
-    "fit_runs_per_gpu", "free_gpu_memory", "gpu_slots", "is_finished", "plan", "resolve_lr", "run_sweep",
-    "runs_dir", "visible_gpus",
+    "fit_runs_per_gpu", "free_gpu_memory", "gpu_hours", "gpu_slots", "is_finished", "plan", "resolve_lr",
+    "run_sweep", "runs_dir", "sweep_work", "visible_gpus",
 ]
