@@ -311,10 +311,22 @@ def extract_cams(
     was_training = model.training
     model.eval()
     start = 0
+
+    def keep(done: tuple[tuple[Tensor, Tensor, Tensor], Any, int, int]) -> None:
+        """Store a batch's results once they are on the host."""
+        (raw, ids, top_values), copied, first, last = done
+        if copied is not None:
+            copied.synchronize()
+        raws.append(raw.numpy())
+        labels[first:last], cam_classes[first:last], predictions[first:last] = ids.numpy()
+        top1_logits[first:last] = top_values.numpy()
+        bar.update(last - first)
+
     try:
         with torch.no_grad(), torch.autocast(device_type, enabled=False), hook_output(
             model.features, detach=True
         ) as hook, track(desc=f"CAMs of {split}", total=n, unit="img", show=progress) as bar:
+            pending = None
             for xb, yb in batches:
                 xb, yb = xb.as_subclass(Tensor).float(), yb.as_subclass(Tensor)  # drop fastai tensor types
                 if device_type == "cuda":
@@ -330,14 +342,21 @@ def extract_cams(
                     raw = model.class_activation_maps(hook.stored.as_subclass(Tensor).float(), classes)
                 else:
                     raw = method.cams(model, xb, classes)
-                stop = start + len(xb)
-                raws.append(raw.float().cpu().numpy())
                 top = logits.max(1)
-                labels[start:stop], cam_classes[start:stop], predictions[start:stop] = (
-                    torch.stack([yb.to(classes.device), classes, top.indices]).cpu().numpy())
-                top1_logits[start:stop] = top.values.cpu().numpy()
-                start = stop
-                bar.update(len(xb))
+                results = (raw.float(), torch.stack([yb.to(classes.device), classes, top.indices]), top.values)
+                copied = None
+                if device_type == "cuda":  # to pinned host memory without waiting: the GPU goes on
+                    results = tuple(t.to("cpu", non_blocking=True) for t in results)  # with the next batch
+                    copied = torch.cuda.Event()
+                    copied.record()
+                else:
+                    results = tuple(t.cpu() for t in results)
+                if pending is not None:
+                    keep(pending)
+                pending = results, copied, start, start + len(xb)
+                start += len(xb)
+            if pending is not None:
+                keep(pending)
     finally:
         model.train(was_training)
     return CamSet(
