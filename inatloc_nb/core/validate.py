@@ -52,6 +52,13 @@ def positive_float(value: Any, name: str) -> float:
     return number
 
 
+def unit_interval(value: float, name: str) -> float:
+    """A number in [0, 1] (rates, probabilities, thresholds of a map's maximum)."""
+    if not 0.0 <= value <= 1.0:
+        raise InatlocError(f"{name} must be in [0, 1], got {value}")
+    return value
+
+
 def schedule(value: Any, name: str) -> str | int:
     """``"2epoch"``, ``"paper"``, ``"10epoch"``, a number of epochs >= 1 (an int or a digit
     string), or ``"E/D"``: E epochs, LR / 10 every D epochs (``"50/15"``: Choe et al.'s CUB

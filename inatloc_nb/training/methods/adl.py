@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.core import validate
 from inatloc_nb.training.methods.base import WSOLMethod
 from inatloc_nb.training.surgery import Stage, backbone_stages, insert_after_blocks
 
@@ -33,10 +33,8 @@ class AttentionDropout(nn.Module):
 
     def __init__(self, drop_rate: float, erase_threshold: float) -> None:
         super().__init__()
-        for label, value in (("drop_rate", drop_rate), ("erase_threshold", erase_threshold)):
-            if not 0.0 <= value <= 1.0:
-                raise InatlocError(f"method 'adl': {label} must be in [0, 1], got {value}")
-        self.drop_rate, self.erase_threshold = drop_rate, erase_threshold
+        self.drop_rate = validate.unit_interval(drop_rate, "method 'adl': drop_rate")
+        self.erase_threshold = validate.unit_interval(erase_threshold, "method 'adl': erase_threshold")
         self.last_choice: str | None = None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from torch import Tensor, nn
 
-from inatloc_nb.core.errors import InatlocError
+from inatloc_nb.core import validate
 from inatloc_nb.training.methods.base import WSOLMethod
 from inatloc_nb.training.methods.guided import GuidedTraining, min_max_normalize
 from inatloc_nb.training.models import CAMNet
@@ -53,10 +53,8 @@ class AttentiveDropout(nn.Module):
 
     def __init__(self, drop_threshold: float, drop_prob: float) -> None:
         super().__init__()
-        for label, value in (("drop_threshold", drop_threshold), ("drop_prob", drop_prob)):
-            if not 0.0 <= value <= 1.0:
-                raise InatlocError(f"method 'bridgegap': {label} must be in [0, 1], got {value}")
-        self.drop_threshold, self.drop_prob = drop_threshold, drop_prob
+        self.drop_threshold = validate.unit_interval(drop_threshold, "method 'bridgegap': drop_threshold")
+        self.drop_prob = validate.unit_interval(drop_prob, "method 'bridgegap': drop_prob")
 
     def forward(self, x: Tensor) -> Tensor:
         attention = x.mean(1, keepdim=True)
