@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from inatloc_nb.core.errors import ScoreMapError
-from inatloc_nb.metrics import BoxAccuracy, normalize_scoremap
+from inatloc_nb.metrics import BoxAccuracy
 from inatloc_nb.metrics.scoremaps import upsample_cams
 from inatloc_nb.training.cam import (
     CAM_FORMAT_VERSION, CamSet, accumulate, evaluation_maps, extract_cams, score_cams,

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from inatloc_nb.cli import main
-from inatloc_nb.core.errors import HierarchyError, MetadataError
+from inatloc_nb.core.errors import HierarchyError
 from inatloc_nb.datasets.metadata import SplitMetadata, class_names_file, write_class_names, write_split
 from inatloc_nb.hierarchies import inaturalist
 

@@ -43,7 +43,6 @@ if TYPE_CHECKING:  # torch is imported where models run, so reading and scoring 
     from inatloc_nb.datasets.dataset import WSOLDataset
     from inatloc_nb.metrics import BoxAccuracy, BoxAccuracyResult
     from inatloc_nb.training.methods import WSOLMethod
-    from inatloc_nb.training.prepared import PreparedImages
 
 #: Version of the ``cams/<split>.npz`` layout written by ``CamSet.save``. Version 1 (no
 #: ``format_version`` field) held 224 x 224 float16 normalised maps under ``maps``.
@@ -150,7 +149,7 @@ class CamSet:
         from concurrent.futures import ThreadPoolExecutor
 
         side = (min(chunk, len(self)), EVAL_SIZE, EVAL_SIZE)
-        buffers = [np.empty(side), np.empty(side)] if len(self) else []
+        buffers = [np.empty(side) for _ in range(min(2, -(-len(self) // chunk)))]  # one when one chunk does
 
         def fill(start: int, buffer: np.ndarray) -> np.ndarray:
             stop = min(start + chunk, len(self))

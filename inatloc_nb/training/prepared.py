@@ -279,13 +279,13 @@ class PreparedValidation(Callback):
 
     def __init__(self, split: str):
         self.split = split
-        self._fits: dict[int, bool] = {}
+        self._checked: tuple[Any, bool] | None = None  # (loader, whether the copy's rows are its items)
 
     def before_validate(self) -> None:
         from inatloc_nb.training.lockstep import active
 
         dl, copy = self.learn.dl, getattr(self.dls, "prepared", None)
-        if (dl is not self.dls.valid or copy is None or dl.fake_l.num_workers == 0 or active() is not None
+        if (dl is not self.dls.valid or copy is None or active() is not None or dl.fake_l.num_workers == 0
                 or not self._in_order(dl, copy)):
             return
         dl.randomize()  # what fastai's start of a pass does: the loader's own later passes stay the same
@@ -294,10 +294,12 @@ class PreparedValidation(Callback):
                               -(-len(dl.items) // _batch_size(dl)))
 
     def _in_order(self, dl: Any, copy: PreparedImages) -> bool:
-        if id(dl) not in self._fits:
+        """Whether ``copy`` holds the split and its rows are ``dl``'s items in order (checked
+        once per loader: every epoch validates on the same one)."""
+        if self._checked is None or self._checked[0] is not dl:
             rows = [copy.rows.get(str(item[0])) for item in dl.items]
-            self._fits[id(dl)] = copy.holds(self.split) and rows == [(self.split, i) for i in range(len(rows))]
-        return self._fits[id(dl)]
+            self._checked = dl, copy.holds(self.split) and rows == [(self.split, i) for i in range(len(rows))]
+        return self._checked[1]
 
 
 class _Pass:
